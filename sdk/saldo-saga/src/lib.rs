@@ -1,0 +1,42 @@
+//! A sans-IO saga engine.
+//!
+//! A [`Definition`] is data: ordered steps, each with its action command, its
+//! [`Recovery`] (a compensating command, or the `Pivot` / `Retriable` marker),
+//! a deadline and a bounded [`RetryPolicy`]. [`DefinitionBuilder::build`]
+//! refuses unsafe shapes before anything runs.
+//!
+//! A [`SagaInstance`] is a state machine over one definition. It takes input
+//! through [`SagaInstance::handle`] (`now` is a parameter; nothing here reads
+//! a clock) and hands out the commands to send and the next deadline in the
+//! returned [`Transition`]. The host persists the instance (it is serde),
+//! sends the commands with ids derived from `(step, phase, attempt)`, and sets
+//! one timer.
+//!
+//! Contract, checked after every transition:
+//! - steps complete in order, each at most once;
+//! - on a rejection the completed steps are compensated in reverse order; on a
+//!   timeout the timed-out step (whose effect is unknown) is compensated first;
+//! - each compensation runs exactly once and is retried until it succeeds;
+//! - duplicate, late and out-of-order replies, and early timers, are
+//!   [`Ignored`] and change nothing.
+//!
+//! Retry bounds: a compensable action gives up after `attempts_max` attempts
+//! and the saga turns back. A pivot or retriable action, and every
+//! compensation, is retried until it is answered, with capped backoff: there
+//! is no safe way to give up on them. Reconciliation reports such a saga as
+//! stuck once it is past its deadline.
+
+mod definition;
+mod instance;
+
+pub use definition::{
+    BACKOFF_LIMIT_MS, Definition, DefinitionBuilder, DefinitionError, RETRY_ATTEMPTS_LIMIT,
+    Recovery, RetryPolicy, Step, StepSpec,
+};
+pub use instance::{
+    Ending, Failure, HISTORY_LENGTH_MAX, HistoryEvent, HistoryRecord, Ignored, Outcome, Phase,
+    Reply, SagaCommand, SagaInput, SagaInstance, SagaState, Transition,
+};
+
+#[cfg(test)]
+mod tests;
