@@ -1,1 +1,36 @@
-//! placeholder
+//! A pure double-entry ledger.
+//!
+//! Contract:
+//! - Money moves only in [`Posting`]s whose debits equal their credits in
+//!   every currency; every [`Account`] is credit-normal, so the balances of a
+//!   currency always sum to zero (money is conserved).
+//! - Entries are immutable. There is no API that updates or deletes one; a
+//!   mistake is undone by a reversal, a new posting linked to the original.
+//! - Holds reserve a debit (pending), then become a posting (posted) or are
+//!   released (voided), never both.
+//! - Accounts with [`BalanceRule::AvailableNeverNegative`] (wallets, revenue)
+//!   never have balance minus holds below zero.
+//! - Posting ids are derived from their cause, so a retried posting answers
+//!   [`Applied::Exists`] when identical and `exists_with_different_*` when
+//!   not ([`Rejection`] lists the precedence).
+//! - Sealed [`Entry`]s form a SHA-256 hash chain; [`verify_chain`] detects
+//!   any entry changed, removed or inserted behind the ledger's back.
+//!
+//! [`Book`] applies the rules to whatever part of the ledger a decision has
+//! loaded and reports the [`Changes`] to commit; [`Ledger`] is a whole ledger
+//! in memory. No I/O, no clock: time is a parameter.
+
+mod account;
+mod book;
+mod chain;
+mod ledger;
+mod posting;
+
+pub use account::{Account, AccountId, AccountIdError, BalanceRule};
+pub use book::{Applied, Book, Changes, Hold, HoldState, Rejection};
+pub use chain::{ChainError, ChainHash, Entry, verify_chain};
+pub use ledger::Ledger;
+pub use posting::{LEGS_MAX, Leg, Memo, PURPOSE_LENGTH_MAX, Posting, PostingId, Side};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,152 @@
+use saldo_types::{CorrelationId, Currency, Id128, Money, OrderId};
+use serde::{Deserialize, Serialize};
+
+use crate::AccountId;
+
+/// Identifies a posting. Derived from its cause (for example
+/// `PostingId::derive("posting", &[b"charge", order_id])`), so a retried
+/// posting carries the same id and the ledger answers `Exists`.
+pub type PostingId = Id128;
+
+/// The most legs one posting may have.
+pub const LEGS_MAX: usize = 16;
+
+/// The longest purpose text, in bytes.
+pub const PURPOSE_LENGTH_MAX: usize = 64;
+
+/// Which side of an account a leg touches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    /// Lowers the (credit-normal) balance.
+    Debit,
+    /// Raises the balance.
+    Credit,
+}
+
+impl Side {
+    /// The other side; a reversal flips every leg.
+    pub fn flipped(self) -> Side {
+        match self {
+            Side::Debit => Side::Credit,
+            Side::Credit => Side::Debit,
+        }
+    }
+}
+
+/// One account movement inside a posting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leg {
+    /// The account moved.
+    pub account: AccountId,
+    /// Debit or credit.
+    pub side: Side,
+    /// How much; always positive.
+    pub amount: Money,
+}
+
+/// Why a posting exists, carried into the entry for audit and tracing.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Memo {
+    /// A short machine-readable purpose (`top_up`, `charge`, `refund`).
+    pub purpose: String,
+    /// The order it belongs to, if any.
+    pub order_id: Option<OrderId>,
+    /// The request that caused it.
+    pub correlation_id: Option<CorrelationId>,
+    /// The W3C trace context of that request.
+    pub traceparent: Option<String>,
+}
+
+/// A balanced set of legs, recorded as one immutable entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Posting {
+    /// The deterministic id.
+    pub id: PostingId,
+    /// The movements; per currency, debits equal credits.
+    pub legs: Vec<Leg>,
+    /// For a reversal, the posting it undoes.
+    pub reverses: Option<PostingId>,
+    /// Why.
+    pub memo: Memo,
+}
+
+impl Posting {
+    /// A two-leg transfer of `amount` from `debit_account` to `credit_account`.
+    pub fn transfer(
+        id: PostingId,
+        debit_account: AccountId,
+        credit_account: AccountId,
+        amount: Money,
+        memo: Memo,
+    ) -> Posting {
+        Posting {
+            id,
+            legs: vec![
+                Leg {
+                    account: debit_account,
+                    side: Side::Debit,
+                    amount,
+                },
+                Leg {
+                    account: credit_account,
+                    side: Side::Credit,
+                    amount,
+                },
+            ],
+            reverses: None,
+            memo,
+        }
+    }
+
+    /// The id a reversal of `original` always has.
+    pub fn reversal_id(original: PostingId) -> PostingId {
+        Id128::derive("reversal", &[original.as_bytes()])
+    }
+
+    /// The posting that undoes `self`: every leg flipped, linked to `self`.
+    pub fn reversal(&self, memo: Memo) -> Posting {
+        Posting {
+            id: Posting::reversal_id(self.id),
+            legs: self
+                .legs
+                .iter()
+                .map(|leg| Leg {
+                    account: leg.account.clone(),
+                    side: leg.side.flipped(),
+                    amount: leg.amount,
+                })
+                .collect(),
+            reverses: Some(self.id),
+            memo,
+        }
+    }
+
+    /// True when, in every currency, debits equal credits.
+    pub fn is_balanced(&self) -> bool {
+        self.unbalanced_currency().is_none()
+    }
+
+    /// The first currency (in leg order) whose debits and credits differ,
+    /// summed in 128 bits so no total can overflow.
+    pub fn unbalanced_currency(&self) -> Option<Currency> {
+        let mut totals: Vec<(Currency, i128)> = Vec::new();
+        for leg in &self.legs {
+            let signed = match leg.side {
+                Side::Debit => -i128::from(leg.amount.amount_minor()),
+                Side::Credit => i128::from(leg.amount.amount_minor()),
+            };
+            match totals
+                .iter_mut()
+                .find(|(currency, _)| *currency == leg.amount.currency())
+            {
+                Some((_, total)) => *total += signed,
+                None => totals.push((leg.amount.currency(), signed)),
+            }
+        }
+        totals
+            .into_iter()
+            .find(|(_, total)| *total != 0)
+            .map(|(currency, _)| currency)
+    }
+}
