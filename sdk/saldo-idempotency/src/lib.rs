@@ -1,1 +1,389 @@
-//! placeholder
+//! One idempotency decision for every entry point.
+//!
+//! The HTTP API (keyed by the `Idempotency-Key` header), the message inbox
+//! (keyed by consumer and message id) and the payment service (keyed by order
+//! and command) all ask the same question: *given what I stored for this key,
+//! the fingerprint of this request and the time now, what do I do?*
+//! [`decide`] answers it, in this precedence:
+//!
+//! 1. nothing stored: [`Verdict::Fresh`];
+//! 2. stored but past its retention: [`Verdict::Expired`] (the caller treats
+//!    the request as new and overwrites the record);
+//! 3. a different fingerprint: [`Verdict::Mismatch`] (the key was reused for
+//!    another request; HTTP answers 422);
+//! 4. still in flight within its lease: [`Verdict::InFlight`] (HTTP answers
+//!    409); an in-flight record whose lease ran out belongs to a crashed
+//!    attempt and answers [`Verdict::Fresh`], so the request can take over;
+//! 5. completed: [`Verdict::Replay`] with the stored outcome.
+//!
+//! Fingerprints hash a canonical encoding ([`Fingerprint::of_json`] sorts
+//! object keys), so two requests that mean the same thing match.
+
+use std::fmt;
+
+use saldo_types::Timestamp;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::{Digest, Sha256};
+
+/// The longest accepted idempotency key, in bytes.
+pub const KEY_LENGTH_MAX: usize = 255;
+
+/// A client-chosen idempotency key: 1 to [`KEY_LENGTH_MAX`] visible ASCII characters.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct IdempotencyKey(String);
+
+/// Why a key was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// The key is empty.
+    #[error("idempotency key must not be empty")]
+    Empty,
+    /// The key is longer than [`KEY_LENGTH_MAX`].
+    #[error("idempotency key is longer than {KEY_LENGTH_MAX} characters")]
+    TooLong,
+    /// The key has a character outside visible ASCII.
+    #[error("idempotency key may only contain visible ASCII characters")]
+    CharacterInvalid,
+}
+
+impl IdempotencyKey {
+    /// Validates a key.
+    pub fn new(key: impl Into<String>) -> Result<Self, KeyError> {
+        let key = key.into();
+        if key.is_empty() {
+            return Err(KeyError::Empty);
+        }
+        if key.len() > KEY_LENGTH_MAX {
+            return Err(KeyError::TooLong);
+        }
+        if !key.bytes().all(|byte| byte.is_ascii_graphic()) {
+            return Err(KeyError::CharacterInvalid);
+        }
+        Ok(IdempotencyKey(key))
+    }
+
+    /// The key as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for IdempotencyKey {
+    type Error = KeyError;
+    fn try_from(key: String) -> Result<Self, Self::Error> {
+        IdempotencyKey::new(key)
+    }
+}
+
+impl From<IdempotencyKey> for String {
+    fn from(key: IdempotencyKey) -> String {
+        key.0
+    }
+}
+
+/// A SHA-256 digest of a request's canonical form.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint([u8; 32]);
+
+impl Fingerprint {
+    /// Hashes length-prefixed byte parts (so `["ab","c"] != ["a","bc"]`).
+    pub fn of_parts(parts: &[&[u8]]) -> Fingerprint {
+        let mut hasher = Sha256::new();
+        for part in parts {
+            hasher.update((part.len() as u64).to_be_bytes());
+            hasher.update(part);
+        }
+        Fingerprint(hasher.finalize().into())
+    }
+
+    /// Hashes a JSON value in canonical form: object keys sorted, no
+    /// insignificant white space. Field order in the request does not matter.
+    pub fn of_json(value: &serde_json::Value) -> Fingerprint {
+        // serde_json's default map is ordered by key, so serialising a Value
+        // is canonical.
+        let canonical = serde_json::to_vec(value).expect("a JSON value always serialises");
+        Fingerprint::of_parts(&[&canonical])
+    }
+
+    /// Lower-case hexadecimal.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|byte| format!("{byte:02x}")).collect()
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl Serialize for Fingerprint {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for Fingerprint {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        let bytes = text.as_bytes();
+        let nibble = |byte: u8| match byte {
+            b'0'..=b'9' => Some(byte - b'0'),
+            b'a'..=b'f' => Some(byte - b'a' + 10),
+            _ => None,
+        };
+        if bytes.len() != 64 {
+            return Err(serde::de::Error::custom("a fingerprint is 64 hex digits"));
+        }
+        let mut digest = [0u8; 32];
+        for (index, pair) in bytes.chunks_exact(2).enumerate() {
+            match (nibble(pair[0]), nibble(pair[1])) {
+                (Some(high), Some(low)) => digest[index] = (high << 4) | low,
+                _ => return Err(serde::de::Error::custom("a fingerprint is 64 hex digits")),
+            }
+        }
+        Ok(Fingerprint(digest))
+    }
+}
+
+/// Where a stored request stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum RecordState<O> {
+    /// Being processed; another attempt may take over after `lease_expires_at`.
+    InFlight {
+        /// When the processing attempt is presumed dead.
+        lease_expires_at: Timestamp,
+    },
+    /// Finished with this outcome, which is replayed to retries.
+    Completed {
+        /// The stored outcome (an HTTP response, a reply message, ...).
+        outcome: O,
+    },
+}
+
+/// What is stored for one idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRecord<O> {
+    /// The fingerprint of the request that first used the key.
+    pub fingerprint: Fingerprint,
+    /// In flight or completed.
+    pub state: RecordState<O>,
+    /// When the key was first used.
+    pub created_at: Timestamp,
+    /// After this the record no longer counts and may be deleted.
+    pub expires_at: Timestamp,
+}
+
+impl<O> IdempotencyRecord<O> {
+    /// A record for a request being processed now.
+    pub fn in_flight(
+        fingerprint: Fingerprint,
+        now: Timestamp,
+        lease_ms: u64,
+        retention_ms: u64,
+    ) -> Self {
+        IdempotencyRecord {
+            fingerprint,
+            state: RecordState::InFlight {
+                lease_expires_at: now.plus_ms(lease_ms),
+            },
+            created_at: now,
+            expires_at: now.plus_ms(retention_ms),
+        }
+    }
+
+    /// A record for a request completed now with `outcome`.
+    pub fn completed(
+        fingerprint: Fingerprint,
+        outcome: O,
+        now: Timestamp,
+        retention_ms: u64,
+    ) -> Self {
+        IdempotencyRecord {
+            fingerprint,
+            state: RecordState::Completed { outcome },
+            created_at: now,
+            expires_at: now.plus_ms(retention_ms),
+        }
+    }
+}
+
+/// The answer of [`decide`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict<'a, O> {
+    /// Never seen (or a crashed attempt's lease ran out): process it.
+    Fresh,
+    /// Seen and finished: answer with the stored outcome, do nothing else.
+    Replay(&'a O),
+    /// Seen and still being processed: ask the client to retry later.
+    InFlight {
+        /// How long until the current attempt's lease runs out.
+        retry_after_ms: u64,
+    },
+    /// The key was used for a different request.
+    Mismatch,
+    /// Seen, but so long ago that the record no longer counts: process it as new.
+    Expired,
+}
+
+/// Decides what to do with a request, given the record stored under its key.
+/// See the crate documentation for the precedence.
+pub fn decide<'a, O>(
+    stored: Option<&'a IdempotencyRecord<O>>,
+    fingerprint: &Fingerprint,
+    now: Timestamp,
+) -> Verdict<'a, O> {
+    let Some(record) = stored else {
+        return Verdict::Fresh;
+    };
+    if now >= record.expires_at {
+        return Verdict::Expired;
+    }
+    if record.fingerprint != *fingerprint {
+        return Verdict::Mismatch;
+    }
+    match &record.state {
+        RecordState::InFlight { lease_expires_at } if now < *lease_expires_at => {
+            Verdict::InFlight {
+                retry_after_ms: lease_expires_at.ms_since(now),
+            }
+        }
+        RecordState::InFlight { .. } => Verdict::Fresh,
+        RecordState::Completed { outcome } => Verdict::Replay(outcome),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rstest::rstest;
+    use serde_json::json;
+
+    use super::*;
+
+    fn at(unix_ms: u64) -> Timestamp {
+        Timestamp::from_unix_ms(unix_ms)
+    }
+
+    fn print(text: &str) -> Fingerprint {
+        Fingerprint::of_parts(&[text.as_bytes()])
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Expected {
+        Fresh,
+        Replay(&'static str),
+        InFlight(u64),
+        Mismatch,
+        Expired,
+    }
+
+    #[rstest]
+    #[case::never_seen(None, "a", 100, Expected::Fresh)]
+    #[case::completed_same_request(
+        Some(IdempotencyRecord::completed(print("a"), "201 created", at(0), 1_000)),
+        "a",
+        100,
+        Expected::Replay("201 created")
+    )]
+    #[case::completed_other_request(
+        Some(IdempotencyRecord::completed(print("a"), "201 created", at(0), 1_000)),
+        "b",
+        100,
+        Expected::Mismatch
+    )]
+    #[case::in_flight_within_lease(
+        Some(IdempotencyRecord::in_flight(print("a"), at(0), 300, 1_000)),
+        "a",
+        100,
+        Expected::InFlight(200)
+    )]
+    #[case::in_flight_other_request(
+        Some(IdempotencyRecord::in_flight(print("a"), at(0), 300, 1_000)),
+        "b",
+        100,
+        Expected::Mismatch
+    )]
+    #[case::in_flight_lease_ran_out(
+        Some(IdempotencyRecord::in_flight(print("a"), at(0), 300, 1_000)),
+        "a",
+        300,
+        Expected::Fresh
+    )]
+    #[case::expired_beats_mismatch(
+        Some(IdempotencyRecord::completed(print("a"), "201 created", at(0), 1_000)),
+        "b",
+        1_000,
+        Expected::Expired
+    )]
+    #[case::expired_same_request(
+        Some(IdempotencyRecord::completed(print("a"), "201 created", at(0), 1_000)),
+        "a",
+        5_000,
+        Expected::Expired
+    )]
+    fn verdicts_follow_the_documented_precedence(
+        #[case] stored: Option<IdempotencyRecord<&'static str>>,
+        #[case] request: &str,
+        #[case] now_ms: u64,
+        #[case] expected: Expected,
+    ) {
+        // Proves every combination of stored record, fingerprint and time
+        // gives the documented verdict.
+        let verdict = match decide(stored.as_ref(), &print(request), at(now_ms)) {
+            Verdict::Fresh => Expected::Fresh,
+            Verdict::Replay(outcome) => Expected::Replay(outcome),
+            Verdict::InFlight { retry_after_ms } => Expected::InFlight(retry_after_ms),
+            Verdict::Mismatch => Expected::Mismatch,
+            Verdict::Expired => Expected::Expired,
+        };
+        assert_eq!(verdict, expected);
+    }
+
+    #[test]
+    fn json_fingerprints_ignore_key_order_but_not_values() {
+        // Proves requests that mean the same match and others do not.
+        let first = json!({"customer": "alice", "lines": [{"sku": "a", "quantity": 1}]});
+        let reordered: serde_json::Value =
+            serde_json::from_str(r#"{"lines":[{"quantity":1,"sku":"a"}],"customer":"alice"}"#)
+                .unwrap();
+        let changed = json!({"customer": "alice", "lines": [{"sku": "a", "quantity": 2}]});
+        assert_eq!(
+            Fingerprint::of_json(&first),
+            Fingerprint::of_json(&reordered)
+        );
+        assert_ne!(Fingerprint::of_json(&first), Fingerprint::of_json(&changed));
+    }
+
+    #[rstest]
+    #[case("order-1", Ok(()))]
+    #[case("", Err(KeyError::Empty))]
+    #[case("with space", Err(KeyError::CharacterInvalid))]
+    #[case("é", Err(KeyError::CharacterInvalid))]
+    fn keys_are_validated(#[case] key: &str, #[case] expected: Result<(), KeyError>) {
+        // Proves keys are refused for the exact reason.
+        assert_eq!(IdempotencyKey::new(key).map(|_| ()), expected);
+    }
+
+    #[test]
+    fn key_length_is_bounded() {
+        // Proves the bound holds at exactly its limit.
+        assert!(IdempotencyKey::new("k".repeat(KEY_LENGTH_MAX)).is_ok());
+        assert_eq!(
+            IdempotencyKey::new("k".repeat(KEY_LENGTH_MAX + 1)),
+            Err(KeyError::TooLong)
+        );
+    }
+
+    #[test]
+    fn records_round_trip_through_serde() {
+        // Proves a stored record reads back identically.
+        let record = IdempotencyRecord::completed(print("a"), "outcome".to_owned(), at(5), 10);
+        let text = serde_json::to_string(&record).unwrap();
+        assert_eq!(
+            serde_json::from_str::<IdempotencyRecord<String>>(&text).unwrap(),
+            record
+        );
+    }
+}

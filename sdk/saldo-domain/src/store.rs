@@ -1,0 +1,326 @@
+//! The in-memory store: the same tables the PostgreSQL schemas hold, and a
+//! commit that applies a [`Decision`] all or nothing with version checks.
+//! The simulator, `saldo dev` and the browser harness run on it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use saldo_idempotency::{IdempotencyKey, IdempotencyRecord};
+use saldo_ledger::{Entry, PostingId};
+use saldo_types::{OrderId, Timestamp};
+
+use crate::decision::{
+    Decided, Decision, InboxReceipt, ReadSet, Row, RowKey, Snapshot, Version, Versioned,
+};
+use crate::messages::{Envelope, MessageId, Service};
+
+/// The most times an input is decided again after version conflicts before
+/// the conflict is reported to the caller.
+pub const DECIDE_ATTEMPTS_MAX: u32 = 8;
+
+/// Why a commit was refused. Nothing was written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommitError {
+    /// A row's stored version differs from the one the decider saw.
+    #[error("{key:?}: expected version {expected}, found {found}")]
+    VersionConflict {
+        /// The row.
+        key: RowKey,
+        /// The version the decision expected.
+        expected: Version,
+        /// The version stored.
+        found: Version,
+    },
+    /// Another handling of the same message committed first.
+    #[error("message {message_id} was already handled by {consumer}")]
+    InboxConflict {
+        /// The consumer.
+        consumer: Service,
+        /// The message.
+        message_id: MessageId,
+    },
+    /// The idempotency record changed since it was loaded.
+    #[error("idempotency key {key:?} changed concurrently")]
+    IdempotencyConflict {
+        /// The key.
+        key: String,
+    },
+    /// A posting with this id was sealed concurrently.
+    #[error("posting {0} already exists")]
+    PostingConflict(PostingId),
+}
+
+/// Why [`execute`] gave up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExecuteError<E> {
+    /// The decider refused the input.
+    #[error(transparent)]
+    Rejected(E),
+    /// Conflicts persisted through [`DECIDE_ATTEMPTS_MAX`] attempts.
+    #[error("still conflicting after {DECIDE_ATTEMPTS_MAX} attempts: {0}")]
+    Conflict(CommitError),
+}
+
+/// One service's outbox: messages committed but not yet published.
+#[derive(Debug, Clone, Default)]
+struct Outbox {
+    next_sequence: u64,
+    pending: BTreeMap<u64, Envelope>,
+    published: u64,
+}
+
+/// An outbox row waiting to be published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    /// Its position in the service's outbox; publishing in this order keeps
+    /// every order's messages in order.
+    pub sequence: u64,
+    /// The message.
+    pub envelope: Envelope,
+}
+
+/// All of Saldo's tables, in memory.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryStore {
+    rows: BTreeMap<RowKey, Versioned<Row>>,
+    entries: Vec<Entry>,
+    entry_by_posting: BTreeMap<PostingId, usize>,
+    inbox: BTreeMap<(Service, MessageId), InboxReceipt>,
+    idempotency:
+        BTreeMap<(Service, IdempotencyKey), Versioned<IdempotencyRecord<serde_json::Value>>>,
+    outboxes: BTreeMap<Service, Outbox>,
+    timers: BTreeSet<(Timestamp, OrderId)>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    /// Loads what a decider asked for.
+    pub fn load(&self, read_set: &ReadSet) -> Snapshot {
+        let rows = read_set
+            .rows
+            .iter()
+            .filter_map(|key| self.rows.get(key).map(|row| (key.clone(), row.clone())))
+            .collect();
+        let postings = read_set
+            .postings
+            .iter()
+            .filter_map(|id| {
+                self.entry_by_posting
+                    .get(id)
+                    .map(|index| (*id, self.entries[*index].posting.clone()))
+            })
+            .collect();
+        Snapshot {
+            rows,
+            postings,
+            inbox: read_set
+                .inbox
+                .as_ref()
+                .and_then(|key| self.inbox.get(key).cloned()),
+            idempotency: read_set
+                .idempotency
+                .as_ref()
+                .and_then(|key| self.idempotency.get(key).cloned()),
+        }
+    }
+
+    /// Applies a decision atomically: every check first, then every write.
+    pub fn commit(&mut self, decision: Decision, now: Timestamp) -> Result<(), CommitError> {
+        if decision.is_empty() {
+            return Ok(());
+        }
+        self.check(&decision)?;
+        for write in decision.writes {
+            let key = write.row.key();
+            if let Row::Order(order) = &write.row {
+                if let Some(Versioned {
+                    value: Row::Order(previous),
+                    ..
+                }) = self.rows.get(&key)
+                    && let Some(deadline) = previous.deadline()
+                {
+                    self.timers.remove(&(deadline, previous.order_id.clone()));
+                }
+                if let Some(deadline) = order.deadline() {
+                    self.timers.insert((deadline, order.order_id.clone()));
+                }
+            }
+            self.rows.insert(
+                key,
+                Versioned {
+                    version: write.expected + 1,
+                    value: write.row,
+                },
+            );
+        }
+        for posting in decision.postings {
+            let entry = Entry::seal(self.entries.last(), posting, now);
+            self.entry_by_posting
+                .insert(entry.posting.id, self.entries.len());
+            self.entries.push(entry);
+        }
+        if let Some(receipt) = decision.inbox {
+            self.inbox
+                .insert((receipt.consumer, receipt.message_id), receipt);
+        }
+        if let Some(write) = decision.idempotency {
+            let version = write.expected + 1;
+            self.idempotency.insert(
+                (write.service, write.key),
+                Versioned {
+                    version,
+                    value: write.record,
+                },
+            );
+        }
+        if let Some(service) = decision.outbox_service {
+            let outbox = self.outboxes.entry(service).or_default();
+            for envelope in decision.outbox {
+                outbox.pending.insert(outbox.next_sequence, envelope);
+                outbox.next_sequence += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn check(&self, decision: &Decision) -> Result<(), CommitError> {
+        let mut keys = BTreeSet::new();
+        for write in &decision.writes {
+            let key = write.row.key();
+            let found = self.rows.get(&key).map_or(0, |row| row.version);
+            if found != write.expected {
+                return Err(CommitError::VersionConflict {
+                    key,
+                    expected: write.expected,
+                    found,
+                });
+            }
+            assert!(keys.insert(key.clone()), "a decision writes {key:?} twice");
+        }
+        if let Some(receipt) = &decision.inbox
+            && self
+                .inbox
+                .contains_key(&(receipt.consumer, receipt.message_id))
+        {
+            return Err(CommitError::InboxConflict {
+                consumer: receipt.consumer,
+                message_id: receipt.message_id,
+            });
+        }
+        if let Some(write) = &decision.idempotency {
+            let found = self
+                .idempotency
+                .get(&(write.service, write.key.clone()))
+                .map_or(0, |record| record.version);
+            if found != write.expected {
+                return Err(CommitError::IdempotencyConflict {
+                    key: write.key.as_str().to_owned(),
+                });
+            }
+        }
+        if let Some(posting) = decision
+            .postings
+            .iter()
+            .find(|posting| self.entry_by_posting.contains_key(&posting.id))
+        {
+            return Err(CommitError::PostingConflict(posting.id));
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` unpublished messages of `service`, oldest first.
+    pub fn outbox_pending(&self, service: Service, limit: usize) -> Vec<OutboxRow> {
+        self.outboxes.get(&service).map_or_else(Vec::new, |outbox| {
+            outbox
+                .pending
+                .iter()
+                .take(limit)
+                .map(|(sequence, envelope)| OutboxRow {
+                    sequence: *sequence,
+                    envelope: envelope.clone(),
+                })
+                .collect()
+        })
+    }
+
+    /// How many messages of `service` wait to be published.
+    pub fn outbox_backlog(&self, service: Service) -> usize {
+        self.outboxes
+            .get(&service)
+            .map_or(0, |outbox| outbox.pending.len())
+    }
+
+    /// Marks messages as published (and, in memory, removes them at once:
+    /// the retention rule of the database outbox, with a zero retention).
+    pub fn mark_published(&mut self, service: Service, sequences: &[u64]) {
+        let outbox = self.outboxes.entry(service).or_default();
+        for sequence in sequences {
+            if outbox.pending.remove(sequence).is_some() {
+                outbox.published += 1;
+            }
+        }
+    }
+
+    /// Orders whose deadline is due at `now`, earliest first, at most `limit`.
+    pub fn due_timers(&self, now: Timestamp, limit: usize) -> Vec<OrderId> {
+        self.timers
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .take(limit)
+            .map(|(_, order_id)| order_id.clone())
+            .collect()
+    }
+
+    /// The earliest pending deadline, if any.
+    pub fn next_timer(&self) -> Option<Timestamp> {
+        self.timers.iter().next().map(|(at, _)| *at)
+    }
+
+    /// Every versioned row, ordered by key.
+    pub fn rows(&self) -> impl Iterator<Item = (&RowKey, &Versioned<Row>)> {
+        self.rows.iter()
+    }
+
+    /// One row.
+    pub fn row(&self, key: &RowKey) -> Option<&Versioned<Row>> {
+        self.rows.get(key)
+    }
+
+    /// The sealed ledger entries, in sequence.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// How many inbox receipts a consumer holds.
+    pub fn inbox_len(&self, consumer: Service) -> usize {
+        self.inbox
+            .keys()
+            .filter(|(service, _)| *service == consumer)
+            .count()
+    }
+}
+
+/// Runs the rhythm once: load, decide, commit; on a version conflict decide
+/// again from fresh state, at most [`DECIDE_ATTEMPTS_MAX`] times.
+pub fn execute<R, E>(
+    store: &mut MemoryStore,
+    read_set: &ReadSet,
+    now: Timestamp,
+    mut decide: impl FnMut(&Snapshot) -> Result<Decided<R>, E>,
+) -> Result<R, ExecuteError<E>> {
+    let mut last_conflict = None;
+    for _ in 0..DECIDE_ATTEMPTS_MAX {
+        let snapshot = store.load(read_set);
+        let decided = decide(&snapshot).map_err(ExecuteError::Rejected)?;
+        match store.commit(decided.decision, now) {
+            Ok(()) => return Ok(decided.reply),
+            Err(conflict) => last_conflict = Some(conflict),
+        }
+    }
+    Err(ExecuteError::Conflict(
+        last_conflict.expect("at least one attempt ran"),
+    ))
+}
