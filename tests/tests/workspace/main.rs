@@ -1,0 +1,3 @@
+//! The workspace's one integration-test binary; each module is one area.
+
+mod architecture;
