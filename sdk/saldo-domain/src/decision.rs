@@ -13,6 +13,7 @@
 //! in-memory [`crate::MemoryStore`] (simulator, dev mode) and in the browser.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use saldo_idempotency::{Fingerprint, IdempotencyKey, IdempotencyRecord};
 use saldo_ledger::{Account, AccountId, Posting, PostingId};
@@ -60,8 +61,9 @@ impl RowKey {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "table", content = "row", rename_all = "snake_case")]
 pub enum Row {
-    /// An order and its saga.
-    Order(Box<OrderRow>),
+    /// An order and its saga, shared: order rows are the largest, and
+    /// loading one should not copy it.
+    Order(Arc<OrderRow>),
     /// A SKU's stock.
     Stock(StockRow),
     /// An order's reservation.
@@ -201,11 +203,70 @@ pub struct Versioned<T> {
     pub value: T,
 }
 
+/// The rows of a snapshot: a handful per decision, so a small vector with
+/// map-like methods beats a tree (no node allocation, no rebalancing).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RowSet(Vec<(RowKey, Versioned<Row>)>);
+
+impl RowSet {
+    /// The row under `key`, if loaded.
+    pub fn get(&self, key: &RowKey) -> Option<&Versioned<Row>> {
+        self.0
+            .iter()
+            .find(|(candidate, _)| candidate == key)
+            .map(|(_, row)| row)
+    }
+
+    /// Adds or replaces the row under `key`.
+    pub fn insert(&mut self, key: RowKey, row: Versioned<Row>) {
+        match self.0.iter_mut().find(|(candidate, _)| *candidate == key) {
+            Some((_, existing)) => *existing = row,
+            None => self.0.push((key, row)),
+        }
+    }
+
+    /// Removes and returns the row under `key`.
+    pub fn remove(&mut self, key: &RowKey) -> Option<Versioned<Row>> {
+        let index = self.0.iter().position(|(candidate, _)| candidate == key)?;
+        Some(self.0.swap_remove(index).1)
+    }
+
+    /// Every loaded row.
+    pub fn values(&self) -> impl Iterator<Item = &Versioned<Row>> {
+        self.0.iter().map(|(_, row)| row)
+    }
+
+    /// Every loaded row, mutably.
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Versioned<Row>> {
+        self.0.iter_mut().map(|(_, row)| row)
+    }
+
+    /// How many rows were loaded.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when no row was loaded.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromIterator<(RowKey, Versioned<Row>)> for RowSet {
+    fn from_iter<I: IntoIterator<Item = (RowKey, Versioned<Row>)>>(rows: I) -> Self {
+        let mut set = RowSet::default();
+        for (key, row) in rows {
+            set.insert(key, row);
+        }
+        set
+    }
+}
+
 /// What a store loaded for a [`ReadSet`]. Absent rows are absent from `rows`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Snapshot {
     /// Loaded rows by key.
-    pub rows: BTreeMap<RowKey, Versioned<Row>>,
+    pub rows: RowSet,
     /// Loaded postings by id.
     pub postings: BTreeMap<PostingId, Posting>,
     /// The inbox receipt, if the message was handled before.
@@ -235,6 +296,16 @@ macro_rules! typed_row {
 }
 
 impl Snapshot {
+    /// Every loaded ledger account.
+    pub fn accounts(&self) -> impl Iterator<Item = &Account> {
+        self.rows
+            .values()
+            .filter_map(|versioned| match &versioned.value {
+                Row::Account(account) => Some(account),
+                _ => None,
+            })
+    }
+
     typed_row!(stock, Stock, Sku, StockRow);
     typed_row!(reservation, Reservation, OrderId, ReservationRow);
     typed_row!(payment, Payment, OrderId, PaymentRow);

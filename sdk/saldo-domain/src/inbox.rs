@@ -25,12 +25,9 @@ pub enum InboxVerdict {
 
 /// The fingerprint of a message's meaning: its type, key and body.
 pub fn fingerprint(envelope: &Envelope) -> Fingerprint {
-    let payload = serde_json::to_vec(&envelope.payload).expect("payloads always serialise");
-    Fingerprint::of_parts(&[
-        envelope.message_type().as_bytes(),
-        envelope.order_id.as_str().as_bytes(),
-        &payload,
-    ])
+    let mut payload = Vec::with_capacity(96);
+    envelope.payload.canonical_bytes(&mut payload);
+    Fingerprint::of_parts(&[envelope.order_id.as_str().as_bytes(), &payload])
 }
 
 /// Checks the loaded receipt (if any) for `envelope`.

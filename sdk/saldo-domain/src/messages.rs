@@ -215,6 +215,56 @@ impl Payload {
     }
 }
 
+impl Payload {
+    /// Appends the payload's canonical binary form (type tag, then fields in
+    /// declaration order; strings length-prefixed, numbers big-endian). The
+    /// inbox fingerprints it to recognise a reused message id.
+    pub fn canonical_bytes(&self, out: &mut Vec<u8>) {
+        fn text(out: &mut Vec<u8>, value: &str) {
+            out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+            out.extend_from_slice(value.as_bytes());
+        }
+        fn money(out: &mut Vec<u8>, amount: &Money) {
+            out.extend_from_slice(&amount.amount_minor().to_be_bytes());
+            out.extend_from_slice(amount.currency().code().as_bytes());
+        }
+        fn lines(out: &mut Vec<u8>, lines: &[OrderLine]) {
+            out.extend_from_slice(&(lines.len() as u32).to_be_bytes());
+            for line in lines {
+                text(out, line.sku.as_str());
+                out.extend_from_slice(&line.quantity.to_be_bytes());
+            }
+        }
+        text(out, self.message_type());
+        match self {
+            Payload::ReserveStock {
+                lines: order_lines,
+                currency,
+            } => {
+                lines(out, order_lines);
+                out.extend_from_slice(currency.code().as_bytes());
+            }
+            Payload::ReleaseStock { lines: order_lines }
+            | Payload::CommitStock { lines: order_lines } => lines(out, order_lines),
+            Payload::ChargePayment { customer, amount }
+            | Payload::RefundPayment { customer, amount } => {
+                text(out, customer.as_str());
+                money(out, amount);
+            }
+            Payload::StockReserved { amount } | Payload::PaymentSucceeded { amount } => {
+                money(out, amount)
+            }
+            Payload::StockRejected { reason } => out.push(*reason as u8),
+            Payload::PaymentFailed { reason } => out.push(*reason as u8),
+            Payload::OrderCancelled { reason } => out.push(*reason as u8),
+            Payload::StockReleased
+            | Payload::StockCommitted
+            | Payload::PaymentRefunded
+            | Payload::OrderConfirmed => {}
+        }
+    }
+}
+
 /// Every message type this schema version knows.
 pub const MESSAGE_TYPES: [&str; 14] = [
     "ReserveStock",
@@ -281,15 +331,25 @@ impl Traceparent {
         Traceparent(format!("00-{trace}-{}-01", &span.to_hex()[..16]))
     }
 
-    /// The same trace with a new parent span derived from `span_seed`, as a
-    /// message caused by this one carries.
+    /// The same trace with a new parent span taken from `span_seed` (a
+    /// derived id, so already uniformly distributed), as a message caused
+    /// by this one carries.
     pub fn child(&self, span_seed: Id128) -> Traceparent {
-        let span = Id128::derive("span", &[span_seed.as_bytes()]).to_hex();
-        let mut span = span[..16].to_owned();
-        if span == "0".repeat(16) {
-            span = "1".repeat(16);
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut span = [0u8; 8];
+        span.copy_from_slice(&span_seed.as_bytes()[..8]);
+        if span == [0; 8] {
+            // An all-zero parent id is invalid in W3C trace context.
+            span = [1; 8];
         }
-        Traceparent(format!("00-{}-{span}-{}", self.trace_id(), &self.0[53..55]))
+        let mut text = String::with_capacity(55);
+        text.push_str(&self.0[..36]);
+        for byte in span {
+            text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+            text.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+        }
+        text.push_str(&self.0[52..55]);
+        Traceparent(text)
     }
 
     /// The 32-digit trace id.

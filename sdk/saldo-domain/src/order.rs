@@ -12,6 +12,8 @@ use saldo_saga::{
     SagaInput, SagaInstance, StepSpec, Transition,
 };
 use saldo_types::{CorrelationId, Currency, CustomerId, Id128, Money, OrderId, Timestamp};
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::decision::{Decided, Decision, IdempotencyWrite, ReadSet, Row, RowKey, Snapshot};
@@ -259,12 +261,18 @@ pub struct PlaceOrder {
 impl PlaceOrder {
     /// The fingerprint of what the request means (not of the generated order id).
     pub fn fingerprint(&self) -> Fingerprint {
-        let value = serde_json::json!({
-            "customer": self.customer,
-            "lines": self.lines,
-            "currency": self.currency,
-        });
-        Fingerprint::of_json(&value)
+        let mut lines = Vec::with_capacity(self.lines.len() * 24);
+        for line in &self.lines {
+            lines.extend_from_slice(&(line.sku.as_str().len() as u32).to_be_bytes());
+            lines.extend_from_slice(line.sku.as_str().as_bytes());
+            lines.extend_from_slice(&line.quantity.to_be_bytes());
+        }
+        Fingerprint::of_parts(&[
+            b"place_order",
+            self.customer.as_str().as_bytes(),
+            self.currency.code().as_bytes(),
+            &lines,
+        ])
     }
 
     /// Checks the request's shape; the first problem found is returned.
@@ -422,7 +430,7 @@ pub fn decide_place_order(
             IDEMPOTENCY_RETENTION_MS,
         ),
     });
-    decision.write(0, Row::Order(Box::new(row)));
+    decision.write(0, Row::Order(Arc::new(row)));
     Ok(Decided {
         decision,
         reply: accepted,
@@ -521,7 +529,7 @@ pub fn decide_reply(
         envelope.message_id,
         now,
     );
-    decision.write(version, Row::Order(Box::new(row)));
+    decision.write(version, Row::Order(Arc::new(row)));
     Ok(Decided {
         decision,
         reply: MessageOutcome::Applied,
@@ -565,7 +573,7 @@ pub fn decide_deadline(
         &[order_id.as_str().as_bytes(), &now.unix_ms().to_be_bytes()],
     );
     publish_transition(&mut decision, &mut row, transition, cause, now);
-    decision.write(version, Row::Order(Box::new(row)));
+    decision.write(version, Row::Order(Arc::new(row)));
     Decided {
         decision,
         reply: MessageOutcome::Applied,

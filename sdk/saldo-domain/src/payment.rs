@@ -155,14 +155,11 @@ pub fn message_read_set(envelope: &Envelope) -> ReadSet {
 
 /// A partial ledger over the loaded accounts and postings.
 fn book_from(snapshot: &Snapshot) -> Book {
-    let accounts = snapshot
-        .rows
-        .values()
-        .filter_map(|versioned| match &versioned.value {
-            Row::Account(account) => Some(account.clone()),
-            _ => None,
-        });
-    Book::from_parts(accounts, snapshot.postings.values().cloned(), [])
+    Book::from_parts(
+        snapshot.accounts().cloned(),
+        snapshot.postings.values().cloned(),
+        [],
+    )
 }
 
 /// Adds the book's changes to the decision, each account with the version loaded.

@@ -2,7 +2,9 @@
 //! commit that applies a [`Decision`] all or nothing with version checks.
 //! The simulator, `saldo dev` and the browser harness run on it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 
 use saldo_idempotency::{IdempotencyKey, IdempotencyRecord};
 use saldo_ledger::{Entry, PostingId};
@@ -64,7 +66,7 @@ pub enum ExecuteError<E> {
 #[derive(Debug, Clone, Default)]
 struct Outbox {
     next_sequence: u64,
-    pending: BTreeMap<u64, Envelope>,
+    pending: BTreeMap<u64, Arc<Envelope>>,
     published: u64,
 }
 
@@ -74,17 +76,40 @@ pub struct OutboxRow {
     /// Its position in the service's outbox; publishing in this order keeps
     /// every order's messages in order.
     pub sequence: u64,
-    /// The message.
-    pub envelope: Envelope,
+    /// The message, shared with whoever publishes it.
+    pub envelope: Arc<Envelope>,
 }
+
+/// FxHash (from rustc): a fast hasher with no random state, so the row
+/// table behaves the same in every run, natively and in WebAssembly.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FixedHasher(u64);
+
+impl Hasher for FixedHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(SEED);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A deterministic `BuildHasher` for [`FixedHasher`].
+pub type FixedState = BuildHasherDefault<FixedHasher>;
 
 /// All of Saldo's tables, in memory.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryStore {
-    rows: BTreeMap<RowKey, Versioned<Row>>,
+    rows: HashMap<RowKey, Versioned<Row>, FixedState>,
     entries: Vec<Entry>,
     entry_by_posting: BTreeMap<PostingId, usize>,
-    inbox: BTreeMap<(Service, MessageId), InboxReceipt>,
+    inbox: HashMap<(Service, MessageId), InboxReceipt, FixedState>,
     idempotency:
         BTreeMap<(Service, IdempotencyKey), Versioned<IdempotencyRecord<serde_json::Value>>>,
     outboxes: BTreeMap<Service, Outbox>,
@@ -132,9 +157,8 @@ impl MemoryStore {
         if decision.is_empty() {
             return Ok(());
         }
-        self.check(&decision)?;
-        for write in decision.writes {
-            let key = write.row.key();
+        let keys = self.check(&decision)?;
+        for (write, key) in decision.writes.into_iter().zip(keys) {
             if let Row::Order(order) = &write.row {
                 if let Some(Versioned {
                     value: Row::Order(previous),
@@ -179,15 +203,18 @@ impl MemoryStore {
         if let Some(service) = decision.outbox_service {
             let outbox = self.outboxes.entry(service).or_default();
             for envelope in decision.outbox {
-                outbox.pending.insert(outbox.next_sequence, envelope);
+                outbox
+                    .pending
+                    .insert(outbox.next_sequence, Arc::new(envelope));
                 outbox.next_sequence += 1;
             }
         }
         Ok(())
     }
 
-    fn check(&self, decision: &Decision) -> Result<(), CommitError> {
-        let mut keys = BTreeSet::new();
+    /// Checks every precondition; returns the written rows' keys, in order.
+    fn check(&self, decision: &Decision) -> Result<Vec<RowKey>, CommitError> {
+        let mut keys: Vec<RowKey> = Vec::with_capacity(decision.writes.len());
         for write in &decision.writes {
             let key = write.row.key();
             let found = self.rows.get(&key).map_or(0, |row| row.version);
@@ -198,7 +225,8 @@ impl MemoryStore {
                     found,
                 });
             }
-            assert!(keys.insert(key.clone()), "a decision writes {key:?} twice");
+            assert!(!keys.contains(&key), "a decision writes {key:?} twice");
+            keys.push(key);
         }
         if let Some(receipt) = &decision.inbox
             && self
@@ -228,7 +256,7 @@ impl MemoryStore {
         {
             return Err(CommitError::PostingConflict(posting.id));
         }
-        Ok(())
+        Ok(keys)
     }
 
     /// Up to `limit` unpublished messages of `service`, oldest first.
@@ -279,7 +307,8 @@ impl MemoryStore {
         self.timers.iter().next().map(|(at, _)| *at)
     }
 
-    /// Every versioned row, ordered by key.
+    /// Every versioned row, in a fixed but unspecified order (the same in
+    /// every run); sort by key where order matters to an output.
     pub fn rows(&self) -> impl Iterator<Item = (&RowKey, &Versioned<Row>)> {
         self.rows.iter()
     }

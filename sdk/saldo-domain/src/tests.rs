@@ -164,7 +164,7 @@ impl World {
             self.store.mark_published(service, &sequences);
             taken.extend(
                 rows.into_iter()
-                    .map(|row| row.envelope)
+                    .map(|row| (*row.envelope).clone())
                     .filter(|envelope| envelope.payload.consumer().is_some()),
             );
         }

@@ -114,9 +114,9 @@ fn content_hash(
     hasher.update(previous_hash.0);
     hasher.update(sequence.to_be_bytes());
     hasher.update(recorded_at.unix_ms().to_be_bytes());
-    // serde_json writes struct fields in declaration order and Vec elements
-    // in order, so the encoding of a posting is canonical.
-    hasher.update(serde_json::to_vec(posting).expect("postings always serialise"));
+    let mut canonical = Vec::with_capacity(256);
+    posting.canonical_bytes(&mut canonical);
+    hasher.update(&canonical);
     ChainHash(hasher.finalize().into())
 }
 

@@ -122,6 +122,50 @@ impl Posting {
         }
     }
 
+    /// Appends the posting's canonical binary form: fixed field order,
+    /// length-prefixed strings, big-endian numbers. The hash chain is
+    /// computed over it, so it must never change for existing postings.
+    pub fn canonical_bytes(&self, out: &mut Vec<u8>) {
+        fn text(out: &mut Vec<u8>, value: &str) {
+            out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+            out.extend_from_slice(value.as_bytes());
+        }
+        fn optional(out: &mut Vec<u8>, value: Option<&str>) {
+            match value {
+                Some(value) => {
+                    out.push(1);
+                    text(out, value);
+                }
+                None => out.push(0),
+            }
+        }
+        out.extend_from_slice(self.id.as_bytes());
+        match self.reverses {
+            Some(original) => {
+                out.push(1);
+                out.extend_from_slice(original.as_bytes());
+            }
+            None => out.push(0),
+        }
+        text(out, &self.memo.purpose);
+        optional(out, self.memo.order_id.as_ref().map(OrderId::as_str));
+        optional(
+            out,
+            self.memo.correlation_id.as_ref().map(CorrelationId::as_str),
+        );
+        optional(out, self.memo.traceparent.as_deref());
+        out.extend_from_slice(&(self.legs.len() as u32).to_be_bytes());
+        for leg in &self.legs {
+            text(out, &leg.account.to_string());
+            out.push(match leg.side {
+                Side::Debit => 0,
+                Side::Credit => 1,
+            });
+            out.extend_from_slice(&leg.amount.amount_minor().to_be_bytes());
+            out.extend_from_slice(leg.amount.currency().code().as_bytes());
+        }
+    }
+
     /// True when, in every currency, debits equal credits.
     pub fn is_balanced(&self) -> bool {
         self.unbalanced_currency().is_none()

@@ -1,0 +1,36 @@
+//! `saldo`: the one command-line binary.
+
+mod sim_command;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Saldo: distributed transactions that stay financially correct under failure.
+#[derive(Debug, Parser)]
+#[command(name = "saldo", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the deterministic whole-platform simulator with fault injection.
+    Sim(sim_command::SimArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Sim(args) => sim_command::run(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            // One readable line, then a non-zero exit.
+            eprintln!("saldo: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,754 @@
+//! The simulation loop.
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use saldo_domain::decision::{Decided, Decision, Row, Snapshot};
+use saldo_domain::inventory::{SetStock, decide_set_stock, set_stock_read_set};
+use saldo_domain::messages::{Envelope, OrderLine, Service, Traceparent};
+use saldo_domain::order::{
+    self, OrderStatus, PlaceOrder, decide_place_order, place_order_read_set,
+};
+use saldo_domain::payment::{TopUp, decide_top_up, top_up_read_set};
+use saldo_domain::store::execute;
+use saldo_domain::{ConsumeError, MemoryStore, MessageOutcome, Rules};
+use saldo_idempotency::IdempotencyKey;
+use saldo_types::{CorrelationId, Currency, CustomerId, Id128, Money, OrderId, Sku, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use crate::broker::Broker;
+use crate::config::{Faults, SimConfig};
+use crate::invariants::{Checker, Violation};
+use crate::rng::Rng;
+use crate::trace::{CrashPoint, DeliveryOutcome, Trace, TraceEvent, TraceRecord};
+
+/// The signature of [`saldo_domain::decide_message`].
+pub type DecideMessage = fn(
+    &Rules,
+    Service,
+    &Snapshot,
+    &Envelope,
+    Timestamp,
+) -> Result<Decided<MessageOutcome>, ConsumeError>;
+
+/// The decide and commit functions the simulator drives. [`Handlers::REAL`]
+/// is the production code; tests swap in deliberately broken variants to
+/// prove the invariants catch them.
+#[derive(Debug, Clone, Copy)]
+pub struct Handlers {
+    /// Decides a consumed message (the production entry point is
+    /// [`saldo_domain::decide_message`]).
+    pub decide_message: DecideMessage,
+    /// Splits a decision into the transactions that commit it: production
+    /// commits one decision in one transaction.
+    pub split_commit: fn(Decision) -> Vec<Decision>,
+}
+
+fn one_transaction(decision: Decision) -> Vec<Decision> {
+    vec![decision]
+}
+
+impl Handlers {
+    /// The production deciders and one transaction per decision.
+    pub const REAL: Handlers = Handlers {
+        decide_message: saldo_domain::decide_message,
+        split_commit: one_transaction,
+    };
+}
+
+/// Counters for the summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Steps taken.
+    pub steps: u64,
+    /// Orders that ended confirmed.
+    pub orders_confirmed: u64,
+    /// Orders that ended cancelled.
+    pub orders_cancelled: u64,
+    /// Messages put on the broker (duplicates included).
+    pub messages_published: u64,
+    /// Messages handled by a consumer.
+    pub messages_delivered: u64,
+    /// Deliveries the inbox recognised as duplicates.
+    pub duplicates_absorbed: u64,
+    /// Duplicates the broker was made to deliver.
+    pub duplicates_injected: u64,
+    /// Crashes of services and publishers.
+    pub crashes_injected: u64,
+    /// Client requests repeated with the same idempotency key.
+    pub client_retries: u64,
+    /// Deadlines handled.
+    pub timers_fired: u64,
+    /// Invariant checks run.
+    pub invariant_checks: u64,
+    /// Virtual milliseconds simulated.
+    pub simulated_ms: u64,
+}
+
+impl Stats {
+    /// Adds another run's counters to these.
+    pub fn absorb(&mut self, other: &Stats) {
+        self.steps += other.steps;
+        self.orders_confirmed += other.orders_confirmed;
+        self.orders_cancelled += other.orders_cancelled;
+        self.messages_published += other.messages_published;
+        self.messages_delivered += other.messages_delivered;
+        self.duplicates_absorbed += other.duplicates_absorbed;
+        self.duplicates_injected += other.duplicates_injected;
+        self.crashes_injected += other.crashes_injected;
+        self.client_retries += other.client_retries;
+        self.timers_fired += other.timers_fired;
+        self.invariant_checks += other.invariant_checks;
+        self.simulated_ms += other.simulated_ms;
+    }
+}
+
+/// Why a run stopped early.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ViolationReport {
+    /// The run's seed.
+    pub seed: u64,
+    /// The step at which the invariant broke.
+    pub step: u64,
+    /// The invariant and what is wrong.
+    pub violation: Violation,
+    /// The events leading to it, oldest first.
+    pub recent: Vec<TraceRecord>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The configuration that reproduces it.
+    pub config: SimConfig,
+    /// Counters.
+    pub stats: Stats,
+    /// The trace hash (64 hex digits).
+    pub trace_hash: String,
+    /// The broken invariant, if any.
+    pub violation: Option<Box<ViolationReport>>,
+    /// The trace as JSON lines, when it was kept.
+    pub trace_json_lines: Option<Vec<u8>>,
+}
+
+/// What one [`Simulation::step`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepOutcome {
+    /// There is more to do.
+    Running,
+    /// Nothing is left to do and every invariant holds.
+    Quiescent,
+    /// An invariant broke; the run cannot continue.
+    Violated,
+}
+
+/// An order the client will place.
+#[derive(Debug, Clone)]
+struct PlannedOrder {
+    customer: CustomerId,
+    lines: Vec<OrderLine>,
+}
+
+/// A request the client will send (again) at `not_before`.
+#[derive(Debug, Clone, Copy)]
+struct PendingRequest {
+    index: usize,
+    attempt: u32,
+    not_before: Timestamp,
+}
+
+const CURRENCY: Currency = Currency::EUR;
+/// The first virtual instant of every run.
+pub const START: Timestamp = Timestamp::from_unix_ms(1_767_225_600_000);
+
+fn index_of(service: Service) -> usize {
+    match service {
+        Service::Order => 0,
+        Service::Inventory => 1,
+        Service::Payment => 2,
+    }
+}
+
+/// The whole platform in one value, stepped one action at a time.
+pub struct Simulation {
+    config: SimConfig,
+    faults: Faults,
+    rules: Rules,
+    handlers: Handlers,
+    rng: Rng,
+    now: Timestamp,
+    store: MemoryStore,
+    broker: Broker,
+    checker: Checker,
+    down_until: [Option<Timestamp>; 3],
+    publisher_down_until: [Option<Timestamp>; 3],
+    planned: Vec<PlannedOrder>,
+    next_new: usize,
+    next_arrival: Timestamp,
+    retries: VecDeque<PendingRequest>,
+    faults_active: bool,
+    fault_steps_left: u64,
+    steps_max: u64,
+    stats: Stats,
+    trace: Trace,
+    violation: Option<Box<ViolationReport>>,
+    finished: bool,
+}
+
+impl Simulation {
+    /// Sets up a run: wallets, stock and the client's orders, all drawn from the seed.
+    pub fn new(config: SimConfig, handlers: Handlers, keep_trace: bool) -> Simulation {
+        let mut rng = Rng::new(config.seed);
+        let rules = Rules::default();
+        let mut store = MemoryStore::new();
+        let orders = u64::from(config.orders);
+        let customers = (orders / 3 + 2).min(10_000);
+        let skus = (orders / 20 + 2).min(1_000);
+        let now = START;
+        for customer in 0..customers {
+            // About one customer in seven never tops up: their orders fail with unknown_wallet.
+            if rng.below(7) == 0 {
+                continue;
+            }
+            let request = TopUp {
+                customer: CustomerId::new(format!("c{customer}")).expect("valid id"),
+                amount: Money::from_minor(rng.between(500, 9_000) as i64, CURRENCY),
+                idempotency_key: IdempotencyKey::new(format!("top-up-{customer}"))
+                    .expect("valid key"),
+                correlation_id: CorrelationId::new(format!("setup-{customer}")).expect("valid id"),
+                traceparent: Traceparent::root(Id128::derive(
+                    "sim-setup",
+                    &[&customer.to_be_bytes()],
+                )),
+            };
+            let policy = rules.payment;
+            execute(&mut store, &top_up_read_set(&request), now, |snapshot| {
+                decide_top_up(&policy, snapshot, &request, now)
+            })
+            .expect("setup top-ups are valid");
+        }
+        // Stock is drawn around the expected demand, so some SKUs run out:
+        // orders contend for the last units.
+        let demand = (orders * 9 / 4 / skus).max(1);
+        for sku in 0..skus {
+            let request = SetStock {
+                sku: Sku::new(format!("s{sku}")).expect("valid sku"),
+                on_hand: rng.between(demand * 3 / 10, demand * 12 / 10),
+                unit_price: Money::from_minor(rng.between(100, 2_000) as i64, CURRENCY),
+            };
+            execute(&mut store, &set_stock_read_set(&request), now, |snapshot| {
+                decide_set_stock(snapshot, &request)
+            })
+            .expect("setup stock is valid");
+        }
+        let planned = (0..orders)
+            .map(|_| {
+                let customer =
+                    CustomerId::new(format!("c{}", rng.below(customers))).expect("valid id");
+                let first = rng.below(skus);
+                let mut lines = vec![OrderLine {
+                    sku: Sku::new(format!("s{first}")).expect("valid"),
+                    quantity: rng.between(1, 2) as u32,
+                }];
+                if skus > 1 && rng.chance(500_000) {
+                    let second = (first + 1 + rng.below(skus - 1)) % skus;
+                    lines.push(OrderLine {
+                        sku: Sku::new(format!("s{second}")).expect("valid"),
+                        quantity: rng.between(1, 2) as u32,
+                    });
+                }
+                PlannedOrder { customer, lines }
+            })
+            .collect();
+        Simulation {
+            faults: config.profile.faults(),
+            broker: Broker::new(config.partitions),
+            fault_steps_left: orders * 40 + 100,
+            steps_max: orders * 4_000 + 100_000,
+            config,
+            rules,
+            handlers,
+            rng,
+            now,
+            store,
+            checker: Checker::default(),
+            down_until: [None; 3],
+            publisher_down_until: [None; 3],
+            planned,
+            next_new: 0,
+            next_arrival: now,
+            retries: VecDeque::new(),
+            faults_active: true,
+            stats: Stats::default(),
+            trace: Trace::new(keep_trace),
+            violation: None,
+            finished: false,
+        }
+    }
+
+    /// The store, for inspection.
+    pub fn store(&self) -> &MemoryStore {
+        &self.store
+    }
+
+    /// The virtual clock.
+    pub fn now(&self) -> Timestamp {
+        self.now
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The trace so far.
+    pub fn trace(&self) -> &Trace {
+        &self.trace
+    }
+
+    /// Runs to the end and reports.
+    pub fn run(mut self) -> Report {
+        while self.step() == StepOutcome::Running {}
+        self.report()
+    }
+
+    /// The report of the run so far.
+    pub fn report(&self) -> Report {
+        let mut stats = self.stats.clone();
+        stats.invariant_checks = self.checker.checks();
+        stats.simulated_ms = self.now.ms_since(START);
+        Report {
+            config: self.config.clone(),
+            stats,
+            trace_hash: self.trace.hash_hex(),
+            violation: self.violation.clone(),
+            trace_json_lines: self.trace.json_lines().map(<[u8]>::to_vec),
+        }
+    }
+
+    fn record(&mut self, event: TraceEvent) {
+        self.trace.record(TraceRecord {
+            step: self.stats.steps,
+            now_ms: self.now.unix_ms(),
+            event,
+        });
+    }
+
+    fn fault(&mut self, per_million: u32) -> bool {
+        self.faults_active && self.rng.chance(per_million)
+    }
+
+    fn up(&self, service: Service) -> bool {
+        self.down_until[index_of(service)].is_none()
+    }
+
+    fn fail(&mut self, violation: Violation) -> StepOutcome {
+        self.violation = Some(Box::new(ViolationReport {
+            seed: self.config.seed,
+            step: self.stats.steps,
+            violation,
+            recent: self.trace.recent(),
+        }));
+        self.finished = true;
+        StepOutcome::Violated
+    }
+
+    /// Takes one action. Call until it returns something other than `Running`.
+    pub fn step(&mut self) -> StepOutcome {
+        if self.finished {
+            return if self.violation.is_some() {
+                StepOutcome::Violated
+            } else {
+                StepOutcome::Quiescent
+            };
+        }
+        self.stats.steps += 1;
+        if self.stats.steps > self.steps_max {
+            let detail = format!("no quiescence after {} steps", self.steps_max);
+            return self.fail(Violation {
+                invariant: "every_order_terminal",
+                detail,
+            });
+        }
+        self.restart_due();
+        if self.faults_active {
+            if self.fault_steps_left == 0 {
+                self.stop_faults();
+            } else {
+                self.fault_steps_left -= 1;
+            }
+        }
+        if self.fault(self.faults.clock_jump_ppm) {
+            let ms = self.rng.between(1_000, 60_000);
+            self.now = self.now.plus_ms(ms);
+            self.record(TraceEvent::ClockJumped { ms });
+        }
+        if self.fault(self.faults.stall_ppm) {
+            let consumer = Service::ALL[self.rng.index(3)];
+            let partition = self.rng.below(u64::from(self.config.partitions)) as u32;
+            let until = self.now.plus_ms(self.rng.between(1_000, 15_000));
+            self.broker.stall(consumer, partition, until);
+            self.record(TraceEvent::Stalled {
+                consumer,
+                partition,
+                until_ms: until.unix_ms(),
+            });
+        }
+        let actions = self.enabled_actions();
+        let result = if actions.is_empty() {
+            self.idle()
+        } else {
+            let action = actions[self.rng.index(actions.len())];
+            self.act(action)
+        };
+        self.now = self.now.plus_ms(self.rng.below(2));
+        match result {
+            Ok(outcome) => outcome,
+            Err(violation) => self.fail(violation),
+        }
+    }
+
+    fn stop_faults(&mut self) {
+        self.faults_active = false;
+        self.record(TraceEvent::FaultsStopped);
+    }
+
+    fn restart_due(&mut self) {
+        for service in Service::ALL {
+            let index = index_of(service);
+            if self.down_until[index].is_some_and(|until| until <= self.now) {
+                self.down_until[index] = None;
+                self.record(TraceEvent::Restarted { service });
+            }
+            if self.publisher_down_until[index].is_some_and(|until| until <= self.now) {
+                self.publisher_down_until[index] = None;
+            }
+        }
+    }
+
+    fn enabled_actions(&self) -> Vec<Action> {
+        let mut actions = Vec::with_capacity(8);
+        if self.up(Service::Order) && self.client_request_ready() {
+            actions.push(Action::Place);
+        }
+        for service in Service::ALL {
+            if self.up(service)
+                && self.publisher_down_until[index_of(service)].is_none()
+                && self.store.outbox_backlog(service) > 0
+            {
+                actions.push(Action::Publish(service));
+            }
+            if self.up(service) && self.broker.has_deliverable(service, self.now) {
+                actions.push(Action::Deliver(service));
+            }
+        }
+        if self.up(Service::Order) && self.store.next_timer().is_some_and(|due| due <= self.now) {
+            actions.push(Action::Timers);
+        }
+        actions
+    }
+
+    fn client_request_ready(&self) -> bool {
+        let retry_ready = self
+            .retries
+            .front()
+            .is_some_and(|request| request.not_before <= self.now);
+        retry_ready || (self.next_new < self.planned.len() && self.next_arrival <= self.now)
+    }
+
+    /// Nothing can run now: wait for the next thing that will, or finish.
+    fn idle(&mut self) -> Result<StepOutcome, Violation> {
+        let mut wake: Vec<Timestamp> = Vec::new();
+        wake.extend(self.down_until.iter().flatten());
+        wake.extend(self.publisher_down_until.iter().flatten());
+        wake.extend(self.broker.next_unstall(self.now));
+        wake.extend(self.store.next_timer());
+        wake.extend(self.retries.iter().map(|request| request.not_before).min());
+        if self.next_new < self.planned.len() {
+            wake.push(self.next_arrival);
+        }
+        if let Some(next) = wake.into_iter().min() {
+            self.now = next.max(self.now.plus_ms(1));
+            return Ok(StepOutcome::Running);
+        }
+        if self.faults_active {
+            // Quiescence is judged once faults have stopped.
+            self.stop_faults();
+            return Ok(StepOutcome::Running);
+        }
+        self.checker.at_quiescence(&self.store)?;
+        for (_, versioned) in self.store.rows() {
+            if let Row::Order(order) = &versioned.value {
+                match order.status() {
+                    OrderStatus::Confirmed => self.stats.orders_confirmed += 1,
+                    OrderStatus::Cancelled(_) => self.stats.orders_cancelled += 1,
+                    OrderStatus::Pending => {}
+                }
+            }
+        }
+        self.record(TraceEvent::Quiescent);
+        self.finished = true;
+        Ok(StepOutcome::Quiescent)
+    }
+
+    fn act(&mut self, action: Action) -> Result<StepOutcome, Violation> {
+        match action {
+            Action::Place => self.place(),
+            Action::Publish(service) => self.publish(service),
+            Action::Deliver(service) => self.deliver(service),
+            Action::Timers => self.fire_timers(),
+        }?;
+        Ok(StepOutcome::Running)
+    }
+
+    fn crash(&mut self, service: Service, point: CrashPoint) {
+        let until = self.now.plus_ms(self.rng.between(100, 5_000));
+        self.stats.crashes_injected += 1;
+        if point == CrashPoint::AfterPublish {
+            self.publisher_down_until[index_of(service)] = Some(until);
+        } else {
+            self.down_until[index_of(service)] = Some(until);
+            self.broker.rewind(service);
+        }
+        self.record(TraceEvent::Crashed {
+            service,
+            point,
+            until_ms: until.unix_ms(),
+        });
+    }
+
+    /// Commits a decision the way `service` would, with crash faults.
+    /// Returns false when a crash lost (part of) it.
+    fn commit(&mut self, service: Service, decision: Decision) -> Result<bool, Violation> {
+        for part in (self.handlers.split_commit)(decision) {
+            if self.fault(self.faults.crash_before_commit_ppm) {
+                self.crash(service, CrashPoint::BeforeCommit);
+                return Ok(false);
+            }
+            let before = self.checker.before(&self.store, &part);
+            let postings = if part.postings.is_empty() {
+                Vec::new()
+            } else {
+                part.postings.clone()
+            };
+            if let Err(conflict) = self.store.commit(part, self.now) {
+                // Single-threaded, nothing changes between load and commit: a
+                // conflict means the decision contradicts its own snapshot.
+                return Err(Violation {
+                    invariant: "decisions_match_their_snapshot",
+                    detail: format!("{service}: {conflict}"),
+                });
+            }
+            self.checker.after_commit(&self.store, before, &postings)?;
+        }
+        Ok(true)
+    }
+
+    fn place(&mut self) -> Result<(), Violation> {
+        let request = match self.retries.front() {
+            Some(request) if request.not_before <= self.now => {
+                self.retries.pop_front().expect("checked")
+            }
+            _ => {
+                let request = PendingRequest {
+                    index: self.next_new,
+                    attempt: 0,
+                    not_before: self.now,
+                };
+                self.next_new += 1;
+                self.next_arrival = self.now.plus_ms(self.rng.below(3));
+                request
+            }
+        };
+        let planned = &self.planned[request.index];
+        let order_id = if request.attempt == 0 {
+            format!("o{}", request.index)
+        } else {
+            format!("o{}-r{}", request.index, request.attempt)
+        };
+        let place = PlaceOrder {
+            order_id: OrderId::new(order_id.clone()).expect("valid id"),
+            customer: planned.customer.clone(),
+            lines: planned.lines.clone(),
+            currency: CURRENCY,
+            idempotency_key: IdempotencyKey::new(format!("k{}", request.index)).expect("valid key"),
+            correlation_id: CorrelationId::new(format!("r{}", request.index)).expect("valid id"),
+            traceparent: Traceparent::root(Id128::derive(
+                "sim-request",
+                &[
+                    &self.config.seed.to_be_bytes(),
+                    &(request.index as u64).to_be_bytes(),
+                ],
+            )),
+        };
+        let snapshot = self.store.load(&place_order_read_set(&place));
+        let decided = decide_place_order(&self.rules.order_saga, &snapshot, &place, self.now)
+            .map_err(|error| Violation {
+                invariant: "valid_requests_accepted",
+                detail: format!("order {order_id}: {error}"),
+            })?;
+        let replayed = decided.reply.replayed;
+        let committed = self.commit(Service::Order, decided.decision)?;
+        let outcome = match (committed, replayed) {
+            (false, _) => "crashed",
+            (true, true) => "replayed",
+            (true, false) => "accepted",
+        };
+        self.record(TraceEvent::OrderRequested {
+            order_id,
+            idempotency_key: place.idempotency_key.as_str().to_owned(),
+            outcome: outcome.to_owned(),
+        });
+        let retry = !committed || self.fault(self.faults.client_retry_ppm);
+        if retry {
+            if committed {
+                self.stats.client_retries += 1;
+            }
+            let not_before = self.now.plus_ms(self.rng.between(1, 500));
+            self.retries.push_back(PendingRequest {
+                index: request.index,
+                attempt: request.attempt + 1,
+                not_before,
+            });
+        }
+        Ok(())
+    }
+
+    fn publish(&mut self, service: Service) -> Result<(), Violation> {
+        let rows = self
+            .store
+            .outbox_pending(service, self.config.publish_batch_max as usize);
+        let mut sequences = Vec::with_capacity(rows.len());
+        for row in rows {
+            sequences.push(row.sequence);
+            let envelope = row.envelope;
+            let (partition, duplicated) = match envelope.payload.consumer() {
+                Some(consumer) => {
+                    let partition = self.broker.publish(consumer, Arc::clone(&envelope));
+                    let duplicated = self.fault(self.faults.duplicate_ppm);
+                    if duplicated {
+                        self.broker.publish(consumer, Arc::clone(&envelope));
+                        self.stats.duplicates_injected += 1;
+                    }
+                    (Some(partition), duplicated)
+                }
+                None => (None, false),
+            };
+            self.stats.messages_published += 1 + u64::from(duplicated);
+            self.record(TraceEvent::Published {
+                service,
+                message_id: envelope.message_id,
+                message_type: Cow::Borrowed(envelope.message_type()),
+                order_id: envelope.order_id.clone(),
+                partition,
+                duplicated,
+            });
+        }
+        if self.fault(self.faults.crash_after_publish_ppm) {
+            // Published but not marked: the batch goes out again later.
+            self.crash(service, CrashPoint::AfterPublish);
+            return Ok(());
+        }
+        self.store.mark_published(service, &sequences);
+        Ok(())
+    }
+
+    fn deliver(&mut self, consumer: Service) -> Result<(), Violation> {
+        let Some(delivery) = self.broker.take(consumer, self.now, &mut self.rng) else {
+            return Ok(());
+        };
+        let envelope = Arc::clone(&delivery.envelope);
+        let read_set = saldo_domain::message_read_set(consumer, &envelope);
+        let snapshot = self.store.load(&read_set);
+        let decided =
+            (self.handlers.decide_message)(&self.rules, consumer, &snapshot, &envelope, self.now);
+        self.stats.messages_delivered += 1;
+        let record = |outcome| TraceEvent::Delivered {
+            consumer,
+            partition: delivery.partition,
+            offset: delivery.offset,
+            message_id: envelope.message_id,
+            message_type: Cow::Borrowed(envelope.message_type()),
+            order_id: envelope.order_id.clone(),
+            outcome,
+        };
+        let decided = match decided {
+            Ok(decided) => decided,
+            Err(error) => {
+                self.record(record(DeliveryOutcome::DeadLettered));
+                return Err(Violation {
+                    invariant: "nothing_dead_lettered",
+                    detail: format!(
+                        "{consumer} refused {} for order {}: {error}",
+                        envelope.message_type(),
+                        envelope.order_id
+                    ),
+                });
+            }
+        };
+        let outcome = match decided.reply {
+            MessageOutcome::Applied => DeliveryOutcome::Applied,
+            MessageOutcome::Duplicate => DeliveryOutcome::Duplicate,
+            MessageOutcome::Ignored(_) => DeliveryOutcome::Ignored,
+        };
+        if !self.commit(consumer, decided.decision)? {
+            self.record(record(DeliveryOutcome::Crashed));
+            return Ok(());
+        }
+        if self.fault(self.faults.crash_before_ack_ppm) {
+            self.record(record(DeliveryOutcome::Crashed));
+            self.crash(consumer, CrashPoint::BeforeAck);
+            return Ok(());
+        }
+        self.broker
+            .commit_offset(consumer, delivery.partition, delivery.offset);
+        if outcome == DeliveryOutcome::Duplicate {
+            self.stats.duplicates_absorbed += 1;
+        }
+        self.record(record(outcome));
+        if self.fault(self.faults.crash_before_publish_ppm) {
+            self.crash(consumer, CrashPoint::BeforePublish);
+        }
+        Ok(())
+    }
+
+    fn fire_timers(&mut self) -> Result<(), Violation> {
+        for order_id in self.store.due_timers(self.now, 8) {
+            let snapshot = self.store.load(&order::deadline_read_set(&order_id));
+            let decided =
+                order::decide_deadline(&self.rules.order_saga, &snapshot, &order_id, self.now);
+            let outcome = match decided.reply {
+                MessageOutcome::Applied => DeliveryOutcome::Applied,
+                MessageOutcome::Duplicate => DeliveryOutcome::Duplicate,
+                MessageOutcome::Ignored(_) => DeliveryOutcome::Ignored,
+            };
+            self.stats.timers_fired += 1;
+            if !self.commit(Service::Order, decided.decision)? {
+                self.record(TraceEvent::TimerFired {
+                    order_id: order_id.clone(),
+                    outcome: DeliveryOutcome::Crashed,
+                });
+                return Ok(());
+            }
+            self.record(TraceEvent::TimerFired {
+                order_id: order_id.clone(),
+                outcome,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Place,
+    Publish(Service),
+    Deliver(Service),
+    Timers,
+}
+
+/// Runs one configuration with the production handlers.
+pub fn run(config: SimConfig, keep_trace: bool) -> Report {
+    Simulation::new(config, Handlers::REAL, keep_trace).run()
+}

@@ -1,0 +1,314 @@
+//! The run's trace: every event, in order.
+//!
+//! Two forms of one sequence: JSON lines (`--trace FILE`, for the browser
+//! harness and for people) and a SHA-256 *trace hash* over a compact binary
+//! encoding of the same events, which is what determinism is checked on.
+//! The binary encoding is canonical (fixed field order, length-prefixed
+//! strings, big-endian numbers), so the hash is equal natively and in
+//! WebAssembly.
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+
+use saldo_domain::messages::Service;
+use saldo_types::{Id128, OrderId};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// How many recent events a violation report shows.
+pub const RECENT_EVENTS_MAX: usize = 24;
+
+/// Where a crash hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CrashPoint {
+    /// After deciding, before (or during) the commit: the decision is lost.
+    BeforeCommit,
+    /// After the commit, before the input was acknowledged: it is redelivered.
+    BeforeAck,
+    /// After the commit and acknowledgement, before its messages were published.
+    BeforePublish,
+    /// The publisher published a batch and crashed before marking it.
+    AfterPublish,
+}
+
+/// What delivering a message did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryOutcome {
+    /// Took effect.
+    Applied,
+    /// The inbox knew it: no effect.
+    Duplicate,
+    /// Recorded, no effect (late, out of order, stale).
+    Ignored,
+    /// Could not be handled: sent to the dead-letter topic.
+    DeadLettered,
+    /// The consumer crashed while handling it.
+    Crashed,
+}
+
+/// One thing that happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum TraceEvent {
+    /// The client asked for an order.
+    OrderRequested {
+        /// The order (the id the request generated).
+        order_id: String,
+        /// The idempotency key.
+        idempotency_key: String,
+        /// `accepted`, `replayed`, `unavailable` or `crashed`.
+        outcome: String,
+    },
+    /// A publisher put a message on the broker.
+    Published {
+        /// The publishing service.
+        service: Service,
+        /// The message.
+        message_id: Id128,
+        /// Its type.
+        message_type: Cow<'static, str>,
+        /// Its key.
+        order_id: OrderId,
+        /// The partition (none for events nobody consumes).
+        partition: Option<u32>,
+        /// True when the broker got it twice.
+        duplicated: bool,
+    },
+    /// A consumer handled a message.
+    Delivered {
+        /// The consumer.
+        consumer: Service,
+        /// The partition.
+        partition: u32,
+        /// The offset.
+        offset: u64,
+        /// The message.
+        message_id: Id128,
+        /// Its type.
+        message_type: Cow<'static, str>,
+        /// Its key.
+        order_id: OrderId,
+        /// What happened.
+        outcome: DeliveryOutcome,
+    },
+    /// An order's deadline was handled.
+    TimerFired {
+        /// The order.
+        order_id: OrderId,
+        /// What happened.
+        outcome: DeliveryOutcome,
+    },
+    /// A service (or its publisher) crashed.
+    Crashed {
+        /// The service.
+        service: Service,
+        /// Where.
+        point: CrashPoint,
+        /// When it comes back (ms since the epoch).
+        until_ms: u64,
+    },
+    /// A service came back.
+    Restarted {
+        /// The service.
+        service: Service,
+    },
+    /// A partition stopped delivering for a while.
+    Stalled {
+        /// The consuming service.
+        consumer: Service,
+        /// The partition.
+        partition: u32,
+        /// Until when.
+        until_ms: u64,
+    },
+    /// The clock jumped forward.
+    ClockJumped {
+        /// By how much.
+        ms: u64,
+    },
+    /// Faults stopped; the platform runs calmly to quiescence from here.
+    FaultsStopped,
+    /// Nothing is left to do.
+    Quiescent,
+}
+
+/// One line of the trace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceRecord {
+    /// The step number.
+    pub step: u64,
+    /// The virtual time (ms since the epoch).
+    pub now_ms: u64,
+    /// What happened.
+    #[serde(flatten)]
+    pub event: TraceEvent,
+}
+
+fn put_str(bytes: &mut Vec<u8>, text: &str) {
+    bytes.extend_from_slice(&(text.len() as u32).to_be_bytes());
+    bytes.extend_from_slice(text.as_bytes());
+}
+
+fn service_byte(service: Service) -> u8 {
+    match service {
+        Service::Order => 0,
+        Service::Inventory => 1,
+        Service::Payment => 2,
+    }
+}
+
+impl TraceRecord {
+    /// Appends the canonical binary encoding of the record.
+    pub fn encode_into(&self, bytes: &mut Vec<u8>) {
+        bytes.extend_from_slice(&self.step.to_be_bytes());
+        bytes.extend_from_slice(&self.now_ms.to_be_bytes());
+        match &self.event {
+            TraceEvent::OrderRequested {
+                order_id,
+                idempotency_key,
+                outcome,
+            } => {
+                bytes.push(1);
+                put_str(bytes, order_id);
+                put_str(bytes, idempotency_key);
+                put_str(bytes, outcome);
+            }
+            TraceEvent::Published {
+                service,
+                message_id,
+                message_type,
+                order_id,
+                partition,
+                duplicated,
+            } => {
+                bytes.push(2);
+                bytes.push(service_byte(*service));
+                bytes.extend_from_slice(message_id.as_bytes());
+                put_str(bytes, message_type);
+                put_str(bytes, order_id.as_str());
+                bytes.extend_from_slice(&partition.map_or(u32::MAX, |p| p).to_be_bytes());
+                bytes.push(u8::from(*duplicated));
+            }
+            TraceEvent::Delivered {
+                consumer,
+                partition,
+                offset,
+                message_id,
+                message_type,
+                order_id,
+                outcome,
+            } => {
+                bytes.push(3);
+                bytes.push(service_byte(*consumer));
+                bytes.extend_from_slice(&partition.to_be_bytes());
+                bytes.extend_from_slice(&offset.to_be_bytes());
+                bytes.extend_from_slice(message_id.as_bytes());
+                put_str(bytes, message_type);
+                put_str(bytes, order_id.as_str());
+                bytes.push(*outcome as u8);
+            }
+            TraceEvent::TimerFired { order_id, outcome } => {
+                bytes.push(4);
+                put_str(bytes, order_id.as_str());
+                bytes.push(*outcome as u8);
+            }
+            TraceEvent::Crashed {
+                service,
+                point,
+                until_ms,
+            } => {
+                bytes.push(5);
+                bytes.push(service_byte(*service));
+                bytes.push(*point as u8);
+                bytes.extend_from_slice(&until_ms.to_be_bytes());
+            }
+            TraceEvent::Restarted { service } => {
+                bytes.push(6);
+                bytes.push(service_byte(*service));
+            }
+            TraceEvent::Stalled {
+                consumer,
+                partition,
+                until_ms,
+            } => {
+                bytes.push(7);
+                bytes.push(service_byte(*consumer));
+                bytes.extend_from_slice(&partition.to_be_bytes());
+                bytes.extend_from_slice(&until_ms.to_be_bytes());
+            }
+            TraceEvent::ClockJumped { ms } => {
+                bytes.push(8);
+                bytes.extend_from_slice(&ms.to_be_bytes());
+            }
+            TraceEvent::FaultsStopped => bytes.push(9),
+            TraceEvent::Quiescent => bytes.push(10),
+        }
+    }
+}
+
+/// Collects the trace: always its hash and recent events; the full JSON
+/// lines only when asked for.
+#[derive(Debug, Clone)]
+pub struct Trace {
+    hasher: Sha256,
+    scratch: Vec<u8>,
+    recent: VecDeque<TraceRecord>,
+    json_lines: Option<Vec<u8>>,
+    events: u64,
+}
+
+impl Trace {
+    /// A trace that keeps JSON lines when `keep_json_lines` is true.
+    pub fn new(keep_json_lines: bool) -> Trace {
+        Trace {
+            hasher: Sha256::new(),
+            scratch: Vec::with_capacity(128),
+            recent: VecDeque::with_capacity(RECENT_EVENTS_MAX),
+            json_lines: keep_json_lines.then(Vec::new),
+            events: 0,
+        }
+    }
+
+    /// Records one event.
+    pub fn record(&mut self, record: TraceRecord) {
+        self.scratch.clear();
+        record.encode_into(&mut self.scratch);
+        self.hasher.update(&self.scratch);
+        if let Some(lines) = &mut self.json_lines {
+            serde_json::to_writer(&mut *lines, &record).expect("trace records serialise");
+            lines.push(b'\n');
+        }
+        if self.recent.len() == RECENT_EVENTS_MAX {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(record);
+        self.events += 1;
+    }
+
+    /// The hash of everything recorded so far, as 64 hex digits.
+    pub fn hash_hex(&self) -> String {
+        self.hasher
+            .clone()
+            .finalize()
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
+    }
+
+    /// The most recent events, oldest first.
+    pub fn recent(&self) -> Vec<TraceRecord> {
+        self.recent.iter().cloned().collect()
+    }
+
+    /// How many events were recorded.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// The JSON lines, if kept.
+    pub fn json_lines(&self) -> Option<&[u8]> {
+        self.json_lines.as_deref()
+    }
+}
