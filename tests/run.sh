@@ -28,6 +28,48 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install cargo-nextest --locked
 fi
 
+step "PostgreSQL"
+# A local server for the storage tests: installed if missing, started if
+# down, with a test role that has a password (TCP may ask for one) and may
+# create the per-test databases and the service roles.
+as_postgres() {
+    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else sudo -u postgres "$@"; fi
+}
+if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then apt_get=(apt-get); else apt_get=(sudo apt-get); fi
+    "${apt_get[@]}" update -q
+    DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -q postgresql
+fi
+pg_version=$(ls /etc/postgresql | sort -V | tail -n 1)
+if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+    if [ "$(id -u)" = 0 ]; then
+        pg_ctlcluster --skip-systemctl-redirect "$pg_version" main start
+    else
+        sudo pg_ctlcluster --skip-systemctl-redirect "$pg_version" main start
+    fi
+fi
+for _ in $(seq 1 60); do
+    pg_isready -q -h 127.0.0.1 -p 5432 && break
+    sleep 0.5
+done
+pg_isready -h 127.0.0.1 -p 5432
+as_postgres psql -q -v ON_ERROR_STOP=1 -d postgres <<'SQL'
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'saldo_test') THEN
+        CREATE ROLE saldo_test LOGIN PASSWORD 'saldo_test' CREATEDB CREATEROLE;
+    ELSE
+        ALTER ROLE saldo_test LOGIN PASSWORD 'saldo_test' CREATEDB CREATEROLE;
+    END IF;
+END
+$$;
+SQL
+# Databases of earlier runs: every test creates its own, so none is reused.
+for database in $(as_postgres psql -Atq -d postgres -c "SELECT datname FROM pg_database WHERE datname LIKE 'saldo\_test\_%'"); do
+    as_postgres dropdb --if-exists --force "$database"
+done
+export SALDO_TEST_DATABASE_URL="postgres://saldo_test:saldo_test@127.0.0.1:5432/postgres"
+
 step "format and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -1,5 +1,6 @@
 //! `saldo`: the one command-line binary.
 
+mod migrate_command;
 mod sim_command;
 
 use std::process::ExitCode;
@@ -18,12 +19,15 @@ struct Cli {
 enum Command {
     /// Run the deterministic whole-platform simulator with fault injection.
     Sim(sim_command::SimArgs),
+    /// Apply the database migrations (idempotent) and report what was applied.
+    Migrate(migrate_command::MigrateArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Sim(args) => sim_command::run(&args),
+        Command::Migrate(args) => migrate_command::run(&args),
     };
     match result {
         Ok(code) => code,

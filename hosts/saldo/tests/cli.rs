@@ -89,3 +89,55 @@ fn bad_arguments_give_one_readable_line_and_a_non_zero_exit() {
     let output = saldo(&["sim", "--seeds", "abc"]);
     assert_ne!(output.status.code(), Some(0), "clap refuses non-numbers");
 }
+
+#[test]
+fn migrate_applies_once_and_then_reports_up_to_date() {
+    // Proves `saldo migrate` applies every migration to a new database, then
+    // nothing, and that a bad URL is one readable line with exit code 2.
+    let admin_url = std::env::var("SALDO_TEST_DATABASE_URL")
+        .expect("tests/run.sh sets SALDO_TEST_DATABASE_URL");
+    let name = format!("saldo_test_cli_{}", std::process::id());
+    let psql = |sql: String| {
+        Command::new("psql")
+            .args([admin_url.as_str(), "-q", "-c", &sql])
+            .output()
+            .expect("psql runs")
+    };
+    psql(format!("DROP DATABASE IF EXISTS {name}"));
+    assert!(psql(format!("CREATE DATABASE {name}")).status.success());
+    let url = saldo_postgres::testing::with_database(&admin_url, &name);
+    let first = saldo(&["migrate", "--database-url", &url]);
+    assert_eq!(
+        first.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert_eq!(
+        stdout(&first)
+            .lines()
+            .filter(|line| line.contains("applied"))
+            .count(),
+        saldo_postgres::MIGRATOR.iter().count()
+    );
+    let second = saldo(&["migrate", "--database-url", &url]);
+    assert!(
+        stdout(&second).contains("up to date"),
+        "{}",
+        stdout(&second)
+    );
+    psql(format!("DROP DATABASE {name}"));
+    let broken = saldo(&[
+        "migrate",
+        "--database-url",
+        "postgres://nobody:wrong@127.0.0.1:1/none",
+    ]);
+    assert_eq!(broken.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&broken.stderr)
+            .trim_end()
+            .lines()
+            .count(),
+        1
+    );
+}

@@ -323,6 +323,26 @@ impl MemoryStore {
         &self.entries
     }
 
+    /// Every inbox receipt, in a fixed but unspecified order.
+    pub fn inbox_receipts(&self) -> impl Iterator<Item = &InboxReceipt> {
+        self.inbox.values()
+    }
+
+    /// Every idempotency record with its service and key, ordered.
+    pub fn idempotency_records(
+        &self,
+    ) -> impl Iterator<
+        Item = (
+            Service,
+            &IdempotencyKey,
+            &Versioned<IdempotencyRecord<serde_json::Value>>,
+        ),
+    > {
+        self.idempotency
+            .iter()
+            .map(|((service, key), record)| (*service, key, record))
+    }
+
     /// How many inbox receipts a consumer holds.
     pub fn inbox_len(&self, consumer: Service) -> usize {
         self.inbox

@@ -93,6 +93,30 @@ impl Entry {
         }
     }
 
+    /// Seals `posting` at `sequence`, linked to `previous_hash`: for stores
+    /// that keep the chain's end in a row of their own rather than the entry.
+    pub fn seal_at(
+        sequence: u64,
+        previous_hash: ChainHash,
+        posting: Posting,
+        recorded_at: Timestamp,
+    ) -> Entry {
+        assert!(
+            posting.is_balanced(),
+            "only balanced postings are sealed: {}",
+            posting.id
+        );
+        assert!(sequence > 0, "sequences start at 1");
+        let hash = content_hash(sequence, recorded_at, &posting, &previous_hash);
+        Entry {
+            sequence,
+            recorded_at,
+            posting,
+            previous_hash,
+            hash,
+        }
+    }
+
     /// The hash the entry's content should have.
     pub fn computed_hash(&self) -> ChainHash {
         content_hash(

@@ -1,0 +1,7 @@
+//! PostgreSQL storage tests, each on a freshly created database.
+
+mod backends;
+mod concurrency;
+mod contract;
+mod ledger;
+mod migrations;
