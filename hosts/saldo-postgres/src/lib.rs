@@ -13,9 +13,10 @@
 //! `payment`); [`migrate`] applies the migrations under `migrations/`.
 
 mod migrate;
+pub mod reconcile;
 mod store;
 pub mod testing;
 
 pub use migrate::{AppliedMigration, MIGRATOR, migrate};
 pub use saldo_domain::store::CommitError;
-pub use store::{Dump, PgCommitError, PgExecuteError, PgStore, StoreError};
+pub use store::{ACQUIRE_TIMEOUT, Dump, PgCommitError, PgExecuteError, PgStore, StoreError};

@@ -1,6 +1,7 @@
 //! `saldo`: the one command-line binary.
 
 mod migrate_command;
+mod reconcile_command;
 mod sim_command;
 
 use std::process::ExitCode;
@@ -21,6 +22,8 @@ enum Command {
     Sim(sim_command::SimArgs),
     /// Apply the database migrations (idempotent) and report what was applied.
     Migrate(migrate_command::MigrateArgs),
+    /// Check orders, payments, ledger, stock and outboxes for silent failures (read-only).
+    Reconcile(reconcile_command::ReconcileArgs),
 }
 
 fn main() -> ExitCode {
@@ -28,6 +31,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Sim(args) => sim_command::run(&args),
         Command::Migrate(args) => migrate_command::run(&args),
+        Command::Reconcile(args) => reconcile_command::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -141,3 +141,149 @@ fn migrate_applies_once_and_then_reports_up_to_date() {
         1
     );
 }
+
+/// A migrated database for the CLI, with its admin and read-only URLs.
+fn reconcile_database(suffix: &str) -> (String, String, impl Fn(&str)) {
+    let admin_url = std::env::var("SALDO_TEST_DATABASE_URL")
+        .expect("tests/run.sh sets SALDO_TEST_DATABASE_URL");
+    let name = format!("saldo_test_cli_{suffix}_{}", std::process::id());
+    let admin = admin_url.clone();
+    let psql = move |sql: &str| {
+        let output = Command::new("psql")
+            .args([admin.as_str(), "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .expect("psql runs");
+        assert!(
+            output.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    psql(&format!("DROP DATABASE IF EXISTS {name}"));
+    psql(&format!("CREATE DATABASE {name}"));
+    let url = saldo_postgres::testing::with_database(&admin_url, &name);
+    assert_eq!(
+        saldo(&["migrate", "--database-url", &url]).status.code(),
+        Some(0)
+    );
+    let database_psql = {
+        let url = url.clone();
+        move |sql: &str| {
+            let output = Command::new("psql")
+                .args([url.as_str(), "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+                .output()
+                .expect("psql runs");
+            assert!(
+                output.status.success(),
+                "{sql}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    };
+    database_psql("GRANT saldo_reconcile TO CURRENT_USER");
+    // Connect as the read-only role, as an operator would.
+    let read_only = format!("{url}?options=-c%20role%3Dsaldo_reconcile");
+    (url, read_only, database_psql)
+}
+
+#[test]
+fn reconcile_once_exits_zero_when_clean_and_one_with_findings() {
+    // Proves the one-shot report, its exit codes and its JSON form, run with
+    // the read-only role.
+    let (_, read_only, psql) = reconcile_database("once");
+    let clean = saldo(&["reconcile", "--once", "--database-url", &read_only]);
+    assert_eq!(
+        clean.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&clean.stderr)
+    );
+    assert!(stdout(&clean).contains("clean"));
+    psql(
+        "INSERT INTO payment.dead_letters (message_id, message_type, order_id, error, payload, received_at) VALUES ('m', 'ChargePayment', 'o1', 'malformed', '\\x00', now())",
+    );
+    let dirty = saldo(&[
+        "reconcile",
+        "--once",
+        "--json",
+        "--database-url",
+        &read_only,
+    ]);
+    assert_eq!(dirty.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&dirty.stdout).expect("JSON");
+    assert_eq!(report["clean"], false);
+    assert_eq!(report["findings"][0]["kind"], "dead_letters_present");
+    assert_eq!(report["findings"][0]["ids"][0], "dead_letters:payment");
+    let no_mode = saldo(&["reconcile", "--database-url", &read_only]);
+    assert_eq!(no_mode.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&no_mode.stderr).contains("--once or --interval"));
+}
+
+#[test]
+fn reconcile_as_a_service_exposes_gauges_alerts_once_and_stops_on_sigterm() {
+    // Proves the periodic mode: Prometheus gauges per finding kind, one alert
+    // line per new finding, and a clean exit on SIGTERM.
+    use std::io::{Read, Write};
+    let (_, read_only, psql) = reconcile_database("service");
+    psql(
+        "INSERT INTO inventory.dead_letters (message_id, message_type, order_id, error, payload, received_at) VALUES ('m', 'ReserveStock', 'o1', 'malformed', '\\x00', now())",
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let address = listener.local_addr().expect("address");
+    drop(listener);
+    let mut service = Command::new(env!("CARGO_BIN_EXE_saldo"))
+        .args([
+            "reconcile",
+            "--interval",
+            "200ms",
+            "--metrics-address",
+            &address.to_string(),
+            "--database-url",
+            &read_only,
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let metrics = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no metrics within 20 s"
+        );
+        if let Ok(mut stream) = std::net::TcpStream::connect(address) {
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .expect("writes");
+            let mut body = String::new();
+            stream.read_to_string(&mut body).expect("reads");
+            if body.contains("saldo_reconcile_findings{kind=\"dead_letters_present\"} 1") {
+                break body;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(
+        metrics.contains("saldo_reconcile_findings{kind=\"double_charge\"} 0"),
+        "every kind is reported, zeros included"
+    );
+    let status = Command::new("kill")
+        .args(["-TERM", &service.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let exit = service.wait().expect("exits");
+    assert_eq!(exit.code(), Some(0));
+    let mut stderr = String::new();
+    service
+        .stderr
+        .take()
+        .expect("piped")
+        .read_to_string(&mut stderr)
+        .expect("reads");
+    assert_eq!(
+        stderr.matches("ALERT").count(),
+        1,
+        "a persisting finding alerts once: {stderr}"
+    );
+    assert!(stderr.contains("dead_letters_present"));
+}

@@ -478,6 +478,25 @@ impl Simulation {
             return Ok(StepOutcome::Running);
         }
         self.checker.at_quiescence(&self.store)?;
+        // Reconciliation, run as an operator would, must find nothing at rest.
+        let findings = saldo_reconcile::memory::reconcile(
+            &self.store,
+            self.now,
+            &saldo_reconcile::Settings::default(),
+        );
+        if let Some(finding) = findings.first() {
+            let detail = format!(
+                "{} finding(s), first {} {:?}: {}",
+                findings.len(),
+                finding.kind.name(),
+                finding.ids,
+                finding.detail
+            );
+            return Err(Violation {
+                invariant: "reconciliation_clean",
+                detail,
+            });
+        }
         for (_, versioned) in self.store.rows() {
             if let Row::Order(order) = &versioned.value {
                 match order.status() {

@@ -5,3 +5,4 @@ mod concurrency;
 mod contract;
 mod ledger;
 mod migrations;
+mod reconcile;

@@ -1,0 +1,208 @@
+//! `saldo reconcile`: read-only checks, once or as a periodic service.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use saldo_postgres::reconcile::{Reconciler, RunReport};
+use saldo_reconcile::{FindingKind, Settings};
+use saldo_types::Timestamp;
+use sqlx::postgres::PgPoolOptions;
+
+/// Arguments of `saldo reconcile`.
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    /// PostgreSQL URL; use the read-only `saldo_reconcile` role.
+    #[arg(long, env = "SALDO_RECONCILE_DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    /// Run once, print a report, exit 0 when clean and 1 with findings.
+    #[arg(long, conflicts_with = "interval")]
+    once: bool,
+    /// Run every INTERVAL (e.g. 30s, 5m) as a service, with metrics and alerts.
+    #[arg(long, value_parser = parse_duration)]
+    interval: Option<Duration>,
+    /// Print the report as JSON (with --once).
+    #[arg(long)]
+    json: bool,
+    /// How long an unfinished order counts as in flight.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    grace: Duration,
+    /// How long an outbox row may wait unpublished.
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    outbox_age: Duration,
+    /// Where to serve Prometheus metrics (with --interval).
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    metrics_address: SocketAddr,
+}
+
+/// Parses `250ms`, `30s`, `5m` or `1h`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30s or 5m"))?;
+    let ms = match unit {
+        "ms" => value,
+        "s" | "" => value.saturating_mul(1_000),
+        "m" => value.saturating_mul(60_000),
+        "h" => value.saturating_mul(3_600_000),
+        _ => return Err(format!("{text:?}: the unit must be ms, s, m or h")),
+    };
+    Ok(Duration::from_millis(ms))
+}
+
+fn wall_clock() -> Timestamp {
+    let elapsed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp::from_unix_ms(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Runs the command.
+pub fn run(args: &ReconcileArgs) -> anyhow::Result<ExitCode> {
+    if !args.once && args.interval.is_none() {
+        bail!("choose --once or --interval DURATION");
+    }
+    if args.interval.is_some_and(|interval| interval.is_zero()) {
+        bail!("--interval must be longer than zero");
+    }
+    let settings = Settings {
+        grace_ms: u64::try_from(args.grace.as_millis()).unwrap_or(u64::MAX),
+        outbox_age_max_ms: u64::try_from(args.outbox_age.as_millis()).unwrap_or(u64::MAX),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let pool = PgPoolOptions::new()
+            .max_connections(6)
+            .acquire_timeout(saldo_postgres::ACQUIRE_TIMEOUT)
+            .connect(&args.database_url)
+            .await
+            .context("cannot connect to the database")?;
+        let mut reconciler = Reconciler::new(pool, settings);
+        match args.interval {
+            None => {
+                let report = reconciler
+                    .run(wall_clock())
+                    .await
+                    .context("reconciliation failed")?;
+                print_report(&report, args.json)?;
+                Ok(if report.findings.is_empty() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                })
+            }
+            Some(interval) => serve(&mut reconciler, interval, args.metrics_address).await,
+        }
+    })
+}
+
+fn print_report(report: &RunReport, json: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        let value = serde_json::json!({
+            "clean": report.findings.is_empty(),
+            "orders_checked": report.orders_checked,
+            "entries_verified": report.entries_verified,
+            "findings": report.findings,
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "saldo reconcile: {} orders checked, {} ledger entries verified",
+        report.orders_checked, report.entries_verified
+    )?;
+    if report.findings.is_empty() {
+        writeln!(out, "clean: no findings")?;
+    }
+    for finding in &report.findings {
+        writeln!(
+            out,
+            "{:<8} {:<36} {:<40} {}",
+            format!("{:?}", finding.severity).to_lowercase(),
+            finding.kind.name(),
+            finding.ids.join(" "),
+            finding.detail
+        )?;
+    }
+    if !report.findings.is_empty() {
+        writeln!(out, "{} finding(s)", report.findings.len())?;
+    }
+    Ok(())
+}
+
+/// The periodic service: gauges per finding kind, and one alert line per
+/// new finding (a finding that persists is not alerted again).
+async fn serve(
+    reconciler: &mut Reconciler,
+    interval: Duration,
+    metrics_address: SocketAddr,
+) -> anyhow::Result<ExitCode> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(metrics_address)
+        .install()
+        .with_context(|| format!("cannot serve metrics on {metrics_address}"))?;
+    eprintln!("saldo reconcile: every {interval:?}, metrics on http://{metrics_address}/metrics");
+    let mut alerted: BTreeSet<String> = BTreeSet::new();
+    let mut ticker = tokio::time::interval(interval);
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot watch SIGTERM")?;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("saldo reconcile: stopping on SIGINT");
+                return Ok(ExitCode::SUCCESS);
+            }
+            _ = terminate.recv() => {
+                eprintln!("saldo reconcile: stopping on SIGTERM");
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+        let report = match reconciler.run(wall_clock()).await {
+            Ok(report) => report,
+            Err(error) => {
+                metrics::counter!("saldo_reconcile_failures_total").increment(1);
+                eprintln!("saldo reconcile: run failed: {error}");
+                continue;
+            }
+        };
+        metrics::counter!("saldo_reconcile_runs_total").increment(1);
+        metrics::gauge!("saldo_reconcile_orders_checked").set(report.orders_checked as f64);
+        for kind in FindingKind::ALL {
+            let count = report
+                .findings
+                .iter()
+                .filter(|finding| finding.kind == kind)
+                .count();
+            metrics::gauge!("saldo_reconcile_findings", "kind" => kind.name()).set(count as f64);
+        }
+        let current: BTreeSet<String> = report
+            .findings
+            .iter()
+            .map(|finding| finding.identity())
+            .collect();
+        for finding in &report.findings {
+            if !alerted.contains(&finding.identity()) {
+                eprintln!(
+                    "ALERT {}",
+                    serde_json::to_string(finding).unwrap_or_default()
+                );
+            }
+        }
+        alerted = current;
+    }
+}

@@ -1,0 +1,521 @@
+//! Reconciliation: pure rules that find silent failures.
+//!
+//! Real-time systems are eventually consistent and can fail silently (seed
+//! section 3.8). A reader (the PostgreSQL host, or [`memory`] over the
+//! in-memory store) gathers *facts* (one [`OrderFacts`] per order, and
+//! per-SKU, per-account, per-entry, per-outbox-row facts) and these rules
+//! turn them into typed [`Finding`]s, each with a severity and the ids
+//! involved. The rules read nothing and write nothing.
+//!
+//! Eventual consistency is allowed for: an order younger than
+//! [`Settings::grace_ms`] that has not ended is in flight, not a finding;
+//! outbox rows are only reported once older than
+//! [`Settings::outbox_age_max_ms`].
+//!
+//! The facts are designed to be streamed: an order's facts are everything
+//! needed to judge it, so a reader can merge tables sorted by order id and
+//! keep one order in memory at a time.
+
+pub mod memory;
+
+use saldo_domain::inventory::ReservationState;
+use saldo_domain::messages::Service;
+use saldo_domain::order::OrderStatus;
+use saldo_domain::payment::PaymentState;
+use saldo_ledger::{ChainError, ChainHash, Entry};
+use saldo_types::{OrderId, Timestamp};
+use serde::Serialize;
+
+/// How tolerant reconciliation is of work in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Settings {
+    /// An unfinished order younger than this is in flight, not a finding.
+    pub grace_ms: u64,
+    /// An unpublished outbox row older than this is a finding.
+    pub outbox_age_max_ms: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            grace_ms: 5 * 60_000,
+            outbox_age_max_ms: 60_000,
+        }
+    }
+}
+
+/// How urgent a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Money or stock is wrong: page someone.
+    Critical,
+    /// Something is stuck or late: look today.
+    Warning,
+}
+
+/// What is wrong. Each kind has one stable name (its serde form), used in
+/// reports, metrics labels and alerts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    /// A confirmed order without exactly one captured, unrefunded payment.
+    ConfirmedWithoutCapturedPayment,
+    /// A payment whose ledger entries are missing or do not match it.
+    PaymentWithoutBalancedEntries,
+    /// Ledger entries for an order that has no payment.
+    EntriesWithoutPayment,
+    /// A ledger entry whose debits and credits differ.
+    UnbalancedEntry,
+    /// The hash chain does not verify at this entry.
+    ChainBroken,
+    /// More money taken from the wallet than one charge.
+    DoubleCharge,
+    /// A cancelled order that still has money charged.
+    CancelledWithNetCharge,
+    /// A cancelled order that still holds stock.
+    CancelledWithHeldStock,
+    /// A SKU's reserved count differs from its held reservations.
+    StockDisagreesWithReservations,
+    /// A reservation still held for a confirmed order, or for no order at all.
+    ReservationHeldForFinishedOrder,
+    /// A saga not ended long after its deadline.
+    SagaStuck,
+    /// An account's balance differs from the sum of its ledger legs.
+    AccountDisagreesWithEntries,
+    /// An outbox row unpublished for too long.
+    OutboxUnpublished,
+    /// Messages sit in a dead-letter table.
+    DeadLettersPresent,
+}
+
+impl FindingKind {
+    /// Every kind, for metrics that report zero as well.
+    pub const ALL: [FindingKind; 14] = [
+        FindingKind::ConfirmedWithoutCapturedPayment,
+        FindingKind::PaymentWithoutBalancedEntries,
+        FindingKind::EntriesWithoutPayment,
+        FindingKind::UnbalancedEntry,
+        FindingKind::ChainBroken,
+        FindingKind::DoubleCharge,
+        FindingKind::CancelledWithNetCharge,
+        FindingKind::CancelledWithHeldStock,
+        FindingKind::StockDisagreesWithReservations,
+        FindingKind::ReservationHeldForFinishedOrder,
+        FindingKind::SagaStuck,
+        FindingKind::AccountDisagreesWithEntries,
+        FindingKind::OutboxUnpublished,
+        FindingKind::DeadLettersPresent,
+    ];
+
+    /// The stable name.
+    pub fn name(self) -> &'static str {
+        match self {
+            FindingKind::ConfirmedWithoutCapturedPayment => "confirmed_without_captured_payment",
+            FindingKind::PaymentWithoutBalancedEntries => "payment_without_balanced_entries",
+            FindingKind::EntriesWithoutPayment => "entries_without_payment",
+            FindingKind::UnbalancedEntry => "unbalanced_entry",
+            FindingKind::ChainBroken => "chain_broken",
+            FindingKind::DoubleCharge => "double_charge",
+            FindingKind::CancelledWithNetCharge => "cancelled_with_net_charge",
+            FindingKind::CancelledWithHeldStock => "cancelled_with_held_stock",
+            FindingKind::StockDisagreesWithReservations => "stock_disagrees_with_reservations",
+            FindingKind::ReservationHeldForFinishedOrder => "reservation_held_for_finished_order",
+            FindingKind::SagaStuck => "saga_stuck",
+            FindingKind::AccountDisagreesWithEntries => "account_disagrees_with_entries",
+            FindingKind::OutboxUnpublished => "outbox_unpublished",
+            FindingKind::DeadLettersPresent => "dead_letters_present",
+        }
+    }
+
+    /// How urgent this kind is.
+    pub fn severity(self) -> Severity {
+        match self {
+            FindingKind::SagaStuck
+            | FindingKind::OutboxUnpublished
+            | FindingKind::DeadLettersPresent => Severity::Warning,
+            _ => Severity::Critical,
+        }
+    }
+}
+
+/// One silent failure, with the ids it involves.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Finding {
+    /// What is wrong.
+    pub kind: FindingKind,
+    /// How urgent.
+    pub severity: Severity,
+    /// The ids involved, as `kind:id` (`order:o1`, `sku:apple`,
+    /// `posting:...`, `account:wallet:alice:EUR`, `entry:12`, `outbox:payment:7`).
+    pub ids: Vec<String>,
+    /// A sentence for a person.
+    pub detail: String,
+}
+
+impl Finding {
+    fn new(kind: FindingKind, ids: Vec<String>, detail: String) -> Finding {
+        Finding {
+            kind,
+            severity: kind.severity(),
+            ids,
+            detail,
+        }
+    }
+
+    /// A stable identity for "have I alerted on this before?": kind and ids.
+    pub fn identity(&self) -> String {
+        format!("{}|{}", self.kind.name(), self.ids.join(","))
+    }
+}
+
+/// The order service's facts about one order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderFact {
+    /// What the user sees.
+    pub status: OrderStatus,
+    /// The priced total, once known.
+    pub amount_minor: Option<i64>,
+    /// When it was placed.
+    pub created_at: Timestamp,
+    /// The saga's next deadline, while it runs.
+    pub deadline: Option<Timestamp>,
+}
+
+/// Where a payment stands, without the posting ids (`payments.state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentKind {
+    /// Charged.
+    Captured,
+    /// Refused; no money moved.
+    Failed,
+    /// Charged, then refunded.
+    Refunded,
+    /// Refunded before any charge; a later charge is refused.
+    CancelledBeforeCharge,
+}
+
+impl PaymentKind {
+    /// The kind of a payment state.
+    pub fn of(state: &PaymentState) -> PaymentKind {
+        match state {
+            PaymentState::Captured { .. } => PaymentKind::Captured,
+            PaymentState::Failed { .. } => PaymentKind::Failed,
+            PaymentState::Refunded { .. } => PaymentKind::Refunded,
+            PaymentState::CancelledBeforeCharge => PaymentKind::CancelledBeforeCharge,
+        }
+    }
+
+    /// The kind named by the `payments.state` column.
+    pub fn from_name(name: &str) -> Option<PaymentKind> {
+        match name {
+            "captured" => Some(PaymentKind::Captured),
+            "failed" => Some(PaymentKind::Failed),
+            "refunded" => Some(PaymentKind::Refunded),
+            "cancelled_before_charge" => Some(PaymentKind::CancelledBeforeCharge),
+            _ => None,
+        }
+    }
+}
+
+/// The payment service's facts about one order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentFact {
+    /// Where the payment stands.
+    pub state: PaymentKind,
+    /// The amount.
+    pub amount_minor: i64,
+}
+
+/// The ledger's facts about one order: its entries, aggregated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LedgerFact {
+    /// Entries with purpose `charge`.
+    pub charges: u32,
+    /// Entries with purpose `refund`.
+    pub refunds: u32,
+    /// Money taken from wallets for the order, net of refunds.
+    pub net_charged_minor: i128,
+    /// The largest single amount taken from a wallet by one entry.
+    pub largest_charge_minor: i128,
+}
+
+/// Everything known about one order, from every service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderFacts {
+    /// The order.
+    pub order_id: OrderId,
+    /// The order service's row, if any.
+    pub order: Option<OrderFact>,
+    /// The payment service's row, if any.
+    pub payment: Option<PaymentFact>,
+    /// The inventory service's reservation state, if any.
+    pub reservation: Option<ReservationState>,
+    /// The ledger's entries for it.
+    pub ledger: LedgerFact,
+}
+
+/// Judges one order. A fresh unfinished order (younger than the grace
+/// period) is in flight and yields nothing.
+pub fn check_order(facts: &OrderFacts, now: Timestamp, settings: &Settings) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let id = vec![format!("order:{}", facts.order_id)];
+    let finding = |kind, detail: String| Finding::new(kind, id.clone(), detail);
+    let ledger = &facts.ledger;
+    if let Some(order) = &facts.order {
+        let age_ms = now.ms_since(order.created_at);
+        if order.status == OrderStatus::Pending {
+            if let Some(deadline) = order.deadline
+                && now.ms_since(deadline) > settings.grace_ms
+            {
+                findings.push(finding(
+                    FindingKind::SagaStuck,
+                    format!("pending {} ms past its deadline", now.ms_since(deadline)),
+                ));
+            }
+            if age_ms <= settings.grace_ms {
+                return findings;
+            }
+        }
+    }
+    if ledger.net_charged_minor > ledger.largest_charge_minor || ledger.charges > 1 {
+        findings.push(finding(
+            FindingKind::DoubleCharge,
+            format!(
+                "{} charges, {} net taken, largest single charge {}",
+                ledger.charges, ledger.net_charged_minor, ledger.largest_charge_minor
+            ),
+        ));
+    }
+    match (&facts.payment, ledger.charges + ledger.refunds) {
+        (None, 0) => {}
+        (None, entries) => findings.push(finding(
+            FindingKind::EntriesWithoutPayment,
+            format!("{entries} ledger entries and no payment"),
+        )),
+        (Some(payment), _) => {
+            let expected = match payment.state {
+                PaymentKind::Captured => (1, 0, i128::from(payment.amount_minor)),
+                PaymentKind::Refunded => (1, 1, 0),
+                PaymentKind::Failed | PaymentKind::CancelledBeforeCharge => (0, 0, 0),
+            };
+            if (ledger.charges, ledger.refunds, ledger.net_charged_minor) != expected {
+                findings.push(finding(
+                    FindingKind::PaymentWithoutBalancedEntries,
+                    format!(
+                        "payment {:?} of {} has {} charges, {} refunds, {} net in the ledger",
+                        payment.state,
+                        payment.amount_minor,
+                        ledger.charges,
+                        ledger.refunds,
+                        ledger.net_charged_minor
+                    ),
+                ));
+            }
+        }
+    }
+    match facts.order.as_ref().map(|order| order.status) {
+        Some(OrderStatus::Confirmed) => {
+            let captured =
+                facts.payment.as_ref().map(|payment| payment.state) == Some(PaymentKind::Captured);
+            let amount = facts
+                .order
+                .as_ref()
+                .and_then(|order| order.amount_minor)
+                .map(i128::from);
+            if !captured || ledger.charges != 1 || Some(ledger.net_charged_minor) != amount {
+                findings.push(finding(
+                    FindingKind::ConfirmedWithoutCapturedPayment,
+                    format!(
+                        "confirmed with payment {:?} and {} net charged of {amount:?}",
+                        facts.payment.as_ref().map(|p| p.state),
+                        ledger.net_charged_minor
+                    ),
+                ));
+            }
+            if facts.reservation == Some(ReservationState::Held) {
+                findings.push(finding(
+                    FindingKind::ReservationHeldForFinishedOrder,
+                    "confirmed but its stock is still only reserved".to_owned(),
+                ));
+            }
+        }
+        Some(OrderStatus::Cancelled(_)) => {
+            if ledger.net_charged_minor != 0 {
+                findings.push(finding(
+                    FindingKind::CancelledWithNetCharge,
+                    format!("cancelled with {} still charged", ledger.net_charged_minor),
+                ));
+            }
+            if facts.reservation == Some(ReservationState::Held) {
+                findings.push(finding(
+                    FindingKind::CancelledWithHeldStock,
+                    "cancelled but its stock is still reserved".to_owned(),
+                ));
+            }
+        }
+        Some(OrderStatus::Pending) => {}
+        None => {
+            if facts.reservation == Some(ReservationState::Held) {
+                findings.push(finding(
+                    FindingKind::ReservationHeldForFinishedOrder,
+                    "stock is reserved for an order that does not exist".to_owned(),
+                ));
+            }
+        }
+    }
+    findings
+}
+
+/// Judges one SKU: its reserved count against the units its held
+/// reservations hold.
+pub fn check_stock(
+    sku: &str,
+    on_hand: u64,
+    reserved: u64,
+    held_by_reservations: u64,
+) -> Option<Finding> {
+    (reserved != held_by_reservations || reserved > on_hand).then(|| {
+        Finding::new(
+            FindingKind::StockDisagreesWithReservations,
+            vec![format!("sku:{sku}")],
+            format!("{reserved} reserved of {on_hand} on hand, held reservations hold {held_by_reservations}"),
+        )
+    })
+}
+
+/// Judges one account: its balance against the sum of its ledger legs.
+pub fn check_account(
+    account: &str,
+    balance_minor: i64,
+    sum_of_legs_minor: i128,
+) -> Option<Finding> {
+    (i128::from(balance_minor) != sum_of_legs_minor).then(|| {
+        Finding::new(
+            FindingKind::AccountDisagreesWithEntries,
+            vec![format!("account:{account}")],
+            format!("balance {balance_minor}, entries sum to {sum_of_legs_minor}"),
+        )
+    })
+}
+
+/// Judges one entry by how much its legs fail to balance (per currency,
+/// debits minus credits; zero when balanced). Readers that keep legs apart
+/// from the hashed posting check the legs with this too.
+pub fn check_entry_balance(
+    sequence: u64,
+    posting_id: &str,
+    imbalance_minor: i128,
+) -> Option<Finding> {
+    (imbalance_minor != 0).then(|| {
+        Finding::new(
+            FindingKind::UnbalancedEntry,
+            vec![format!("entry:{sequence}"), format!("posting:{posting_id}")],
+            format!("debits and credits differ by {imbalance_minor}"),
+        )
+    })
+}
+
+/// Judges one unpublished outbox row by its age.
+pub fn check_outbox_row(
+    service: Service,
+    sequence: i64,
+    created_at: Timestamp,
+    now: Timestamp,
+    settings: &Settings,
+) -> Option<Finding> {
+    let age_ms = now.ms_since(created_at);
+    (age_ms > settings.outbox_age_max_ms).then(|| {
+        Finding::new(
+            FindingKind::OutboxUnpublished,
+            vec![format!("outbox:{service}:{sequence}")],
+            format!("unpublished for {age_ms} ms"),
+        )
+    })
+}
+
+/// Judges a dead-letter table by its size.
+pub fn check_dead_letters(service: Service, count: u64) -> Option<Finding> {
+    (count > 0).then(|| {
+        Finding::new(
+            FindingKind::DeadLettersPresent,
+            vec![format!("dead_letters:{service}")],
+            format!("{count} messages in the dead-letter table"),
+        )
+    })
+}
+
+/// Verifies the ledger's hash chain incrementally: feed entries in sequence
+/// order; the watermark is the last entry verified, so the next run starts
+/// there instead of at the beginning.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChainVerifier {
+    watermark: Option<(u64, ChainHash)>,
+    broken: bool,
+}
+
+impl ChainVerifier {
+    /// A verifier that resumes after the entry `sequence` whose hash is `hash`.
+    pub fn resume_after(sequence: u64, hash: ChainHash) -> ChainVerifier {
+        ChainVerifier {
+            watermark: Some((sequence, hash)),
+            broken: false,
+        }
+    }
+
+    /// The last entry verified, if any.
+    pub fn watermark(&self) -> Option<(u64, ChainHash)> {
+        self.watermark
+    }
+
+    /// Checks the next entry. After a break, later entries are not judged
+    /// (the break is the finding; the watermark stays before it).
+    pub fn feed(&mut self, entry: &Entry) -> Option<Finding> {
+        if self.broken {
+            return None;
+        }
+        if let Some(finding) = check_entry_balance(
+            entry.sequence,
+            &entry.posting.id.to_hex(),
+            entry.posting.unbalanced_currency().map_or(0, |_| 1),
+        ) {
+            self.broken = true;
+            return Some(finding);
+        }
+        let previous = self.watermark.map(|(sequence, hash)| Entry {
+            sequence,
+            hash,
+            ..entry.clone()
+        });
+        let result = saldo_ledger::verify_chain(previous.as_ref(), std::iter::once(entry));
+        let ids = vec![
+            format!("entry:{}", entry.sequence),
+            format!("posting:{}", entry.posting.id),
+        ];
+        match result {
+            Ok(_) => {
+                self.watermark = Some((entry.sequence, entry.hash));
+                None
+            }
+            Err(ChainError::Unbalanced { sequence }) => {
+                self.broken = true;
+                Some(Finding::new(
+                    FindingKind::UnbalancedEntry,
+                    ids,
+                    format!("entry {sequence} does not balance"),
+                ))
+            }
+            Err(error) => {
+                self.broken = true;
+                Some(Finding::new(
+                    FindingKind::ChainBroken,
+                    ids,
+                    error.to_string(),
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,214 @@
+//! Each rule, on hand-built facts.
+
+use rstest::rstest;
+use saldo_domain::inventory::ReservationState;
+use saldo_domain::messages::{PaymentFailure, Service};
+use saldo_domain::order::{CancelReason, OrderStatus};
+use saldo_domain::payment::PaymentState;
+use saldo_ledger::{AccountId, ChainHash, Entry, Leg, Memo, Posting, Side};
+use saldo_types::{Currency, Id128, Money, OrderId, Timestamp};
+
+use crate::*;
+
+const NOW: Timestamp = Timestamp::from_unix_ms(10_000_000);
+const OLD: Timestamp = Timestamp::from_unix_ms(1_000_000);
+
+fn id() -> Id128 {
+    Id128::derive("test", &[b"x"])
+}
+
+fn facts(
+    order: Option<(OrderStatus, Timestamp)>,
+    payment: Option<PaymentState>,
+    reservation: Option<ReservationState>,
+    ledger: (u32, u32, i128),
+) -> OrderFacts {
+    OrderFacts {
+        order_id: OrderId::new("o1").expect("valid"),
+        order: order.map(|(status, created_at)| OrderFact {
+            status,
+            amount_minor: Some(500),
+            created_at,
+            deadline: (status == OrderStatus::Pending).then_some(created_at.plus_ms(10_000)),
+        }),
+        payment: payment.map(|state| PaymentFact {
+            state: PaymentKind::of(&state),
+            amount_minor: 500,
+        }),
+        reservation,
+        ledger: LedgerFact {
+            charges: ledger.0,
+            refunds: ledger.1,
+            net_charged_minor: ledger.2,
+            largest_charge_minor: if ledger.0 > 0 { 500 } else { 0 },
+        },
+    }
+}
+
+fn captured() -> Option<PaymentState> {
+    Some(PaymentState::Captured { charge_id: id() })
+}
+
+fn refunded() -> Option<PaymentState> {
+    Some(PaymentState::Refunded {
+        charge_id: id(),
+        refund_id: id(),
+    })
+}
+
+const CONFIRMED: OrderStatus = OrderStatus::Confirmed;
+const CANCELLED: OrderStatus = OrderStatus::Cancelled(CancelReason::InsufficientFunds);
+
+#[rstest]
+#[case::clean_confirmed(facts(Some((CONFIRMED, OLD)), captured(), Some(ReservationState::Committed), (1, 0, 500)), vec![])]
+#[case::clean_cancelled_after_refund(facts(Some((CANCELLED, OLD)), refunded(), Some(ReservationState::Released), (1, 1, 0)), vec![])]
+#[case::clean_cancelled_declined(facts(Some((CANCELLED, OLD)), Some(PaymentState::Failed { reason: PaymentFailure::InsufficientFunds }), Some(ReservationState::Released), (0, 0, 0)), vec![])]
+#[case::fresh_pending_is_in_flight(facts(Some((OrderStatus::Pending, NOW)), None, Some(ReservationState::Held), (0, 0, 0)), vec![])]
+#[case::confirmed_without_payment(facts(Some((CONFIRMED, OLD)), None, Some(ReservationState::Committed), (0, 0, 0)), vec![FindingKind::ConfirmedWithoutCapturedPayment])]
+#[case::captured_without_entries(facts(Some((CONFIRMED, OLD)), captured(), Some(ReservationState::Committed), (0, 0, 0)), vec![FindingKind::PaymentWithoutBalancedEntries, FindingKind::ConfirmedWithoutCapturedPayment])]
+#[case::entries_without_payment(facts(Some((CANCELLED, OLD)), None, Some(ReservationState::Released), (1, 1, 0)), vec![FindingKind::EntriesWithoutPayment])]
+#[case::double_charge(facts(Some((CONFIRMED, OLD)), captured(), Some(ReservationState::Committed), (2, 0, 1_000)), vec![FindingKind::DoubleCharge, FindingKind::PaymentWithoutBalancedEntries, FindingKind::ConfirmedWithoutCapturedPayment])]
+#[case::cancelled_with_charge(facts(Some((CANCELLED, OLD)), captured(), Some(ReservationState::Released), (1, 0, 500)), vec![FindingKind::CancelledWithNetCharge])]
+#[case::cancelled_with_held_stock(facts(Some((CANCELLED, OLD)), refunded(), Some(ReservationState::Held), (1, 1, 0)), vec![FindingKind::CancelledWithHeldStock])]
+#[case::confirmed_with_held_stock(facts(Some((CONFIRMED, OLD)), captured(), Some(ReservationState::Held), (1, 0, 500)), vec![FindingKind::ReservationHeldForFinishedOrder])]
+#[case::held_for_no_order(facts(None, None, Some(ReservationState::Held), (0, 0, 0)), vec![FindingKind::ReservationHeldForFinishedOrder])]
+#[case::stuck_saga(facts(Some((OrderStatus::Pending, OLD)), None, Some(ReservationState::Held), (0, 0, 0)), vec![FindingKind::SagaStuck])]
+fn orders_are_judged_by_their_facts(#[case] facts: OrderFacts, #[case] expected: Vec<FindingKind>) {
+    // Proves each per-order rule fires on exactly its failure, with the order's id.
+    let settings = Settings {
+        grace_ms: 60_000,
+        outbox_age_max_ms: 60_000,
+    };
+    let findings = check_order(&facts, NOW, &settings);
+    assert_eq!(
+        findings
+            .iter()
+            .map(|finding| finding.kind)
+            .collect::<Vec<_>>(),
+        expected
+    );
+    assert!(
+        findings
+            .iter()
+            .all(|finding| finding.ids == vec!["order:o1".to_owned()])
+    );
+}
+
+#[rstest]
+#[case(10, 3, 3, None)]
+#[case(10, 3, 2, Some(FindingKind::StockDisagreesWithReservations))]
+#[case(2, 3, 3, Some(FindingKind::StockDisagreesWithReservations))]
+fn stock_is_judged_against_held_reservations(
+    #[case] on_hand: u64,
+    #[case] reserved: u64,
+    #[case] held: u64,
+    #[case] expected: Option<FindingKind>,
+) {
+    // Proves a SKU is reported exactly when its count and its reservations disagree.
+    assert_eq!(
+        check_stock("apple", on_hand, reserved, held).map(|finding| finding.kind),
+        expected
+    );
+}
+
+#[test]
+fn accounts_outbox_and_dead_letters_are_judged() {
+    // Proves the remaining single-fact rules fire only on their failure.
+    assert_eq!(check_account("wallet:alice:EUR", 100, 100), None);
+    assert_eq!(
+        check_account("wallet:alice:EUR", 100, 90).map(|f| f.ids),
+        Some(vec!["account:wallet:alice:EUR".to_owned()])
+    );
+    let settings = Settings::default();
+    assert_eq!(
+        check_outbox_row(Service::Order, 7, NOW, NOW, &settings),
+        None
+    );
+    assert_eq!(
+        check_outbox_row(Service::Order, 7, OLD, NOW, &settings).map(|f| f.ids),
+        Some(vec!["outbox:order:7".to_owned()])
+    );
+    assert_eq!(check_dead_letters(Service::Payment, 0), None);
+    assert_eq!(
+        check_dead_letters(Service::Payment, 2).map(|f| (f.kind, f.severity)),
+        Some((FindingKind::DeadLettersPresent, Severity::Warning))
+    );
+}
+
+fn sealed_chain() -> Vec<Entry> {
+    let eur = |minor| Money::from_minor(minor, Currency::EUR);
+    let wallet = AccountId::wallet(
+        saldo_types::CustomerId::new("alice").expect("valid"),
+        Currency::EUR,
+    );
+    let mut entries: Vec<Entry> = Vec::new();
+    for index in 0..4u8 {
+        let posting = Posting::transfer(
+            Id128::derive("p", &[&[index]]),
+            AccountId::Funding {
+                currency: Currency::EUR,
+            },
+            wallet.clone(),
+            eur(100),
+            Memo::default(),
+        );
+        let entry = Entry::seal(entries.last(), posting, NOW);
+        entries.push(entry);
+    }
+    entries
+}
+
+#[test]
+fn the_chain_is_verified_incrementally_from_a_watermark() {
+    // Proves the verifier resumes after its watermark and reports a changed
+    // or unbalanced entry once, at that entry.
+    let entries = sealed_chain();
+    let mut verifier = ChainVerifier::default();
+    assert!(
+        entries[..2]
+            .iter()
+            .all(|entry| verifier.feed(entry).is_none())
+    );
+    let (sequence, hash) = verifier.watermark().expect("advanced");
+    assert_eq!(sequence, 2);
+    let mut resumed = ChainVerifier::resume_after(sequence, hash);
+    assert!(
+        entries[2..]
+            .iter()
+            .all(|entry| resumed.feed(entry).is_none())
+    );
+
+    let mut tampered = entries.clone();
+    tampered[2].posting.legs[0].amount = Money::from_minor(1, Currency::EUR);
+    tampered[2].posting.legs[1].amount = Money::from_minor(1, Currency::EUR);
+    let mut verifier = ChainVerifier::default();
+    let found: Vec<Finding> = tampered
+        .iter()
+        .filter_map(|entry| verifier.feed(entry))
+        .collect();
+    assert_eq!(
+        found.iter().map(|f| f.kind).collect::<Vec<_>>(),
+        vec![FindingKind::ChainBroken]
+    );
+    assert_eq!(found[0].ids[0], "entry:3");
+    assert_eq!(
+        verifier.watermark().map(|(sequence, _)| sequence),
+        Some(2),
+        "the watermark stays before the break"
+    );
+
+    let mut unbalanced = entries.clone();
+    unbalanced[1].posting.legs.push(Leg {
+        account: AccountId::MerchantRevenue {
+            currency: Currency::EUR,
+        },
+        side: Side::Credit,
+        amount: Money::from_minor(5, Currency::EUR),
+    });
+    let mut verifier = ChainVerifier::resume_after(1, entries[0].hash);
+    assert_eq!(
+        verifier.feed(&unbalanced[1]).map(|f| f.kind),
+        Some(FindingKind::UnbalancedEntry)
+    );
+    let _ = ChainHash::GENESIS;
+}
