@@ -97,14 +97,8 @@ fn migrate_applies_once_and_then_reports_up_to_date() {
     let admin_url = std::env::var("SALDO_TEST_DATABASE_URL")
         .expect("tests/run.sh sets SALDO_TEST_DATABASE_URL");
     let name = format!("saldo_test_cli_{}", std::process::id());
-    let psql = |sql: String| {
-        Command::new("psql")
-            .args([admin_url.as_str(), "-q", "-c", &sql])
-            .output()
-            .expect("psql runs")
-    };
-    psql(format!("DROP DATABASE IF EXISTS {name}"));
-    assert!(psql(format!("CREATE DATABASE {name}")).status.success());
+    psql(&admin_url, &format!("DROP DATABASE IF EXISTS {name}"));
+    psql(&admin_url, &format!("CREATE DATABASE {name}"));
     let url = saldo_postgres::testing::with_database(&admin_url, &name);
     let first = saldo(&["migrate", "--database-url", &url]);
     assert_eq!(
@@ -126,7 +120,7 @@ fn migrate_applies_once_and_then_reports_up_to_date() {
         "{}",
         stdout(&second)
     );
-    psql(format!("DROP DATABASE {name}"));
+    psql(&admin_url, &format!("DROP DATABASE {name}"));
     let broken = saldo(&[
         "migrate",
         "--database-url",
@@ -142,55 +136,43 @@ fn migrate_applies_once_and_then_reports_up_to_date() {
     );
 }
 
-/// A migrated database for the CLI, with its admin and read-only URLs.
-fn reconcile_database(suffix: &str) -> (String, String, impl Fn(&str)) {
+/// Runs one SQL statement with psql, failing the test if it fails.
+fn psql(url: &str, sql: &str) {
+    let output = Command::new("psql")
+        .args([url, "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .expect("psql runs");
+    assert!(
+        output.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A migrated database for the CLI: its URL as the read-only role, and a
+/// function that runs SQL in it as the owner.
+fn reconcile_database(suffix: &str) -> (String, impl Fn(&str)) {
     let admin_url = std::env::var("SALDO_TEST_DATABASE_URL")
         .expect("tests/run.sh sets SALDO_TEST_DATABASE_URL");
     let name = format!("saldo_test_cli_{suffix}_{}", std::process::id());
-    let admin = admin_url.clone();
-    let psql = move |sql: &str| {
-        let output = Command::new("psql")
-            .args([admin.as_str(), "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
-            .output()
-            .expect("psql runs");
-        assert!(
-            output.status.success(),
-            "{sql}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    };
-    psql(&format!("DROP DATABASE IF EXISTS {name}"));
-    psql(&format!("CREATE DATABASE {name}"));
+    psql(&admin_url, &format!("DROP DATABASE IF EXISTS {name}"));
+    psql(&admin_url, &format!("CREATE DATABASE {name}"));
     let url = saldo_postgres::testing::with_database(&admin_url, &name);
     assert_eq!(
         saldo(&["migrate", "--database-url", &url]).status.code(),
         Some(0)
     );
-    let database_psql = {
-        let url = url.clone();
-        move |sql: &str| {
-            let output = Command::new("psql")
-                .args([url.as_str(), "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
-                .output()
-                .expect("psql runs");
-            assert!(
-                output.status.success(),
-                "{sql}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-    };
-    database_psql("GRANT saldo_reconcile TO CURRENT_USER");
+    psql(&url, "GRANT saldo_reconcile TO CURRENT_USER");
     // Connect as the read-only role, as an operator would.
     let read_only = format!("{url}?options=-c%20role%3Dsaldo_reconcile");
-    (url, read_only, database_psql)
+    (read_only, move |sql: &str| psql(&url, sql))
 }
 
 #[test]
 fn reconcile_once_exits_zero_when_clean_and_one_with_findings() {
     // Proves the one-shot report, its exit codes and its JSON form, run with
     // the read-only role.
-    let (_, read_only, psql) = reconcile_database("once");
+    let (read_only, run_sql) = reconcile_database("once");
     let clean = saldo(&["reconcile", "--once", "--database-url", &read_only]);
     assert_eq!(
         clean.status.code(),
@@ -199,7 +181,7 @@ fn reconcile_once_exits_zero_when_clean_and_one_with_findings() {
         String::from_utf8_lossy(&clean.stderr)
     );
     assert!(stdout(&clean).contains("clean"));
-    psql(
+    run_sql(
         "INSERT INTO payment.dead_letters (message_id, message_type, order_id, error, payload, received_at) VALUES ('m', 'ChargePayment', 'o1', 'malformed', '\\x00', now())",
     );
     let dirty = saldo(&[
@@ -224,8 +206,8 @@ fn reconcile_as_a_service_exposes_gauges_alerts_once_and_stops_on_sigterm() {
     // Proves the periodic mode: Prometheus gauges per finding kind, one alert
     // line per new finding, and a clean exit on SIGTERM.
     use std::io::{Read, Write};
-    let (_, read_only, psql) = reconcile_database("service");
-    psql(
+    let (read_only, run_sql) = reconcile_database("service");
+    run_sql(
         "INSERT INTO inventory.dead_letters (message_id, message_type, order_id, error, payload, received_at) VALUES ('m', 'ReserveStock', 'o1', 'malformed', '\\x00', now())",
     );
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
