@@ -1,0 +1,230 @@
+//! The transactional-outbox publisher.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use rdkafka::producer::FutureProducer;
+use saldo_domain::messages::{Envelope, Service};
+use sqlx::{Connection, PgConnection, Row as _};
+
+/// Outbox lanes per service: an order always maps to one lane, and each lane
+/// is published by at most one publisher at a time.
+pub const LANES: i32 = 16;
+
+/// The most rows one batch claims.
+pub const BATCH_MAX: i64 = 500;
+
+/// How long published rows are kept before deletion.
+pub const RETENTION: Duration = Duration::from_secs(3_600);
+
+/// Why a publishing round failed (it is retried; nothing is lost).
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The database failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A stored envelope did not decode.
+    #[error("outbox row {sequence} is unreadable: {error}")]
+    Unreadable {
+        /// The row.
+        sequence: i64,
+        /// Why.
+        error: String,
+    },
+}
+
+fn schema(service: Service) -> &'static str {
+    match service {
+        Service::Order => "orders",
+        Service::Inventory => "inventory",
+        Service::Payment => "payment",
+    }
+}
+
+fn lock_class(service: Service) -> i32 {
+    // A fixed namespace for Saldo's advisory locks, one per service.
+    0x5a1d_0000
+        + match service {
+            Service::Order => 1,
+            Service::Inventory => 2,
+            Service::Payment => 3,
+        }
+}
+
+/// What one round did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Round {
+    /// Rows published and marked.
+    pub published: usize,
+    /// Rows whose delivery failed; they stay unpublished and are retried.
+    pub failed: usize,
+    /// Lanes this publisher holds.
+    pub lanes: usize,
+}
+
+/// Publishes one service's outbox. Keep one per process and call
+/// [`OutboxPublisher::round`] in a loop.
+pub struct OutboxPublisher {
+    service: Service,
+    connection: PgConnection,
+    producer: FutureProducer,
+    lanes: Vec<i32>,
+    rounds: u64,
+}
+
+impl OutboxPublisher {
+    /// A publisher on its own database connection (it holds advisory locks
+    /// on it; if the process dies, the connection and its locks go with it
+    /// and another publisher takes the lanes over).
+    pub async fn connect(
+        database_url: &str,
+        service: Service,
+        producer: FutureProducer,
+    ) -> Result<OutboxPublisher, PublishError> {
+        let connection = PgConnection::connect(database_url).await?;
+        Ok(OutboxPublisher {
+            service,
+            connection,
+            producer,
+            lanes: Vec::new(),
+            rounds: 0,
+        })
+    }
+
+    /// The lanes held now.
+    pub fn lanes(&self) -> &[i32] {
+        &self.lanes
+    }
+
+    /// Tries to take every lane not yet held (another publisher may hold it).
+    async fn claim_lanes(&mut self) -> Result<(), PublishError> {
+        for lane in 0..LANES {
+            if self.lanes.contains(&lane) {
+                continue;
+            }
+            let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+                .bind(lock_class(self.service))
+                .bind(lane)
+                .fetch_one(&mut self.connection)
+                .await?;
+            if taken {
+                self.lanes.push(lane);
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes up to [`BATCH_MAX`] rows of the held lanes, in outbox order,
+    /// and marks those the broker acknowledged. Rows after the first failure
+    /// stay unpublished, so one order's messages never overtake each other.
+    pub async fn round(&mut self) -> Result<Round, PublishError> {
+        self.rounds += 1;
+        if self.rounds % 16 == 1 {
+            self.claim_lanes().await?;
+        }
+        if self.lanes.is_empty() {
+            return Ok(Round::default());
+        }
+        let schema = schema(self.service);
+        let sql = format!(
+            "SELECT sequence, envelope, (extract(epoch from now() - created_at) * 1000)::bigint FROM {schema}.outbox \
+             WHERE published_at IS NULL AND ((hashtext(order_id) & 2147483647) % {LANES}) = ANY($1) ORDER BY sequence LIMIT $2"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&self.lanes)
+            .bind(BATCH_MAX)
+            .fetch_all(&mut self.connection)
+            .await?;
+        let mut batch = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let sequence: i64 = row.try_get(0)?;
+            let bytes: Vec<u8> = row.try_get(1)?;
+            let envelope = Envelope::decode(&bytes).map_err(|error| PublishError::Unreadable {
+                sequence,
+                error: error.to_string(),
+            })?;
+            let age_ms: i64 = row.try_get(2)?;
+            batch.push((sequence, envelope, age_ms));
+        }
+        let deliveries = join_all(
+            batch
+                .iter()
+                .map(|(_, envelope, _)| crate::producer::publish(&self.producer, envelope)),
+        )
+        .await;
+        let mut published = Vec::with_capacity(batch.len());
+        for ((sequence, _, age_ms), delivery) in batch.iter().zip(&deliveries) {
+            if delivery.is_err() {
+                break;
+            }
+            published.push(*sequence);
+            metrics::histogram!("saldo_outbox_publish_lag_ms", "service" => self.service.name())
+                .record(*age_ms as f64);
+        }
+        if !published.is_empty() {
+            let sql =
+                format!("UPDATE {schema}.outbox SET published_at = now() WHERE sequence = ANY($1)");
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(&published)
+                .execute(&mut self.connection)
+                .await?;
+        }
+        if self.rounds.is_multiple_of(256) {
+            self.apply_retention().await?;
+        }
+        let backlog: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM {schema}.outbox WHERE published_at IS NULL"
+        )))
+        .fetch_one(&mut self.connection)
+        .await?;
+        metrics::gauge!("saldo_outbox_backlog", "service" => self.service.name())
+            .set(backlog as f64);
+        Ok(Round {
+            published: published.len(),
+            failed: batch.len() - published.len(),
+            lanes: self.lanes.len(),
+        })
+    }
+
+    /// Deletes rows published longer than [`RETENTION`] ago.
+    pub async fn apply_retention(&mut self) -> Result<u64, PublishError> {
+        let sql = format!(
+            "DELETE FROM {}.outbox WHERE published_at < now() - $1::bigint * interval '1 second'",
+            schema(self.service)
+        );
+        let deleted = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(RETENTION.as_secs() as i64)
+            .execute(&mut self.connection)
+            .await?;
+        Ok(deleted.rows_affected())
+    }
+
+    /// Publishes until `stop` resolves, pausing `idle` between empty rounds.
+    pub async fn run(
+        mut self,
+        idle: Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<(), PublishError> {
+        tokio::pin!(stop);
+        loop {
+            let round = tokio::select! {
+                round = self.round() => round,
+                () = &mut stop => return Ok(()),
+            };
+            let wait = match round {
+                Ok(round) if round.published > 0 => Duration::ZERO,
+                Ok(_) => idle,
+                Err(error) => {
+                    eprintln!("saldo outbox ({}): {error}", self.service);
+                    idle.max(Duration::from_millis(200))
+                }
+            };
+            if !wait.is_zero() {
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = &mut stop => return Ok(()),
+                }
+            }
+        }
+    }
+}
