@@ -269,3 +269,309 @@ fn reconcile_as_a_service_exposes_gauges_alerts_once_and_stops_on_sigterm() {
     );
     assert!(stderr.contains("dead_letters_present"));
 }
+
+/// Child processes that are killed when the test ends, however it ends.
+struct Processes(Vec<(&'static str, std::process::Child)>);
+
+impl Processes {
+    fn spawn(&mut self, name: &'static str, args: &[&str], env: &[(&str, &str)]) {
+        let child = Command::new(env!("CARGO_BIN_EXE_saldo"))
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starts");
+        self.0.push((name, child));
+    }
+
+    /// SIGKILL: no cleanup, no offset commit, no marking.
+    fn kill_hard(&mut self, name: &str) {
+        let index = self
+            .0
+            .iter()
+            .position(|(candidate, _)| *candidate == name)
+            .expect("running");
+        let (_, mut child) = self.0.remove(index);
+        child.kill().expect("killed");
+        child.wait().expect("reaped");
+    }
+
+    /// SIGTERM everything and require a clean exit.
+    fn stop_all(&mut self) {
+        for (_, child) in &self.0 {
+            Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .expect("kill runs");
+        }
+        for (name, child) in &mut self.0 {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            loop {
+                if let Some(status) = child.try_wait().expect("waits") {
+                    assert_eq!(status.code(), Some(0), "{name} exits cleanly");
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{name} did not stop within 30 s"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+        self.0.clear();
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn query(url: &str, sql: &str) -> i64 {
+    let output = Command::new("psql")
+        .args([url, "-Atq", "-c", sql])
+        .output()
+        .expect("psql runs");
+    assert!(
+        output.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{sql} is not a number"))
+}
+
+fn wait_until(url: &str, sql: &str, at_least: i64, within_seconds: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(within_seconds);
+    loop {
+        let value = query(url, sql);
+        if value >= at_least {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{sql} reached only {value} of {at_least}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn services_killed_with_sigkill_mid_flow_lose_nothing_and_charge_nothing_twice() {
+    // Proves, with every service a separate process on a broker process, that
+    // kill -9 of a publisher and of consumers mid-flow, then a restart, loses
+    // no order and charges none twice.
+    use saldo_domain::Rules;
+    use saldo_domain::inventory::{SetStock, decide_set_stock, set_stock_read_set};
+    use saldo_domain::messages::{OrderLine, Traceparent};
+    use saldo_domain::order::{PlaceOrder, decide_place_order, place_order_read_set};
+    use saldo_domain::payment::{TopUp, decide_top_up, top_up_read_set};
+    use saldo_idempotency::IdempotencyKey;
+    use saldo_types::{CorrelationId, Currency, CustomerId, Id128, Money, OrderId, Sku, Timestamp};
+    const ORDERS: u32 = 200;
+
+    let admin_url = std::env::var("SALDO_TEST_DATABASE_URL")
+        .expect("tests/run.sh sets SALDO_TEST_DATABASE_URL");
+    let name = format!("saldo_test_cli_kill_{}", std::process::id());
+    psql(&admin_url, &format!("DROP DATABASE IF EXISTS {name}"));
+    psql(&admin_url, &format!("CREATE DATABASE {name}"));
+    let url = saldo_postgres::testing::with_database(&admin_url, &name);
+    assert_eq!(
+        saldo(&["migrate", "--database-url", &url]).status.code(),
+        Some(0)
+    );
+
+    let now = Timestamp::from_unix_ms(
+        u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("after 1970")
+                .as_millis(),
+        )
+        .expect("fits"),
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let store = saldo_postgres::PgStore::connect(&url, 4)
+            .await
+            .expect("connects");
+        let rules = Rules::default();
+        let eur = |minor| Money::from_minor(minor, Currency::EUR);
+        for customer in 0..10 {
+            let request = TopUp {
+                customer: CustomerId::new(format!("c{customer}")).expect("valid"),
+                amount: eur(if customer < 8 { 10_000 } else { 150 }),
+                idempotency_key: IdempotencyKey::new(format!("seed-{customer}")).expect("valid"),
+                correlation_id: CorrelationId::new("seed").expect("valid"),
+                traceparent: Traceparent::root(Id128::derive("seed", &[&[customer]])),
+            };
+            store
+                .execute(&top_up_read_set(&request), now, |s| {
+                    decide_top_up(&rules.payment, s, &request, now)
+                })
+                .await
+                .expect("top-up");
+        }
+        let stock = SetStock {
+            sku: Sku::new("apple").expect("valid"),
+            on_hand: 250,
+            unit_price: eur(100),
+        };
+        store
+            .execute(&set_stock_read_set(&stock), now, |s| {
+                decide_set_stock(s, &stock)
+            })
+            .await
+            .expect("stock");
+        for index in 0..ORDERS {
+            let request = PlaceOrder {
+                order_id: OrderId::new(format!("o{index}")).expect("valid"),
+                customer: CustomerId::new(format!("c{}", index % 10)).expect("valid"),
+                lines: vec![OrderLine {
+                    sku: Sku::new("apple").expect("valid"),
+                    quantity: 1 + index % 2,
+                }],
+                currency: Currency::EUR,
+                idempotency_key: IdempotencyKey::new(format!("k{index}")).expect("valid"),
+                correlation_id: CorrelationId::new(format!("r{index}")).expect("valid"),
+                traceparent: Traceparent::root(Id128::derive("kill-test", &[&index.to_be_bytes()])),
+            };
+            store
+                .execute(&place_order_read_set(&request), now, |s| {
+                    decide_place_order(&rules.order_saga, s, &request, now)
+                })
+                .await
+                .expect("placed");
+        }
+    });
+
+    let mut processes = Processes(Vec::new());
+    let mut broker = Command::new(env!("CARGO_BIN_EXE_saldo"))
+        .args(["broker", "--partitions", "4"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("broker starts");
+    let mut first_line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(broker.stdout.take().expect("piped")),
+        &mut first_line,
+    )
+    .expect("reads");
+    let bootstrap = first_line
+        .trim()
+        .strip_prefix("bootstrap ")
+        .expect("the broker prints its address")
+        .to_owned();
+    processes.0.push(("broker", broker));
+    let env = [
+        ("SALDO_DATABASE_URL", url.as_str()),
+        ("SALDO_KAFKA_BOOTSTRAP", bootstrap.as_str()),
+    ];
+    let start = |processes: &mut Processes, name: &'static str| {
+        let args: &[&str] = match name {
+            "outbox-order" => &["outbox", "--service", "order"],
+            "outbox-inventory" => &["outbox", "--service", "inventory"],
+            "outbox-payment" => &["outbox", "--service", "payment"],
+            "order" => &["order"],
+            "inventory" => &["inventory"],
+            "payment" => &["payment"],
+            other => panic!("unknown process {other}"),
+        };
+        processes.spawn(name, args, &env);
+    };
+    for name in [
+        "outbox-order",
+        "outbox-inventory",
+        "outbox-payment",
+        "order",
+        "inventory",
+        "payment",
+    ] {
+        start(&mut processes, name);
+    }
+    let finished = "SELECT count(*) FROM orders.orders WHERE status <> 'PENDING'";
+    wait_until(&url, finished, 20, 90);
+    processes.kill_hard("outbox-inventory");
+    processes.kill_hard("payment");
+    start(&mut processes, "outbox-inventory");
+    start(&mut processes, "payment");
+    wait_until(&url, finished, 80, 90);
+    processes.kill_hard("order");
+    processes.kill_hard("outbox-payment");
+    start(&mut processes, "order");
+    start(&mut processes, "outbox-payment");
+    wait_until(&url, finished, i64::from(ORDERS), 120);
+
+    assert_eq!(
+        query(
+            &url,
+            "SELECT COALESCE(sum(balance_minor), 0)::bigint FROM payment.accounts"
+        ),
+        0,
+        "money is conserved"
+    );
+    assert_eq!(
+        query(
+            &url,
+            "SELECT count(*) FROM payment.accounts a WHERE balance_minor <> (SELECT COALESCE(sum(CASE side WHEN 'credit' THEN amount_minor ELSE -amount_minor END), 0) FROM payment.ledger_legs l WHERE l.account_id = a.account_id)"
+        ),
+        0,
+        "every balance equals its entries"
+    );
+    assert_eq!(
+        query(
+            &url,
+            "SELECT count(*) FROM (SELECT order_id FROM payment.ledger_entries WHERE purpose = 'charge' GROUP BY order_id HAVING count(*) > 1) doubles"
+        ),
+        0,
+        "nothing charged twice"
+    );
+    assert_eq!(
+        query(
+            &url,
+            "SELECT count(*) FROM payment.ledger_entries WHERE purpose = 'charge'"
+        ) - query(
+            &url,
+            "SELECT count(*) FROM payment.ledger_entries WHERE purpose = 'refund'"
+        ),
+        query(
+            &url,
+            "SELECT count(*) FROM orders.orders WHERE status = 'CONFIRMED'"
+        ),
+        "exactly the confirmed orders stay charged"
+    );
+    assert_eq!(
+        query(
+            &url,
+            "SELECT count(*) FROM inventory.stock WHERE reserved <> 0"
+        ),
+        0,
+        "no stock held at rest"
+    );
+    assert_eq!(
+        query(
+            &url,
+            "SELECT (SELECT count(*) FROM orders.dead_letters) + (SELECT count(*) FROM inventory.dead_letters) + (SELECT count(*) FROM payment.dead_letters)"
+        ),
+        0
+    );
+    assert!(
+        query(
+            &url,
+            "SELECT count(*) FROM orders.orders WHERE status = 'CONFIRMED'"
+        ) > 100,
+        "most orders were affordable"
+    );
+    processes.stop_all();
+    psql(&admin_url, &format!("DROP DATABASE {name} WITH (FORCE)"));
+}

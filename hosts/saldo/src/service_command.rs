@@ -1,0 +1,198 @@
+//! The service processes: consumers, outbox publishers, the dev broker.
+//!
+//! Each stops taking work on SIGTERM or SIGINT, finishes the message in
+//! hand, commits its offsets and exits 0.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use saldo_domain::Rules;
+use saldo_domain::messages::Service;
+use saldo_domain::order::{deadline_read_set, decide_deadline};
+use saldo_kafka::consumer::ConsumerRunner;
+use saldo_kafka::publisher::OutboxPublisher;
+use saldo_kafka::{topics, wall_clock};
+use saldo_postgres::{PgExecuteError, PgStore};
+
+/// Where a service finds its database and the broker.
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    /// PostgreSQL URL (the service's own role in production).
+    #[arg(long, env = "SALDO_DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "SALDO_KAFKA_BOOTSTRAP")]
+    kafka_bootstrap: String,
+    /// Consumer group prefix; the group is PREFIX-SERVICE.
+    #[arg(long, default_value = "saldo", env = "SALDO_KAFKA_GROUP_PREFIX")]
+    group_prefix: String,
+}
+
+/// Arguments of `saldo outbox`.
+#[derive(Debug, Args)]
+pub struct OutboxArgs {
+    /// Which service's outbox: order, inventory or payment.
+    #[arg(long, value_parser = parse_service)]
+    service: Service,
+    #[command(flatten)]
+    connection: ServiceArgs,
+}
+
+/// Arguments of `saldo broker`.
+#[derive(Debug, Args)]
+pub struct BrokerArgs {
+    /// Partitions per topic.
+    #[arg(long, default_value_t = topics::PARTITIONS_DEFAULT)]
+    partitions: i32,
+}
+
+fn parse_service(name: &str) -> Result<Service, String> {
+    Service::ALL
+        .into_iter()
+        .find(|service| service.name() == name)
+        .ok_or_else(|| format!("{name:?} is not a service (order, inventory, payment)"))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown() {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => return std::future::pending().await,
+        };
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Runs a service's consumer (and, for the order service, its deadline timers).
+pub fn run_consumer(service: Service, args: &ServiceArgs) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        let store = PgStore::connect(&args.database_url, 8)
+            .await
+            .context("cannot connect to the database")?;
+        let group = format!("{}-{}", args.group_prefix, service.name());
+        let runner = ConsumerRunner::new(
+            &args.kafka_bootstrap,
+            &group,
+            service,
+            store.clone(),
+            Rules::default(),
+        )
+        .context("cannot create the Kafka consumer")?;
+        eprintln!(
+            "saldo {service}: consuming {} as {group}",
+            topics::consumed_by(service)
+        );
+        let (stop, _) = tokio::sync::watch::channel(false);
+        let stopped = |stop: &tokio::sync::watch::Sender<bool>| {
+            let mut receiver = stop.subscribe();
+            async move {
+                let _ = receiver.wait_for(|stopped| *stopped).await;
+            }
+        };
+        let consumer = tokio::spawn(runner.run(stopped(&stop)));
+        let timers = (service == Service::Order)
+            .then(|| tokio::spawn(fire_deadlines(store, stopped(&stop))));
+        shutdown().await;
+        eprintln!("saldo {service}: stopping");
+        stop.send_replace(true);
+        consumer
+            .await
+            .context("consumer task")?
+            .context("consumer")?;
+        if let Some(timers) = timers {
+            timers.await.context("timer task")?;
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Handles due saga deadlines until `stop` resolves.
+async fn fire_deadlines(store: PgStore, stop: impl std::future::Future<Output = ()>) {
+    tokio::pin!(stop);
+    let rules = Rules::default();
+    loop {
+        let now = wall_clock();
+        match store.due_orders(now, 100).await {
+            Ok(due) => {
+                for order_id in due {
+                    let result = store
+                        .execute(&deadline_read_set(&order_id), now, |snapshot| {
+                            Ok::<_, ()>(decide_deadline(
+                                &rules.order_saga,
+                                snapshot,
+                                &order_id,
+                                now,
+                            ))
+                        })
+                        .await;
+                    match result {
+                        Ok(_) | Err(PgExecuteError::Conflict(_)) => {}
+                        Err(error) => eprintln!("saldo order: deadline of {order_id}: {error:?}"),
+                    }
+                }
+            }
+            Err(error) => eprintln!("saldo order: cannot read due deadlines: {error}"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+            () = &mut stop => return,
+        }
+    }
+}
+
+/// Runs one service's outbox publisher.
+pub fn run_outbox(args: &OutboxArgs) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        let producer = saldo_kafka::producer::create(&args.connection.kafka_bootstrap)
+            .context("cannot create the Kafka producer")?;
+        let publisher =
+            OutboxPublisher::connect(&args.connection.database_url, args.service, producer)
+                .await
+                .context("cannot connect to the database")?;
+        eprintln!("saldo outbox: publishing the {} outbox", args.service);
+        publisher
+            .run(Duration::from_millis(20), shutdown())
+            .await
+            .context("publisher")?;
+        eprintln!("saldo outbox: stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Runs librdkafka's mock cluster with Saldo's topics until SIGTERM/SIGINT.
+/// It speaks the Kafka protocol on loopback; its first line on stdout is
+/// `bootstrap HOST:PORT`.
+pub fn run_broker(args: &BrokerArgs) -> anyhow::Result<ExitCode> {
+    if args.partitions < 1 {
+        bail!("--partitions must be at least 1");
+    }
+    let cluster = rdkafka::mocking::MockCluster::new(1).context("cannot start the mock cluster")?;
+    for topic in topics::ALL {
+        cluster
+            .create_topic(topic, args.partitions, 1)
+            .with_context(|| format!("cannot create {topic}"))?;
+    }
+    println!("bootstrap {}", cluster.bootstrap_servers());
+    use std::io::Write;
+    std::io::stdout().flush().context("stdout")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("runtime")?;
+    runtime.block_on(shutdown());
+    drop(cluster);
+    Ok(ExitCode::SUCCESS)
+}
