@@ -11,6 +11,13 @@
 //! Every message of one order has the same key, so it lands on one
 //! partition and is consumed in the order it was published.
 
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
 use saldo_domain::messages::{Payload, Service};
 
 /// Partitions per topic unless configured otherwise.
@@ -44,3 +51,38 @@ pub const ALL: [&str; 5] = [
     "saldo.order.events",
     DEAD_LETTERS,
 ];
+
+/// Creates every Saldo topic that does not exist yet, with `partitions`
+/// partitions and `replication` replicas; returns the topics it created.
+/// Topics that already exist are left as they are.
+///
+/// This uses the CreateTopics admin API, which librdkafka's mock cluster does
+/// not implement: `saldo broker` creates its topics through the mock's own
+/// API instead, and services started against it pass `--create-topics false`.
+pub async fn ensure(
+    bootstrap_servers: &str,
+    partitions: i32,
+    replication: i32,
+) -> Result<Vec<&'static str>, KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap_servers)
+        .create()?;
+    let new_topics: Vec<NewTopic<'_>> = ALL
+        .iter()
+        .map(|topic| NewTopic::new(topic, partitions, TopicReplication::Fixed(replication)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin.create_topics(&new_topics, &options).await?;
+    let mut created = Vec::new();
+    for (topic, result) in ALL.iter().zip(results) {
+        match result {
+            Ok(_) => created.push(*topic),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(KafkaError::AdminOp(code))
+                    .inspect_err(|_| eprintln!("cannot create topic {name}: {code}"));
+            }
+        }
+    }
+    Ok(created)
+}

@@ -28,6 +28,30 @@ pub struct ServiceArgs {
     /// Consumer group prefix; the group is PREFIX-SERVICE.
     #[arg(long, default_value = "saldo", env = "SALDO_KAFKA_GROUP_PREFIX")]
     group_prefix: String,
+    /// Create Saldo's topics at startup when they are absent.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "SALDO_KAFKA_CREATE_TOPICS")]
+    create_topics: bool,
+    /// Partitions for topics created at startup.
+    #[arg(long, default_value_t = topics::PARTITIONS_DEFAULT, env = "SALDO_KAFKA_PARTITIONS")]
+    partitions: i32,
+    /// Replicas for topics created at startup.
+    #[arg(long, default_value_t = 3, env = "SALDO_KAFKA_REPLICATION")]
+    replication: i32,
+}
+
+/// Creates missing topics when configured to; a failure is a warning (the
+/// topics may exist already or be created by the broker on first use).
+async fn prepare_topics(args: &ServiceArgs) {
+    if !args.create_topics {
+        return;
+    }
+    match topics::ensure(&args.kafka_bootstrap, args.partitions, args.replication).await {
+        Ok(created) if created.is_empty() => {}
+        Ok(created) => eprintln!("saldo: created topics {created:?}"),
+        Err(error) => eprintln!(
+            "saldo: could not create topics ({error}); continuing with what the broker has"
+        ),
+    }
 }
 
 /// Arguments of `saldo outbox`.
@@ -82,6 +106,7 @@ pub fn run_consumer(service: Service, args: &ServiceArgs) -> anyhow::Result<Exit
         let store = PgStore::connect(&args.database_url, 8)
             .await
             .context("cannot connect to the database")?;
+        prepare_topics(args).await;
         let group = format!("{}-{}", args.group_prefix, service.name());
         let runner = ConsumerRunner::new(
             &args.kafka_bootstrap,
@@ -156,6 +181,7 @@ async fn fire_deadlines(store: PgStore, stop: impl std::future::Future<Output = 
 /// Runs one service's outbox publisher.
 pub fn run_outbox(args: &OutboxArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
+        prepare_topics(&args.connection).await;
         let producer = saldo_kafka::producer::create(&args.connection.kafka_bootstrap)
             .context("cannot create the Kafka producer")?;
         let publisher =

@@ -275,11 +275,19 @@ struct Processes(Vec<(&'static str, std::process::Child)>);
 
 impl Processes {
     fn spawn(&mut self, name: &'static str, args: &[&str], env: &[(&str, &str)]) {
+        // Each process's log goes to a file named after it, kept for diagnosis.
+        let log_path =
+            std::env::temp_dir().join(format!("saldo-test-{}-{name}.log", std::process::id()));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_saldo"))
             .args(args)
             .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("starts");
         self.0.push((name, child));
@@ -476,6 +484,8 @@ fn services_killed_with_sigkill_mid_flow_lose_nothing_and_charge_nothing_twice()
     let env = [
         ("SALDO_DATABASE_URL", url.as_str()),
         ("SALDO_KAFKA_BOOTSTRAP", bootstrap.as_str()),
+        // The mock cluster has no CreateTopics API; `saldo broker` made the topics.
+        ("SALDO_KAFKA_CREATE_TOPICS", "false"),
     ];
     let start = |processes: &mut Processes, name: &'static str| {
         let args: &[&str] = match name {
