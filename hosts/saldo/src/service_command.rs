@@ -37,6 +37,21 @@ pub struct ServiceArgs {
     /// Replicas for topics created at startup.
     #[arg(long, default_value_t = 3, env = "SALDO_KAFKA_REPLICATION")]
     replication: i32,
+    /// Serve Prometheus metrics (outbox backlog and publish lag, messages
+    /// handled, dead letters) on this address.
+    #[arg(long, env = "SALDO_METRICS_ADDRESS")]
+    metrics_address: Option<std::net::SocketAddr>,
+}
+
+/// Starts the Prometheus endpoint when an address is configured.
+fn serve_metrics(args: &ServiceArgs) -> anyhow::Result<()> {
+    if let Some(address) = args.metrics_address {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(address)
+            .install()
+            .with_context(|| format!("cannot serve metrics on {address}"))?;
+    }
+    Ok(())
 }
 
 /// Creates missing topics when configured to; a failure is a warning (the
@@ -107,6 +122,7 @@ pub fn run_consumer(service: Service, args: &ServiceArgs) -> anyhow::Result<Exit
             .await
             .context("cannot connect to the database")?;
         prepare_topics(args).await;
+        serve_metrics(args)?;
         let group = format!("{}-{}", args.group_prefix, service.name());
         let runner = ConsumerRunner::new(
             &args.kafka_bootstrap,
@@ -182,6 +198,7 @@ async fn fire_deadlines(store: PgStore, stop: impl std::future::Future<Output = 
 pub fn run_outbox(args: &OutboxArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
         prepare_topics(&args.connection).await;
+        serve_metrics(&args.connection)?;
         let producer = saldo_kafka::producer::create(&args.connection.kafka_bootstrap)
             .context("cannot create the Kafka producer")?;
         let publisher =

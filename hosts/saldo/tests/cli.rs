@@ -481,6 +481,11 @@ fn services_killed_with_sigkill_mid_flow_lose_nothing_and_charge_nothing_twice()
         .expect("the broker prints its address")
         .to_owned();
     processes.0.push(("broker", broker));
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a free port")
+        .local_addr()
+        .expect("address")
+        .port();
     let env = [
         ("SALDO_DATABASE_URL", url.as_str()),
         ("SALDO_KAFKA_BOOTSTRAP", bootstrap.as_str()),
@@ -497,7 +502,13 @@ fn services_killed_with_sigkill_mid_flow_lose_nothing_and_charge_nothing_twice()
             "payment" => &["payment"],
             other => panic!("unknown process {other}"),
         };
-        processes.spawn(name, args, &env);
+        // The inventory publisher also serves its metrics.
+        let metrics = format!("127.0.0.1:{metrics_port}");
+        let mut process_env = env.to_vec();
+        if name == "outbox-inventory" {
+            process_env.push(("SALDO_METRICS_ADDRESS", metrics.as_str()));
+        }
+        processes.spawn(name, args, &process_env);
     };
     for name in [
         "outbox-order",
@@ -511,6 +522,22 @@ fn services_killed_with_sigkill_mid_flow_lose_nothing_and_charge_nothing_twice()
     }
     let finished = "SELECT count(*) FROM orders.orders WHERE status <> 'PENDING'";
     wait_until(&url, finished, 20, 90);
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", metrics_port))
+            .expect("the publisher serves metrics");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .expect("writes");
+        let mut body = String::new();
+        stream.read_to_string(&mut body).expect("reads");
+        body
+    };
+    assert!(
+        metrics.contains("saldo_outbox_backlog{service=\"inventory\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("saldo_outbox_publish_lag_ms"), "{metrics}");
     processes.kill_hard("outbox-inventory");
     processes.kill_hard("payment");
     start(&mut processes, "outbox-inventory");

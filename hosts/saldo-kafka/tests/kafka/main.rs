@@ -571,3 +571,46 @@ async fn the_broker_going_down_delays_but_loses_nothing() {
     check_invariants(&store).await;
     setup.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_rows_are_removed_after_the_retention_period() {
+    // Proves the outbox stays bounded: rows published longer ago than the
+    // retention period are deleted, recent and unpublished ones stay.
+    let setup = Setup::new().await;
+    let store = setup.store();
+    let mut decision = Decision::default();
+    for index in 0..6 {
+        decision.publish(
+            Service::Inventory,
+            envelope("o1", index, Payload::StockReleased),
+        );
+    }
+    store
+        .commit(decision, wall_clock())
+        .await
+        .expect("outbox rows");
+    sqlx::query("UPDATE inventory.outbox SET published_at = now() - interval '2 hours' WHERE sequence IN (SELECT sequence FROM inventory.outbox ORDER BY sequence LIMIT 3)")
+        .execute(store.pool())
+        .await
+        .expect("ages");
+    sqlx::query("UPDATE inventory.outbox SET published_at = now() WHERE sequence = (SELECT max(sequence) FROM inventory.outbox)").execute(store.pool()).await.expect("marks");
+    let producer = saldo_kafka::producer::create(&setup.servers()).expect("producer");
+    let mut publisher =
+        OutboxPublisher::connect(setup.database.url(), Service::Inventory, producer)
+            .await
+            .expect("publisher");
+    assert_eq!(publisher.apply_retention().await.expect("deletes"), 3);
+    assert_eq!(
+        scalar(&store, "SELECT count(*) FROM inventory.outbox").await,
+        3
+    );
+    assert_eq!(
+        scalar(
+            &store,
+            "SELECT count(*) FROM inventory.outbox WHERE published_at IS NULL"
+        )
+        .await,
+        2
+    );
+    setup.stop().await;
+}
