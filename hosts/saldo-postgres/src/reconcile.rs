@@ -18,14 +18,13 @@
 use std::collections::BTreeMap;
 
 use futures_util::TryStreamExt;
-use saldo_domain::inventory::ReservationState;
 use saldo_domain::messages::{OrderLine, Service};
 use saldo_domain::order::{CancelReason, OrderStatus};
 use saldo_ledger::{ChainHash, Entry};
 use saldo_reconcile::{
-    ChainVerifier, Finding, LedgerFact, OrderFact, OrderFacts, PaymentFact, PaymentKind, Settings,
-    check_account, check_dead_letters, check_entry_balance, check_order, check_outbox_row,
-    check_stock,
+    ChainVerifier, Finding, LedgerFact, OrderFact, OrderFacts, PaymentFact, PaymentKind,
+    ReservationKind, Settings, check_account, check_dead_letters, check_entry_balance, check_order,
+    check_outbox_row, check_stock,
 };
 use saldo_types::{OrderId, Timestamp};
 use sqlx::postgres::{PgPool, PgRow};
@@ -384,20 +383,6 @@ fn order_fact(row: &PgRow) -> Result<OrderFact, StoreError> {
     })
 }
 
-fn reservation_state(name: &str) -> Result<ReservationState, StoreError> {
-    Ok(match name {
-        "held" => ReservationState::Held,
-        "committed" => ReservationState::Committed,
-        "released" => ReservationState::Released,
-        // The rejection reason does not matter to any rule.
-        "rejected" => ReservationState::Rejected {
-            reason: saldo_domain::messages::StockRejection::OutOfStock,
-        },
-        "cancelled" => ReservationState::Cancelled,
-        other => return Err(corrupt(format!("reservation state {other:?}"))),
-    })
-}
-
 async fn judge_orders(
     orders_connection: &mut PgConnection,
     payments_connection: &mut PgConnection,
@@ -480,7 +465,11 @@ async fn judge_orders(
             heads[1] = next_keyed(&mut payments).await?;
         }
         if let Some(head) = heads[2].take_if(|head| head.order_id == order_id) {
-            facts.reservation = Some(reservation_state(head.row.try_get(1)?)?);
+            let state: &str = head.row.try_get(1)?;
+            facts.reservation = Some(
+                ReservationKind::from_name(state)
+                    .ok_or_else(|| corrupt(format!("reservation state {state:?}")))?,
+            );
             heads[2] = next_keyed(&mut reservations).await?;
         }
         if let Some(head) = heads[3].take_if(|head| head.order_id == order_id) {

@@ -461,17 +461,10 @@ impl RowKind {
 }
 
 fn fingerprint_from(bytes: Vec<u8>) -> Result<Fingerprint, StoreError> {
-    let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
-    serde_json::from_value(serde_json::Value::String(hex))
-        .map_err(|error| corrupt(format!("fingerprint: {error}")))
-}
-
-fn fingerprint_bytes(fingerprint: &Fingerprint) -> Vec<u8> {
-    let hex = fingerprint.to_hex();
-    (0..hex.len())
-        .step_by(2)
-        .map(|index| u8::from_str_radix(&hex[index..index + 2], 16).expect("hex"))
-        .collect()
+    let array: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| corrupt("a fingerprint is 32 bytes"))?;
+    Ok(Fingerprint::from_bytes(array))
 }
 
 fn hash_from(bytes: Vec<u8>) -> Result<ChainHash, StoreError> {
@@ -589,7 +582,7 @@ async fn apply(
         );
         let inserted = dynamic(sql)
             .bind(receipt.message_id.to_hex())
-            .bind(fingerprint_bytes(&receipt.fingerprint))
+            .bind(receipt.fingerprint.as_bytes().to_vec())
             .bind(to_i64(receipt.received_at.unix_ms(), "received_at")?)
             .execute(&mut **transaction)
             .await?;
@@ -750,7 +743,7 @@ async fn write_row(
                     Some(json(&reason).trim_matches('"').to_owned()),
                 ),
             };
-            let awaiting = awaiting_name(order);
+            let awaiting = order.saga.awaiting().name().to_owned();
             let deadline = order
                 .deadline()
                 .map(|deadline| to_i64(deadline.unix_ms(), "deadline"))
@@ -928,18 +921,6 @@ fn order_query(
         .bind(deadline)
         .bind(json(order))
         .bind(to_i64(order.updated_at.unix_ms(), "updated_at")?))
-}
-
-/// The saga state's name (`action_reply`, ..., `nothing`).
-fn awaiting_name(order: &OrderRow) -> String {
-    match serde_json::to_value(order.saga.awaiting()) {
-        Ok(serde_json::Value::Object(fields)) => fields
-            .get("awaiting")
-            .and_then(|value| value.as_str())
-            .unwrap_or("unknown")
-            .to_owned(),
-        _ => "unknown".to_owned(),
-    }
 }
 
 async fn current_version(

@@ -218,6 +218,46 @@ impl PaymentKind {
     }
 }
 
+/// Where a reservation stands, without its reason (`reservations.state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReservationKind {
+    /// Units are promised to the order.
+    Held,
+    /// The units were sold.
+    Committed,
+    /// The units were given back.
+    Released,
+    /// Nothing was reserved.
+    Rejected,
+    /// Released before any reservation arrived.
+    Cancelled,
+}
+
+impl ReservationKind {
+    /// The kind of a reservation state.
+    pub fn of(state: &ReservationState) -> ReservationKind {
+        match state {
+            ReservationState::Held => ReservationKind::Held,
+            ReservationState::Committed => ReservationKind::Committed,
+            ReservationState::Released => ReservationKind::Released,
+            ReservationState::Rejected { .. } => ReservationKind::Rejected,
+            ReservationState::Cancelled => ReservationKind::Cancelled,
+        }
+    }
+
+    /// The kind named by the `reservations.state` column.
+    pub fn from_name(name: &str) -> Option<ReservationKind> {
+        match name {
+            "held" => Some(ReservationKind::Held),
+            "committed" => Some(ReservationKind::Committed),
+            "released" => Some(ReservationKind::Released),
+            "rejected" => Some(ReservationKind::Rejected),
+            "cancelled" => Some(ReservationKind::Cancelled),
+            _ => None,
+        }
+    }
+}
+
 /// The payment service's facts about one order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PaymentFact {
@@ -249,8 +289,8 @@ pub struct OrderFacts {
     pub order: Option<OrderFact>,
     /// The payment service's row, if any.
     pub payment: Option<PaymentFact>,
-    /// The inventory service's reservation state, if any.
-    pub reservation: Option<ReservationState>,
+    /// The inventory service's reservation, if any.
+    pub reservation: Option<ReservationKind>,
     /// The ledger's entries for it.
     pub ledger: LedgerFact,
 }
@@ -333,7 +373,7 @@ pub fn check_order(facts: &OrderFacts, now: Timestamp, settings: &Settings) -> V
                     ),
                 ));
             }
-            if facts.reservation == Some(ReservationState::Held) {
+            if facts.reservation == Some(ReservationKind::Held) {
                 findings.push(finding(
                     FindingKind::ReservationHeldForFinishedOrder,
                     "confirmed but its stock is still only reserved".to_owned(),
@@ -347,7 +387,7 @@ pub fn check_order(facts: &OrderFacts, now: Timestamp, settings: &Settings) -> V
                     format!("cancelled with {} still charged", ledger.net_charged_minor),
                 ));
             }
-            if facts.reservation == Some(ReservationState::Held) {
+            if facts.reservation == Some(ReservationKind::Held) {
                 findings.push(finding(
                     FindingKind::CancelledWithHeldStock,
                     "cancelled but its stock is still reserved".to_owned(),
@@ -356,7 +396,7 @@ pub fn check_order(facts: &OrderFacts, now: Timestamp, settings: &Settings) -> V
         }
         Some(OrderStatus::Pending) => {}
         None => {
-            if facts.reservation == Some(ReservationState::Held) {
+            if facts.reservation == Some(ReservationKind::Held) {
                 findings.push(finding(
                     FindingKind::ReservationHeldForFinishedOrder,
                     "stock is reserved for an order that does not exist".to_owned(),

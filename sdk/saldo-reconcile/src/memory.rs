@@ -11,8 +11,8 @@ use saldo_ledger::{AccountId, Side};
 use saldo_types::{OrderId, Timestamp};
 
 use crate::{
-    ChainVerifier, Finding, LedgerFact, OrderFact, OrderFacts, PaymentFact, PaymentKind, Settings,
-    check_account, check_order, check_outbox_row, check_stock,
+    ChainVerifier, Finding, LedgerFact, OrderFact, OrderFacts, PaymentFact, PaymentKind,
+    ReservationKind, Settings, check_account, check_order, check_outbox_row, check_stock,
 };
 
 /// Every finding in the store, sorted.
@@ -39,7 +39,8 @@ pub fn reconcile(store: &MemoryStore, now: Timestamp, settings: &Settings) -> Ve
                 });
             }
             Row::Reservation(reservation) => {
-                entry(&mut orders, &reservation.order_id).reservation = Some(reservation.state);
+                entry(&mut orders, &reservation.order_id).reservation =
+                    Some(ReservationKind::of(&reservation.state));
                 if reservation.state == ReservationState::Held {
                     for line in &reservation.lines {
                         *held_by_sku.entry(line.sku.as_str().to_owned()).or_default() +=

@@ -35,7 +35,7 @@ fn facts(
             state: PaymentKind::of(&state),
             amount_minor: 500,
         }),
-        reservation,
+        reservation: reservation.as_ref().map(ReservationKind::of),
         ledger: LedgerFact {
             charges: ledger.0,
             refunds: ledger.1,

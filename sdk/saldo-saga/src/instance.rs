@@ -62,6 +62,19 @@ pub enum SagaState {
     Nothing,
 }
 
+impl SagaState {
+    /// The state's name, as serialised (`action_reply`, ..., `nothing`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            SagaState::ActionReply { .. } => "action_reply",
+            SagaState::ActionRetry { .. } => "action_retry",
+            SagaState::CompensationReply { .. } => "compensation_reply",
+            SagaState::CompensationRetry { .. } => "compensation_retry",
+            SagaState::Nothing => "nothing",
+        }
+    }
+}
+
 /// Why a saga turned back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

@@ -331,3 +331,35 @@ fn serde_json_roundtrip(instance: &SagaInstance<&'static str>) -> SagaInstance<&
     assert_eq!(serde_json::to_string(&owned).expect("serialises"), value);
     instance.clone()
 }
+
+#[test]
+fn state_names_match_their_serialised_tag() {
+    // Proves the names storage uses are the serde tags, for every state.
+    let at = Timestamp::from_unix_ms(1);
+    for state in [
+        SagaState::ActionReply {
+            step: 0,
+            attempt: 1,
+            deadline: at,
+        },
+        SagaState::ActionRetry {
+            step: 0,
+            attempt: 1,
+            resume_at: at,
+        },
+        SagaState::CompensationReply {
+            step: 0,
+            attempt: 1,
+            deadline: at,
+        },
+        SagaState::CompensationRetry {
+            step: 0,
+            attempt: 1,
+            resume_at: at,
+        },
+        SagaState::Nothing,
+    ] {
+        let value = serde_json::to_value(&state).expect("serialises");
+        assert_eq!(value["awaiting"], state.name());
+    }
+}
