@@ -5,9 +5,9 @@
 use saldo_idempotency::{Fingerprint, IdempotencyRecord, RecordState, Verdict};
 use saldo_types::Timestamp;
 
-use crate::ConsumeError;
-use crate::decision::{InboxReceipt, Snapshot};
-use crate::messages::{Envelope, Service};
+use crate::decision::{Decided, Decision, InboxReceipt, Snapshot};
+use crate::messages::{Envelope, Payload, Service};
+use crate::{ConsumeError, MessageOutcome};
 
 /// How long an inbox receipt is kept (7 days): longer than any redelivery
 /// window of the broker. Past it, the per-order idempotency of each decider
@@ -64,4 +64,46 @@ pub fn check(
             }))
         }
     }
+}
+
+/// The frame every participant (inventory, payment) decides a command in:
+/// refuse a message that is not `consumer`'s, answer a redelivery with no
+/// effect, otherwise start the decision with the inbox receipt, let `decide`
+/// add the effect and return the reply, and publish that reply, caused by
+/// the command, through `consumer`'s outbox.
+pub fn participant(
+    consumer: Service,
+    snapshot: &Snapshot,
+    envelope: &Envelope,
+    now: Timestamp,
+    decide: impl FnOnce(&mut Decision) -> Result<Payload, ConsumeError>,
+) -> Result<Decided<MessageOutcome>, ConsumeError> {
+    if envelope.payload.consumer() != Some(consumer) {
+        return Err(ConsumeError::WrongConsumer {
+            message_type: envelope.message_type(),
+            consumer,
+        });
+    }
+    let receipt = match check(snapshot, consumer, envelope, now)? {
+        InboxVerdict::Duplicate => {
+            return Ok(Decided {
+                decision: Decision::default(),
+                reply: MessageOutcome::Duplicate,
+            });
+        }
+        InboxVerdict::Fresh(receipt) => receipt,
+    };
+    let mut decision = Decision {
+        inbox: Some(receipt),
+        ..Decision::default()
+    };
+    let reply = decide(&mut decision)?;
+    decision.publish(
+        consumer,
+        Envelope::caused_by(envelope, &[b"reply"], now, reply),
+    );
+    Ok(Decided {
+        decision,
+        reply: MessageOutcome::Applied,
+    })
 }

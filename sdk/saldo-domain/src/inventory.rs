@@ -12,7 +12,7 @@ use saldo_types::{Currency, Money, OrderId, Sku, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use crate::decision::{Decided, Decision, ReadSet, Row, RowKey, Snapshot, Version};
-use crate::inbox::{self, InboxVerdict};
+use crate::inbox;
 use crate::messages::{Envelope, OrderLine, Payload, Service, StockRejection};
 use crate::{CommandRefused, ConsumeError, MessageOutcome};
 
@@ -104,58 +104,26 @@ pub fn decide_message(
     envelope: &Envelope,
     now: Timestamp,
 ) -> Result<Decided<MessageOutcome>, ConsumeError> {
-    if !matches!(
-        envelope.payload,
-        Payload::ReserveStock { .. } | Payload::ReleaseStock { .. } | Payload::CommitStock { .. }
-    ) {
-        return Err(ConsumeError::WrongConsumer {
-            message_type: envelope.message_type(),
-            consumer: Service::Inventory,
-        });
-    }
-    let receipt = match inbox::check(snapshot, Service::Inventory, envelope, now)? {
-        InboxVerdict::Duplicate => {
-            return Ok(Decided {
-                decision: Decision::default(),
-                reply: MessageOutcome::Duplicate,
-            });
+    inbox::participant(Service::Inventory, snapshot, envelope, now, |decision| {
+        let (reservation_version, reservation) = snapshot.reservation(&envelope.order_id);
+        match &envelope.payload {
+            Payload::ReserveStock { lines, currency } => Ok(match reservation {
+                Some(existing) => replay_reservation(existing),
+                None => reserve(decision, snapshot, envelope, lines, *currency, now),
+            }),
+            Payload::ReleaseStock { .. } => release(
+                decision,
+                snapshot,
+                envelope,
+                reservation_version,
+                reservation,
+                now,
+            ),
+            Payload::CommitStock { .. } => {
+                commit(decision, snapshot, reservation_version, reservation, now)
+            }
+            _ => unreachable!("participant() admits only inventory commands"),
         }
-        InboxVerdict::Fresh(receipt) => receipt,
-    };
-    let mut decision = Decision {
-        inbox: Some(receipt),
-        ..Decision::default()
-    };
-    let (reservation_version, reservation) = snapshot.reservation(&envelope.order_id);
-    let reply = match &envelope.payload {
-        Payload::ReserveStock { lines, currency } => match reservation {
-            Some(existing) => replay_reservation(existing),
-            None => reserve(&mut decision, snapshot, envelope, lines, *currency, now),
-        },
-        Payload::ReleaseStock { .. } => release(
-            &mut decision,
-            snapshot,
-            envelope,
-            reservation_version,
-            reservation,
-            now,
-        )?,
-        Payload::CommitStock { .. } => commit(
-            &mut decision,
-            snapshot,
-            reservation_version,
-            reservation,
-            now,
-        )?,
-        _ => unreachable!("checked above"),
-    };
-    decision.publish(
-        Service::Inventory,
-        Envelope::caused_by(envelope, &[b"reply"], now, reply),
-    );
-    Ok(Decided {
-        decision,
-        reply: MessageOutcome::Applied,
     })
 }
 

@@ -13,7 +13,7 @@ use saldo_types::{CorrelationId, Currency, CustomerId, Id128, Money, OrderId, Ti
 use serde::{Deserialize, Serialize};
 
 use crate::decision::{Decided, Decision, IdempotencyWrite, ReadSet, Row, RowKey, Snapshot};
-use crate::inbox::{self, InboxVerdict};
+use crate::inbox;
 use crate::messages::{Envelope, Payload, PaymentFailure, Service, Traceparent};
 use crate::order::IDEMPOTENCY_RETENTION_MS;
 use crate::{CommandRefused, ConsumeError, MessageOutcome};
@@ -192,45 +192,21 @@ pub fn decide_message(
     envelope: &Envelope,
     now: Timestamp,
 ) -> Result<Decided<MessageOutcome>, ConsumeError> {
-    if !matches!(
-        envelope.payload,
-        Payload::ChargePayment { .. } | Payload::RefundPayment { .. }
-    ) {
-        return Err(ConsumeError::WrongConsumer {
-            message_type: envelope.message_type(),
-            consumer: Service::Payment,
-        });
-    }
-    let receipt = match inbox::check(snapshot, Service::Payment, envelope, now)? {
-        InboxVerdict::Duplicate => {
-            return Ok(Decided {
-                decision: Decision::default(),
-                reply: MessageOutcome::Duplicate,
-            });
-        }
-        InboxVerdict::Fresh(receipt) => receipt,
-    };
-    let mut decision = Decision {
-        inbox: Some(receipt),
-        ..Decision::default()
-    };
-    let reply = match &envelope.payload {
-        Payload::ChargePayment { customer, amount } => {
-            charge(&mut decision, snapshot, envelope, customer, *amount, now)?
-        }
-        Payload::RefundPayment { customer, amount } => {
-            refund(&mut decision, snapshot, envelope, customer, *amount, now)?
-        }
-        _ => unreachable!("checked above"),
-    };
-    decision.publish(
+    inbox::participant(
         Service::Payment,
-        Envelope::caused_by(envelope, &[b"reply"], now, reply),
-    );
-    Ok(Decided {
-        decision,
-        reply: MessageOutcome::Applied,
-    })
+        snapshot,
+        envelope,
+        now,
+        |decision| match &envelope.payload {
+            Payload::ChargePayment { customer, amount } => {
+                charge(decision, snapshot, envelope, customer, *amount, now)
+            }
+            Payload::RefundPayment { customer, amount } => {
+                refund(decision, snapshot, envelope, customer, *amount, now)
+            }
+            _ => unreachable!("participant() admits only payment commands"),
+        },
+    )
 }
 
 fn charge(
