@@ -18,8 +18,12 @@ if ! command -v rustup >/dev/null 2>&1; then
     echo "rustup is required (https://rustup.rs); this machine kind ships it" >&2
     exit 1
 fi
-# Reading the toolchain file installs the pinned toolchain, its components
-# and the wasm32 target when they are missing.
+# Install the pinned toolchain explicitly when it is missing: rustup's
+# automatic install may be switched off (RUSTUP_AUTO_INSTALL=0).
+toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
+if ! rustup toolchain list | grep -q "^${toolchain}"; then
+    rustup toolchain install "$toolchain" --profile minimal --component rustfmt,clippy --target wasm32-unknown-unknown
+fi
 rustup show active-toolchain
 rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 
