@@ -211,11 +211,7 @@ impl ConsumerRunner {
                 .send(record, crate::producer::DELIVERY_TIMEOUT)
                 .await
                 .map_err(|(error, _)| error.to_string());
-            let schema = match self.service {
-                Service::Order => "orders",
-                Service::Inventory => "inventory",
-                Service::Payment => "payment",
-            };
+            let schema = saldo_postgres::schema(self.service);
             let sql = format!(
                 "INSERT INTO {schema}.dead_letters (message_id, message_type, order_id, error, payload, received_at) VALUES ($1, $2, $3, $4, $5, now())"
             );

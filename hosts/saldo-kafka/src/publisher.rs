@@ -5,6 +5,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use rdkafka::producer::FutureProducer;
 use saldo_domain::messages::{Envelope, Service};
+use saldo_postgres::schema;
 use sqlx::{Connection, PgConnection, Row as _};
 
 /// Outbox lanes per service: an order always maps to one lane, and each lane
@@ -31,14 +32,6 @@ pub enum PublishError {
         /// Why.
         error: String,
     },
-}
-
-fn schema(service: Service) -> &'static str {
-    match service {
-        Service::Order => "orders",
-        Service::Inventory => "inventory",
-        Service::Payment => "payment",
-    }
 }
 
 fn lock_class(service: Service) -> i32 {

@@ -19,4 +19,6 @@ pub mod testing;
 
 pub use migrate::{AppliedMigration, MIGRATOR, migrate};
 pub use saldo_domain::store::CommitError;
-pub use store::{ACQUIRE_TIMEOUT, Dump, PgCommitError, PgExecuteError, PgStore, StoreError};
+pub use store::{
+    ACQUIRE_TIMEOUT, Dump, PgCommitError, PgExecuteError, PgStore, StoreError, schema,
+};

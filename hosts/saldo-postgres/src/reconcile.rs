@@ -31,14 +31,7 @@ use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{Connection, Executor, PgConnection, Row as _};
 
 use crate::StoreError;
-
-fn corrupt(what: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(what.to_string())
-}
-
-fn ms(column: &str) -> String {
-    format!("(extract(epoch from {column}) * 1000)::bigint")
-}
+use crate::store::{corrupt, unix_ms as ms};
 
 fn timestamp(value: Option<i64>) -> Option<Timestamp> {
     value.map(|ms| Timestamp::from_unix_ms(u64::try_from(ms).unwrap_or(0)))
@@ -271,11 +264,7 @@ impl Reconciler {
             self.legs_checked_through = checked_through.unwrap_or(0);
         }
         for service in Service::ALL {
-            let schema = match service {
-                Service::Order => "orders",
-                Service::Inventory => "inventory",
-                Service::Payment => "payment",
-            };
+            let schema = crate::schema(service);
             let sql = format!(
                 "SELECT sequence, {} FROM {schema}.outbox WHERE published_at IS NULL ORDER BY sequence",
                 ms("created_at")

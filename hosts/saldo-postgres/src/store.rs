@@ -62,11 +62,12 @@ impl From<sqlx::Error> for PgCommitError {
     }
 }
 
-fn corrupt(what: impl std::fmt::Display) -> StoreError {
+pub(crate) fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
 }
 
-fn schema(service: Service) -> &'static str {
+/// The PostgreSQL schema holding a service's tables.
+pub fn schema(service: Service) -> &'static str {
     match service {
         Service::Order => "orders",
         Service::Inventory => "inventory",
@@ -84,7 +85,7 @@ fn at(parameter: usize) -> String {
     TIMESTAMP.replace("$N", &format!("${parameter}"))
 }
 
-fn unix_ms(column: &str) -> String {
+pub(crate) fn unix_ms(column: &str) -> String {
     format!("(extract(epoch from {column}) * 1000)::bigint")
 }
 

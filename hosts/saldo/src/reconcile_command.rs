@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use saldo_kafka::wall_clock;
 use saldo_postgres::reconcile::{Reconciler, RunReport};
 use saldo_reconcile::{FindingKind, Settings};
-use saldo_types::Timestamp;
 use sqlx::postgres::PgPoolOptions;
 
 /// Arguments of `saldo reconcile`.
@@ -56,13 +56,6 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         _ => return Err(format!("{text:?}: the unit must be ms, s, m or h")),
     };
     Ok(Duration::from_millis(ms))
-}
-
-fn wall_clock() -> Timestamp {
-    let elapsed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Timestamp::from_unix_ms(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Runs the command.

@@ -94,12 +94,7 @@ fn bad_arguments_give_one_readable_line_and_a_non_zero_exit() {
 fn migrate_applies_once_and_then_reports_up_to_date() {
     // Proves `saldo migrate` applies every migration to a new database, then
     // nothing, and that a bad URL is one readable line with exit code 2.
-    let admin_url = std::env::var("SALDO_TEST_DATABASE_URL")
-        .expect("tests/run.sh sets SALDO_TEST_DATABASE_URL");
-    let name = format!("saldo_test_cli_{}", std::process::id());
-    psql(&admin_url, &format!("DROP DATABASE IF EXISTS {name}"));
-    psql(&admin_url, &format!("CREATE DATABASE {name}"));
-    let url = saldo_postgres::testing::with_database(&admin_url, &name);
+    let (admin_url, name, url) = fresh_database("");
     let first = saldo(&["migrate", "--database-url", &url]);
     assert_eq!(
         first.status.code(),
@@ -149,15 +144,21 @@ fn psql(url: &str, sql: &str) {
     );
 }
 
-/// A migrated database for the CLI: its URL as the read-only role, and a
-/// function that runs SQL in it as the owner.
-fn reconcile_database(suffix: &str) -> (String, impl Fn(&str)) {
+/// A newly created, empty database: the admin URL, its name, its URL.
+fn fresh_database(suffix: &str) -> (String, String, String) {
     let admin_url = std::env::var("SALDO_TEST_DATABASE_URL")
         .expect("tests/run.sh sets SALDO_TEST_DATABASE_URL");
     let name = format!("saldo_test_cli_{suffix}_{}", std::process::id());
     psql(&admin_url, &format!("DROP DATABASE IF EXISTS {name}"));
     psql(&admin_url, &format!("CREATE DATABASE {name}"));
     let url = saldo_postgres::testing::with_database(&admin_url, &name);
+    (admin_url, name, url)
+}
+
+/// A migrated database for the CLI: its URL as the read-only role, and a
+/// function that runs SQL in it as the owner.
+fn reconcile_database(suffix: &str) -> (String, impl Fn(&str)) {
+    let (_, _, url) = fresh_database(suffix);
     assert_eq!(
         saldo(&["migrate", "--database-url", &url]).status.code(),
         Some(0)
@@ -385,12 +386,7 @@ fn services_killed_with_sigkill_mid_flow_lose_nothing_and_charge_nothing_twice()
     use saldo_types::{CorrelationId, Currency, CustomerId, Id128, Money, OrderId, Sku, Timestamp};
     const ORDERS: u32 = 200;
 
-    let admin_url = std::env::var("SALDO_TEST_DATABASE_URL")
-        .expect("tests/run.sh sets SALDO_TEST_DATABASE_URL");
-    let name = format!("saldo_test_cli_kill_{}", std::process::id());
-    psql(&admin_url, &format!("DROP DATABASE IF EXISTS {name}"));
-    psql(&admin_url, &format!("CREATE DATABASE {name}"));
-    let url = saldo_postgres::testing::with_database(&admin_url, &name);
+    let (admin_url, name, url) = fresh_database("kill");
     assert_eq!(
         saldo(&["migrate", "--database-url", &url]).status.code(),
         Some(0)
