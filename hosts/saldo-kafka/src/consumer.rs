@@ -1,6 +1,7 @@
 //! The consumer runner: at-least-once delivery, exactly-once effects.
 
 use std::time::Duration;
+use tracing::Instrument;
 
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -104,7 +105,7 @@ impl ConsumerRunner {
                     self.consumer.store_offset_from_message(&message)?;
                 }
                 Err(error) => {
-                    eprintln!("saldo {} consumer: {error}", self.service);
+                    tracing::warn!(service = %self.service, %error, "receive failed");
                     tokio::time::sleep(BACKOFF_INITIAL).await;
                 }
             }
@@ -117,9 +118,10 @@ impl ConsumerRunner {
         match self.consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(())
             | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
-            Err(error) => eprintln!(
-                "saldo {} consumer: final offset commit failed, messages since the last commit will be redelivered: {error}",
-                self.service
+            Err(error) => tracing::warn!(
+                service = %self.service,
+                %error,
+                "final offset commit failed; messages since the last commit will be redelivered"
             ),
         }
         Ok(())
@@ -137,6 +139,28 @@ impl ConsumerRunner {
                     .await;
             }
         };
+        // The request's correlation id and trace follow the message into
+        // this service's logs, as they followed it into the outbox row, the
+        // Kafka headers and (for payments) the ledger entry's memo.
+        let span = tracing::info_span!(
+            "message",
+            consumer = %self.service,
+            message_type = envelope.message_type(),
+            message_id = %envelope.message_id.to_hex(),
+            order_id = %envelope.order_id,
+            correlation_id = %envelope.correlation_id,
+            traceparent = %envelope.traceparent.as_str(),
+        );
+        self.decide_and_commit(message, envelope)
+            .instrument(span)
+            .await
+    }
+
+    async fn decide_and_commit(
+        &self,
+        message: &BorrowedMessage<'_>,
+        envelope: Envelope,
+    ) -> Handled {
         let read_set = message_read_set(self.service, &envelope);
         let mut backoff = BACKOFF_INITIAL;
         let mut last_error = String::new();
@@ -151,6 +175,7 @@ impl ConsumerRunner {
             match result {
                 Ok(outcome) => {
                     metrics::counter!("saldo_messages_handled_total", "service" => self.service.name(), "outcome" => outcome_name(&outcome)).increment(1);
+                    tracing::debug!(outcome = outcome_name(&outcome), "handled");
                     return Handled::Done(outcome);
                 }
                 // A refusal is deterministic: retrying cannot help.
@@ -228,12 +253,16 @@ impl ConsumerRunner {
                 (Ok(_), Ok(_)) => {
                     metrics::counter!("saldo_dead_letters_total", "service" => consumer)
                         .increment(1);
-                    eprintln!("ALERT saldo {consumer} consumer dead-lettered {origin}: {error}");
+                    tracing::error!(alert = true, consumer, origin, error, "dead-lettered");
                     return Handled::DeadLettered(error);
                 }
                 (sent, recorded) => {
-                    eprintln!(
-                        "saldo {consumer} consumer: dead-lettering {origin} failed ({sent:?}, {recorded:?}); retrying"
+                    tracing::warn!(
+                        consumer,
+                        origin,
+                        ?sent,
+                        ?recorded,
+                        "dead-lettering failed; retrying"
                     );
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }

@@ -211,7 +211,7 @@ impl OutboxPublisher {
                 Ok(round) if round.published > 0 => Duration::ZERO,
                 Ok(_) => idle,
                 Err(error) => {
-                    eprintln!("saldo outbox ({}): {error}", self.service);
+                    tracing::warn!(service = %self.service, %error, "publish round failed");
                     idle.max(Duration::from_millis(200))
                 }
             };

@@ -80,7 +80,7 @@ pub async fn ensure(
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => {
                 return Err(KafkaError::AdminOp(code))
-                    .inspect_err(|_| eprintln!("cannot create topic {name}: {code}"));
+                    .inspect_err(|_| tracing::warn!(topic = name, %code, "cannot create topic"));
             }
         }
     }

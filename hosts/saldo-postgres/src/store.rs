@@ -389,17 +389,27 @@ impl PgStore {
             unix_ms("recorded_at")
         );
         let rows = dynamic(sql).fetch_all(&self.pool).await?;
-        rows.into_iter()
-            .map(|row| {
-                Ok(Entry {
-                    sequence: to_u64(row.try_get(0)?, "sequence")?,
-                    recorded_at: Timestamp::from_unix_ms(to_u64(row.try_get(1)?, "recorded_at")?),
-                    posting: from_json(row.try_get::<&str, _>(2)?, "ledger posting")?,
-                    previous_hash: hash_from(row.try_get::<Vec<u8>, _>(3)?)?,
-                    hash: hash_from(row.try_get::<Vec<u8>, _>(4)?)?,
-                })
-            })
-            .collect()
+        rows.into_iter().map(|row| entry_from(&row)).collect()
+    }
+
+    /// The newest `limit` ledger entries with a leg on `account`, newest first.
+    pub async fn entries_of(
+        &self,
+        account: &AccountId,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let sql = format!(
+            "SELECT sequence, {}, posting::text, previous_hash, hash FROM payment.ledger_entries \
+             WHERE sequence IN (SELECT sequence FROM payment.ledger_legs WHERE account_id = $1) \
+             ORDER BY sequence DESC LIMIT $2",
+            unix_ms("recorded_at")
+        );
+        let rows = dynamic(sql)
+            .bind(account.to_string())
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(|row| entry_from(&row)).collect()
     }
 
     /// Up to `limit` unpublished messages of `service`, in outbox order.
@@ -959,4 +969,15 @@ async fn current_version(
         .fetch_optional(&mut **transaction)
         .await?;
     Ok(version.map_or(Ok(0), |version| to_u64(version, "version"))?)
+}
+
+/// Decodes a row of `sequence, recorded_at (unix ms), posting, previous_hash, hash`.
+fn entry_from(row: &sqlx::postgres::PgRow) -> Result<Entry, StoreError> {
+    Ok(Entry {
+        sequence: to_u64(row.try_get(0)?, "sequence")?,
+        recorded_at: Timestamp::from_unix_ms(to_u64(row.try_get(1)?, "recorded_at")?),
+        posting: from_json(row.try_get::<&str, _>(2)?, "ledger posting")?,
+        previous_hash: hash_from(row.try_get::<Vec<u8>, _>(3)?)?,
+        hash: hash_from(row.try_get::<Vec<u8>, _>(4)?)?,
+    })
 }

@@ -1,5 +1,8 @@
 //! `saldo`: the one command-line binary.
 
+mod config;
+mod dev_command;
+mod gateway_command;
 mod migrate_command;
 mod reconcile_command;
 mod service_command;
@@ -13,33 +16,80 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "saldo", version, about, long_about = None, propagate_version = true)]
 struct Cli {
+    /// A TOML file of settings; flags and environment variables win over it.
+    #[arg(long, global = true, env = config::CONFIG_ENV)]
+    config: Option<std::path::PathBuf>,
+    /// Log lines as human-readable text or as JSON objects.
+    #[arg(long, global = true, default_value = "human", env = "SALDO_LOG_FORMAT", value_parser = ["human", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run everything in one process, in memory, with demo data: no
+    /// PostgreSQL, no Kafka. Start here.
+    Dev(dev_command::DevArgs),
     /// Run the deterministic whole-platform simulator with fault injection.
     Sim(sim_command::SimArgs),
     /// Apply the database migrations (idempotent) and report what was applied.
     Migrate(migrate_command::MigrateArgs),
     /// Check orders, payments, ledger, stock and outboxes for silent failures (read-only).
     Reconcile(reconcile_command::ReconcileArgs),
-    /// Run the order service's consumer (replies) and its saga deadline timers.
+    /// Run the order service: its HTTP API (with --http-address), its
+    /// reply consumer and its saga deadline timers.
     Order(service_command::ServiceArgs),
-    /// Run the inventory service's consumer.
+    /// Run the inventory service: its consumer and (with --http-address) the stock API.
     Inventory(service_command::ServiceArgs),
-    /// Run the payment service's consumer.
+    /// Run the payment service: its consumer and (with --http-address) the wallet API.
     Payment(service_command::ServiceArgs),
     /// Run the outbox publisher of one service.
     Outbox(service_command::OutboxArgs),
     /// Run a Kafka-protocol broker for development and tests (librdkafka's mock cluster).
     Broker(service_command::BrokerArgs),
+    /// Run the optional API gateway: API keys, rate limits and request
+    /// checks in front of the services.
+    Gateway(gateway_command::GatewayArgs),
+    /// Issue an API key for the gateway (printed once; only its hash is stored).
+    ApiKey(gateway_command::ApiKeyArgs),
+}
+
+/// Logs go to stderr, filtered by SALDO_LOG (default `info`).
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SALDO_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init();
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::CommandFactory;
+    let argv = match config::apply(&Cli::command(), std::env::args_os().collect()) {
+        Ok(argv) => argv,
+        Err(error) => {
+            eprintln!("saldo: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(argv);
+    init_logging(&cli.log_format);
     let result = match cli.command {
+        Command::Dev(args) => dev_command::run(&args),
+        Command::Gateway(args) => gateway_command::run(&args),
+        Command::ApiKey(args) => gateway_command::run_api_key(&args),
         Command::Sim(args) => sim_command::run(&args),
         Command::Migrate(args) => migrate_command::run(&args),
         Command::Reconcile(args) => reconcile_command::run(&args),

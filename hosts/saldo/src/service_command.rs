@@ -15,6 +15,12 @@ use saldo_kafka::consumer::ConsumerRunner;
 use saldo_kafka::publisher::OutboxPublisher;
 use saldo_kafka::{topics, wall_clock};
 use saldo_postgres::{PgExecuteError, PgStore};
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use saldo_http::api::{Api, Check};
+use saldo_http::backend::Backend;
 
 /// Where a service finds its database and the broker.
 #[derive(Debug, Args)]
@@ -41,17 +47,92 @@ pub struct ServiceArgs {
     /// handled, dead letters) on this address.
     #[arg(long, env = "SALDO_METRICS_ADDRESS")]
     metrics_address: Option<std::net::SocketAddr>,
+    /// Serve this service's HTTP API (with /healthz, /readyz and /metrics)
+    /// on this address: orders for `order`, wallets for `payment`, stock
+    /// for `inventory`.
+    #[arg(long, env = "SALDO_HTTP_ADDRESS")]
+    http_address: Option<std::net::SocketAddr>,
 }
 
-/// Starts the Prometheus endpoint when an address is configured.
-fn serve_metrics(args: &ServiceArgs) -> anyhow::Result<()> {
-    if let Some(address) = args.metrics_address {
-        metrics_exporter_prometheus::PrometheusBuilder::new()
-            .with_http_listener(address)
-            .install()
-            .with_context(|| format!("cannot serve metrics on {address}"))?;
+/// Installs the metrics recorder when anything will serve it, and serves
+/// it on `--metrics-address` when that is set.
+async fn serve_metrics(args: &ServiceArgs) -> anyhow::Result<Option<PrometheusHandle>> {
+    if args.metrics_address.is_none() && args.http_address.is_none() {
+        return Ok(None);
     }
-    Ok(())
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    if let Some(address) = args.metrics_address {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot serve metrics on {address}"))?;
+        let page = handle.clone();
+        let router = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let page = page.clone();
+                async move { page.render() }
+            }),
+        );
+        tokio::spawn(saldo_http::serve(listener, router, shutdown()));
+    }
+    Ok(Some(handle))
+}
+
+/// `/readyz`'s broker check: the cluster answers a metadata request.
+struct BrokerCheck(Arc<BaseConsumer>);
+
+#[async_trait::async_trait]
+impl Check for BrokerCheck {
+    fn name(&self) -> &'static str {
+        "broker"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        let client = self.0.clone();
+        tokio::task::spawn_blocking(move || {
+            client
+                .fetch_metadata(None, Duration::from_secs(2))
+                .map(drop)
+                .map_err(|error| error.to_string())
+        })
+        .await
+        .map_err(|error| error.to_string())?
+    }
+}
+
+/// Serves `service`'s HTTP API until `stop` resolves.
+async fn serve_api(
+    service: Service,
+    address: std::net::SocketAddr,
+    store: PgStore,
+    args: &ServiceArgs,
+    metrics: Option<PrometheusHandle>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let backend: Arc<dyn Backend> = Arc::new(store);
+    let mut api = Api::new(wall_clock);
+    match service {
+        Service::Order => api.order = Some(backend),
+        Service::Payment => api.payment = Some(backend),
+        Service::Inventory => api.inventory = Some(backend),
+    }
+    let probe: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &args.kafka_bootstrap)
+        .create()
+        .context("cannot create the broker probe")?;
+    api.checks.push(Arc::new(BrokerCheck(Arc::new(probe))));
+    api.metrics = metrics;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address}"))?;
+    tracing::info!(%service, "serving HTTP on http://{address}");
+    Ok(tokio::spawn(saldo_http::serve(
+        listener,
+        api.router(),
+        stop,
+    )))
 }
 
 /// Creates missing topics when configured to; a failure is a warning (the
@@ -62,9 +143,10 @@ async fn prepare_topics(args: &ServiceArgs) {
     }
     match topics::ensure(&args.kafka_bootstrap, args.partitions, args.replication).await {
         Ok(created) if created.is_empty() => {}
-        Ok(created) => eprintln!("saldo: created topics {created:?}"),
-        Err(error) => eprintln!(
-            "saldo: could not create topics ({error}); continuing with what the broker has"
+        Ok(created) => tracing::info!(?created, "created topics"),
+        Err(error) => tracing::warn!(
+            %error,
+            "could not create topics; continuing with what the broker has"
         ),
     }
 }
@@ -94,7 +176,7 @@ fn parse_service(name: &str) -> Result<Service, String> {
         .ok_or_else(|| format!("{name:?} is not a service (order, inventory, payment)"))
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -103,7 +185,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Resolves on SIGTERM or SIGINT.
-async fn shutdown() {
+pub(crate) async fn shutdown() {
     let mut terminate =
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(signal) => signal,
@@ -122,7 +204,7 @@ pub fn run_consumer(service: Service, args: &ServiceArgs) -> anyhow::Result<Exit
             .await
             .context("cannot connect to the database")?;
         prepare_topics(args).await;
-        serve_metrics(args)?;
+        let metrics = serve_metrics(args).await?;
         let group = format!("{}-{}", args.group_prefix, service.name());
         let runner = ConsumerRunner::new(
             &args.kafka_bootstrap,
@@ -132,10 +214,7 @@ pub fn run_consumer(service: Service, args: &ServiceArgs) -> anyhow::Result<Exit
             Rules::default(),
         )
         .context("cannot create the Kafka consumer")?;
-        eprintln!(
-            "saldo {service}: consuming {} as {group}",
-            topics::consumed_by(service)
-        );
+        tracing::info!(%service, group, topic = topics::consumed_by(service), "consuming");
         let (stop, _) = tokio::sync::watch::channel(false);
         let stopped = |stop: &tokio::sync::watch::Sender<bool>| {
             let mut receiver = stop.subscribe();
@@ -143,12 +222,29 @@ pub fn run_consumer(service: Service, args: &ServiceArgs) -> anyhow::Result<Exit
                 let _ = receiver.wait_for(|stopped| *stopped).await;
             }
         };
+        let http = match args.http_address {
+            Some(address) => Some(
+                serve_api(
+                    service,
+                    address,
+                    store.clone(),
+                    args,
+                    metrics,
+                    stopped(&stop),
+                )
+                .await?,
+            ),
+            None => None,
+        };
         let consumer = tokio::spawn(runner.run(stopped(&stop)));
         let timers = (service == Service::Order)
             .then(|| tokio::spawn(fire_deadlines(store, stopped(&stop))));
         shutdown().await;
-        eprintln!("saldo {service}: stopping");
+        tracing::info!(%service, "stopping: finishing requests and messages in flight");
         stop.send_replace(true);
+        if let Some(http) = http {
+            http.await.context("HTTP task")?.context("HTTP server")?;
+        }
         consumer
             .await
             .context("consumer task")?
@@ -181,11 +277,13 @@ async fn fire_deadlines(store: PgStore, stop: impl std::future::Future<Output = 
                         .await;
                     match result {
                         Ok(_) | Err(PgExecuteError::Conflict(_)) => {}
-                        Err(error) => eprintln!("saldo order: deadline of {order_id}: {error:?}"),
+                        Err(error) => {
+                            tracing::warn!(%order_id, ?error, "deadline not handled; retrying")
+                        }
                     }
                 }
             }
-            Err(error) => eprintln!("saldo order: cannot read due deadlines: {error}"),
+            Err(error) => tracing::warn!(%error, "cannot read due deadlines"),
         }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(250)) => {}
@@ -198,19 +296,19 @@ async fn fire_deadlines(store: PgStore, stop: impl std::future::Future<Output = 
 pub fn run_outbox(args: &OutboxArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
         prepare_topics(&args.connection).await;
-        serve_metrics(&args.connection)?;
+        serve_metrics(&args.connection).await?;
         let producer = saldo_kafka::producer::create(&args.connection.kafka_bootstrap)
             .context("cannot create the Kafka producer")?;
         let publisher =
             OutboxPublisher::connect(&args.connection.database_url, args.service, producer)
                 .await
                 .context("cannot connect to the database")?;
-        eprintln!("saldo outbox: publishing the {} outbox", args.service);
+        tracing::info!(service = %args.service, "publishing the outbox");
         publisher
             .run(Duration::from_millis(20), shutdown())
             .await
             .context("publisher")?;
-        eprintln!("saldo outbox: stopped");
+        tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })
 }

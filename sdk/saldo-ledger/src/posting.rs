@@ -72,6 +72,21 @@ pub struct Posting {
 }
 
 impl Posting {
+    /// What this posting does to `account`'s balance: credits raise it,
+    /// debits lower it; zero when no leg touches the account. `None` only
+    /// if the sum overflows, which a posting the ledger accepted cannot do.
+    pub fn effect_on(&self, account: &AccountId) -> Option<Money> {
+        let mut effect = Money::zero(account.currency());
+        for leg in self.legs.iter().filter(|leg| &leg.account == account) {
+            let signed = match leg.side {
+                Side::Credit => leg.amount,
+                Side::Debit => leg.amount.checked_neg().ok()?,
+            };
+            effect = effect.checked_add(signed).ok()?;
+        }
+        Some(effect)
+    }
+
     /// A two-leg transfer of `amount` from `debit_account` to `credit_account`.
     pub fn transfer(
         id: PostingId,

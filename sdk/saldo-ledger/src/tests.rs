@@ -486,3 +486,18 @@ fn property_postings_and_reversals_conserve_money_and_keep_wallets_non_negative(
         .tests(PROPERTY_CASES)
         .quickcheck(postings_and_reversals_conserve_money as fn(Vec<Operation>) -> bool);
 }
+
+#[test]
+fn effect_on_is_signed_by_side_and_zero_for_untouched_accounts() {
+    // Proves a posting's effect on an account is +credit, -debit, 0 when absent.
+    let posting = Posting::transfer(
+        id("t"),
+        wallet("alice"),
+        revenue(),
+        eur(250),
+        memo("charge"),
+    );
+    assert_eq!(posting.effect_on(&wallet("alice")), Some(eur(-250)));
+    assert_eq!(posting.effect_on(&revenue()), Some(eur(250)));
+    assert_eq!(posting.effect_on(&wallet("bob")), Some(eur(0)));
+}

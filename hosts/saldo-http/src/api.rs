@@ -1,0 +1,679 @@
+//! The REST API: orders, wallets, stock, health, readiness and metrics.
+//!
+//! Handlers only translate: JSON and headers into the sdk's requests, the
+//! sdk's answers and refusals into JSON and problems. Every rule about
+//! money, stock and saga state is decided by `saldo-domain` through
+//! [`execute`], which commits all of a decision or none of it.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::extract::{Extension, Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use saldo_domain::Rules;
+use saldo_domain::decision::{ReadSet, RowKey};
+use saldo_domain::inventory::{
+    SetStock, SetStockError, StockRow, decide_set_stock, set_stock_read_set,
+};
+use saldo_domain::messages::OrderLine;
+use saldo_domain::order::{
+    OrderRequestError, OrderRow, PlaceOrder, PlaceOrderError, decide_place_order,
+    place_order_read_set,
+};
+use saldo_domain::payment::{TopUp, TopUpError, decide_top_up, top_up_read_set};
+use saldo_idempotency::IdempotencyKey;
+use saldo_ledger::{AccountId, Entry};
+use saldo_types::{Currency, CustomerId, Money, OrderId, Sku, Timestamp};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::backend::{Backend, ExecuteFailure, execute};
+use crate::context::{JsonBody, RequestContext, observe, random_id};
+use crate::problem::Problem;
+
+/// The header naming a request's idempotency key.
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+/// Set on a response that replays a stored one.
+pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+/// The most ledger entries `GET /wallets/{customer}` lists.
+pub const WALLET_ENTRIES_MAX: usize = 100;
+/// The OpenAPI document, served at `/openapi.json` and checked in.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// A dependency `/readyz` checks besides the stores (the broker).
+#[async_trait]
+pub trait Check: Send + Sync + 'static {
+    /// Its name in the readiness report.
+    fn name(&self) -> &'static str;
+    /// Ok when reachable.
+    async fn check(&self) -> Result<(), String>;
+}
+
+/// What one process serves. A service process sets its own backend; dev
+/// mode sets all three on one shared store.
+#[derive(Clone)]
+pub struct Api {
+    /// Serves `/orders` when set.
+    pub order: Option<Arc<dyn Backend>>,
+    /// Serves `/wallets` when set.
+    pub payment: Option<Arc<dyn Backend>>,
+    /// Serves `/stock` when set.
+    pub inventory: Option<Arc<dyn Backend>>,
+    /// The deciders' configuration.
+    pub rules: Arc<Rules>,
+    /// Extra readiness checks (the broker).
+    pub checks: Vec<Arc<dyn Check>>,
+    /// Renders `/metrics`; `None` serves an empty page.
+    pub metrics: Option<PrometheusHandle>,
+    /// The wall clock (a parameter so that tests can pin it).
+    pub clock: fn() -> Timestamp,
+}
+
+impl Api {
+    /// An API serving nothing yet, with default rules.
+    pub fn new(clock: fn() -> Timestamp) -> Api {
+        Api {
+            order: None,
+            payment: None,
+            inventory: None,
+            rules: Arc::new(Rules::default()),
+            checks: Vec::new(),
+            metrics: None,
+            clock,
+        }
+    }
+
+    /// The router: the configured services' routes plus health, readiness,
+    /// metrics and the OpenAPI document; unknown routes and methods answer
+    /// with problems.
+    pub fn router(self) -> Router {
+        let mut router = Router::new()
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics_page))
+            .route("/openapi.json", get(openapi));
+        if self.order.is_some() {
+            router = router
+                .route("/orders", axum::routing::post(post_order))
+                .route("/orders/{order_id}", get(get_order));
+        }
+        if self.payment.is_some() {
+            router = router
+                .route(
+                    "/wallets/{customer}/top-ups",
+                    axum::routing::post(post_top_up),
+                )
+                .route("/wallets/{customer}", get(get_wallet));
+        }
+        if self.inventory.is_some() {
+            router = router.route("/stock/{sku}", get(get_stock).put(put_stock));
+        }
+        router
+            .fallback(route_not_found)
+            .method_not_allowed_fallback(method_not_allowed)
+            .layer(axum::middleware::from_fn(observe))
+            .with_state(Arc::new(self))
+    }
+}
+
+type Shared = State<Arc<Api>>;
+
+/// 404 for a path no route serves.
+pub async fn route_not_found() -> Problem {
+    Problem::not_found("route_not_found", "no resource lives at this path")
+}
+
+/// 405 for a method a route does not serve.
+pub async fn method_not_allowed() -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "Method not allowed",
+        "this resource does not support the method",
+    )
+}
+
+async fn healthz() -> Response {
+    axum::Json(json!({ "status": "ok" })).into_response()
+}
+
+async fn readyz(State(api): Shared) -> Response {
+    let mut checks = serde_json::Map::new();
+    let mut failures = Vec::new();
+    let stores = [
+        ("order_database", &api.order),
+        ("payment_database", &api.payment),
+        ("inventory_database", &api.inventory),
+    ];
+    for (name, backend) in stores {
+        if let Some(backend) = backend {
+            match backend.ready().await {
+                Ok(()) => checks.insert(name.to_owned(), json!("ok")),
+                Err(error) => {
+                    failures.push(format!("{name}: {error}"));
+                    checks.insert(name.to_owned(), json!(error.to_string()))
+                }
+            };
+        }
+    }
+    for check in &api.checks {
+        match check.check().await {
+            Ok(()) => checks.insert(check.name().to_owned(), json!("ok")),
+            Err(error) => {
+                failures.push(format!("{}: {error}", check.name()));
+                checks.insert(check.name().to_owned(), json!(error))
+            }
+        };
+    }
+    if failures.is_empty() {
+        axum::Json(json!({ "status": "ready", "checks": checks })).into_response()
+    } else {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "A dependency is unreachable",
+            failures.join("; "),
+        )
+        .into_response()
+    }
+}
+
+async fn metrics_page(State(api): Shared) -> Response {
+    let body = api
+        .metrics
+        .as_ref()
+        .map(PrometheusHandle::render)
+        .unwrap_or_default();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// The required `Idempotency-Key` header.
+fn idempotency_key(headers: &HeaderMap) -> Result<IdempotencyKey, Problem> {
+    let value = headers.get(&IDEMPOTENCY_KEY).ok_or_else(|| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "idempotency_key_missing",
+            "An Idempotency-Key header is required",
+            "send a unique Idempotency-Key per logical request; repeat it to retry safely",
+        )
+        .field("Idempotency-Key")
+    })?;
+    value
+        .to_str()
+        .ok()
+        .and_then(|text| IdempotencyKey::new(text).ok())
+        .ok_or_else(|| {
+            Problem::invalid_field(
+                "Idempotency-Key",
+                "Idempotency-Key must be 1 to 255 visible ASCII characters",
+            )
+        })
+}
+
+fn parse_field<T, E: std::fmt::Display>(
+    field: impl Into<String>,
+    parsed: Result<T, E>,
+) -> Result<T, Problem> {
+    let field = field.into();
+    parsed.map_err(|error| Problem::invalid_field(field.clone(), format!("{field}: {error}")))
+}
+
+fn currency(field: &str, code: &str) -> Result<Currency, Problem> {
+    parse_field(field, Currency::from_code(code))
+}
+
+/// The answer to a conflict storm or a store failure. Nothing was written.
+fn store_problem<E>(failure: ExecuteFailure<E>, reject: impl FnOnce(E) -> Problem) -> Problem {
+    match failure {
+        ExecuteFailure::Rejected(error) => reject(error),
+        ExecuteFailure::Conflict(conflict) => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "contention",
+            "Too many concurrent changes to the same rows; nothing was written",
+            conflict.to_string(),
+        )
+        .retry_after_ms(1_000),
+        ExecuteFailure::Unavailable(error) => Problem::unavailable(error.to_string()),
+    }
+}
+
+fn backend(backend: &Option<Arc<dyn Backend>>) -> &dyn Backend {
+    // Routes are only registered when their backend is configured.
+    backend
+        .as_deref()
+        .expect("a route is served only with its backend")
+}
+
+fn created(location: String, replayed: bool, body: Value) -> Response {
+    let mut response = (StatusCode::CREATED, axum::Json(body)).into_response();
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        headers.insert(header::LOCATION, value);
+    }
+    headers.insert(
+        IDEMPOTENT_REPLAYED,
+        HeaderValue::from_static(if replayed { "true" } else { "false" }),
+    );
+    response
+}
+
+/// `POST /orders`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrderRequest {
+    customer: String,
+    currency: String,
+    lines: Vec<LineRequest>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct LineRequest {
+    sku: String,
+    quantity: u32,
+}
+
+async fn post_order(
+    State(api): Shared,
+    Extension(context): Extension<RequestContext>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<OrderRequest>,
+) -> Result<Response, Problem> {
+    let key = idempotency_key(&headers)?;
+    let mut lines = Vec::with_capacity(body.lines.len());
+    for (index, line) in body.lines.into_iter().enumerate() {
+        lines.push(OrderLine {
+            sku: parse_field(format!("lines[{index}].sku"), Sku::new(line.sku))?,
+            quantity: line.quantity,
+        });
+    }
+    let request = PlaceOrder {
+        order_id: OrderId::new(format!("ord_{}", random_id().to_hex()))
+            .expect("a generated id is valid"),
+        customer: parse_field("customer", CustomerId::new(body.customer))?,
+        lines,
+        currency: currency("currency", &body.currency)?,
+        idempotency_key: key,
+        correlation_id: context.correlation_id,
+        traceparent: context.traceparent,
+    };
+    let now = (api.clock)();
+    let accepted = execute(
+        backend(&api.order),
+        &place_order_read_set(&request),
+        now,
+        |snapshot| decide_place_order(&api.rules.order_saga, snapshot, &request, now),
+    )
+    .await
+    .map_err(|failure| store_problem(failure, place_order_problem))?;
+    if !accepted.replayed {
+        metrics::counter!("saldo_orders_placed_total").increment(1);
+        tracing::info!(order_id = %accepted.order_id, "order placed");
+    }
+    let location = format!("/orders/{}", accepted.order_id);
+    Ok(created(
+        location.clone(),
+        accepted.replayed,
+        json!({ "order_id": accepted.order_id, "links": { "self": location } }),
+    ))
+}
+
+fn place_order_problem(error: PlaceOrderError) -> Problem {
+    let detail = error.to_string();
+    match error {
+        PlaceOrderError::Invalid(invalid) => {
+            let (code, field) = match invalid {
+                OrderRequestError::LinesEmpty => ("lines_empty", "lines".to_owned()),
+                OrderRequestError::LinesTooMany => ("lines_too_many", "lines".to_owned()),
+                OrderRequestError::QuantityMustBePositive { line } => (
+                    "quantity_must_be_positive",
+                    format!("lines[{line}].quantity"),
+                ),
+                OrderRequestError::QuantityTooLarge { line } => {
+                    ("quantity_too_large", format!("lines[{line}].quantity"))
+                }
+                OrderRequestError::SkuDuplicated { line } => {
+                    ("sku_duplicated", format!("lines[{line}].sku"))
+                }
+            };
+            Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                code,
+                "The order is invalid",
+                detail,
+            )
+            .field(field)
+        }
+        PlaceOrderError::IdempotencyKeyReused => idempotency_key_reused(detail),
+        PlaceOrderError::IdempotencyKeyInFlight { retry_after_ms } => {
+            idempotency_key_in_flight(detail, retry_after_ms)
+        }
+        PlaceOrderError::OrderIdTaken(_) => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "order_id_collision",
+            "A generated order id collided; nothing was written",
+            detail,
+        )
+        .retry_after_ms(0),
+    }
+}
+
+fn idempotency_key_reused(detail: String) -> Problem {
+    Problem::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+        "The idempotency key was used for a different request",
+        detail,
+    )
+    .field("Idempotency-Key")
+}
+
+fn idempotency_key_in_flight(detail: String, retry_after_ms: u64) -> Problem {
+    Problem::new(
+        StatusCode::CONFLICT,
+        "idempotency_key_in_flight",
+        "A request with this idempotency key is still being processed",
+        detail,
+    )
+    .field("Idempotency-Key")
+    .retry_after_ms(retry_after_ms)
+}
+
+/// `GET /orders/{order_id}`: the order with its saga history.
+async fn get_order(State(api): Shared, Path(order_id): Path<String>) -> Result<Response, Problem> {
+    let order_id = parse_field("order_id", OrderId::new(order_id))?;
+    let snapshot = backend(&api.order)
+        .load(&ReadSet {
+            rows: vec![RowKey::Order(order_id.clone())],
+            ..ReadSet::default()
+        })
+        .await
+        .map_err(|error| Problem::unavailable(error.to_string()))?;
+    let (_, row) = snapshot.order(&order_id);
+    let row = row.ok_or_else(|| {
+        Problem::not_found(
+            "order_not_found",
+            format!("order {order_id} does not exist"),
+        )
+    })?;
+    Ok(axum::Json(order_view(&api.rules, row)).into_response())
+}
+
+/// What a client sees of an order.
+pub fn order_view(rules: &Rules, row: &OrderRow) -> Value {
+    let status = serde_json::to_value(row.status()).expect("a status serialises");
+    let steps = rules.order_saga.steps();
+    let history: Vec<Value> = row
+        .history()
+        .iter()
+        .map(|record| {
+            let mut value = serde_json::to_value(&record.event).expect("history serialises");
+            if let Some(object) = value.as_object_mut() {
+                if let Some(name) = object
+                    .get("step")
+                    .and_then(Value::as_u64)
+                    .and_then(|step| steps.get(usize::try_from(step).ok()?))
+                    .map(|step| step.name.clone())
+                {
+                    object.insert("step_name".to_owned(), json!(name));
+                }
+                object.insert("at".to_owned(), json!(record.at.to_string()));
+            }
+            value
+        })
+        .collect();
+    json!({
+        "order_id": row.order_id,
+        "customer": row.customer,
+        "status": status["status"],
+        "reason": status.get("reason").cloned().unwrap_or(Value::Null),
+        "currency": row.currency.code(),
+        "amount_minor": row.amount.map(|amount| amount.amount_minor()),
+        "lines": row.lines.iter().map(|line| json!({ "sku": line.sku, "quantity": line.quantity })).collect::<Vec<_>>(),
+        "correlation_id": row.correlation_id,
+        "traceparent": row.traceparent.as_str(),
+        "created_at": row.created_at.to_string(),
+        "updated_at": row.updated_at.to_string(),
+        "history": history,
+    })
+}
+
+/// `POST /wallets/{customer}/top-ups`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopUpRequest {
+    amount_minor: i64,
+    currency: String,
+}
+
+async fn post_top_up(
+    State(api): Shared,
+    Extension(context): Extension<RequestContext>,
+    Path(customer): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<TopUpRequest>,
+) -> Result<Response, Problem> {
+    let key = idempotency_key(&headers)?;
+    let customer = parse_field("customer", CustomerId::new(customer))?;
+    let request = TopUp {
+        amount: Money::from_minor(body.amount_minor, currency("currency", &body.currency)?),
+        customer,
+        idempotency_key: key,
+        correlation_id: context.correlation_id,
+        traceparent: context.traceparent,
+    };
+    let now = (api.clock)();
+    let applied = execute(
+        backend(&api.payment),
+        &top_up_read_set(&request),
+        now,
+        |snapshot| decide_top_up(&api.rules.payment, snapshot, &request, now),
+    )
+    .await
+    .map_err(|failure| store_problem(failure, top_up_problem))?;
+    let location = format!("/wallets/{}", applied.customer);
+    Ok(created(
+        location,
+        applied.replayed,
+        json!({
+            "customer": applied.customer,
+            "posting_id": applied.posting_id.to_hex(),
+            "amount_minor": applied.amount.amount_minor(),
+            "currency": applied.amount.currency().code(),
+        }),
+    ))
+}
+
+fn top_up_problem(error: TopUpError) -> Problem {
+    let detail = error.to_string();
+    let unprocessable = |code, field: &str| {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            code,
+            "The top-up is invalid",
+            detail.clone(),
+        )
+        .field(field)
+    };
+    match error {
+        TopUpError::AmountMustBePositive => {
+            unprocessable("amount_must_be_positive", "amount_minor")
+        }
+        TopUpError::AmountOverLimit => unprocessable("amount_over_limit", "amount_minor"),
+        TopUpError::CurrencyMismatch { .. } => unprocessable("currency_mismatch", "currency"),
+        TopUpError::Ledger(_) => unprocessable("ledger_refused", "amount_minor"),
+        TopUpError::IdempotencyKeyReused => idempotency_key_reused(detail),
+        TopUpError::IdempotencyKeyInFlight { retry_after_ms } => {
+            idempotency_key_in_flight(detail, retry_after_ms)
+        }
+    }
+}
+
+/// `GET /wallets/{customer}`: balance and newest entries.
+async fn get_wallet(State(api): Shared, Path(customer): Path<String>) -> Result<Response, Problem> {
+    let customer = parse_field("customer", CustomerId::new(customer))?;
+    let store = backend(&api.payment);
+    let unavailable = |error: crate::backend::Unavailable| Problem::unavailable(error.to_string());
+    let snapshot = store
+        .load(&ReadSet {
+            rows: vec![RowKey::Wallet(customer.clone())],
+            ..ReadSet::default()
+        })
+        .await
+        .map_err(unavailable)?;
+    let wallet = snapshot.wallet(&customer).1.cloned().ok_or_else(|| {
+        Problem::not_found(
+            "wallet_not_found",
+            format!("{customer} has no wallet; a top-up opens one"),
+        )
+    })?;
+    let account_id = wallet.account();
+    let snapshot = store
+        .load(&ReadSet {
+            rows: vec![RowKey::Account(account_id.clone())],
+            ..ReadSet::default()
+        })
+        .await
+        .map_err(unavailable)?;
+    let account = snapshot.account(&account_id).1.cloned();
+    let entries = store
+        .entries_of(&account_id, WALLET_ENTRIES_MAX)
+        .await
+        .map_err(unavailable)?;
+    let zero = Money::zero(wallet.currency);
+    let (balance, held, available) = account.map_or((zero, zero, zero), |account| {
+        (account.balance, account.held, account.available())
+    });
+    Ok(axum::Json(json!({
+        "customer": customer,
+        "currency": wallet.currency.code(),
+        "balance_minor": balance.amount_minor(),
+        "held_minor": held.amount_minor(),
+        "available_minor": available.amount_minor(),
+        "charge_limit_minor": wallet.charge_limit.amount_minor(),
+        "entries": entries.iter().map(|entry| entry_view(&account_id, entry)).collect::<Vec<_>>(),
+    }))
+    .into_response())
+}
+
+/// One ledger entry as seen from `account`: credits positive, debits negative.
+fn entry_view(account: &AccountId, entry: &Entry) -> Value {
+    let posting = &entry.posting;
+    let amount_minor = posting
+        .effect_on(account)
+        .expect("a sealed posting's legs sum within range")
+        .amount_minor();
+    json!({
+        "sequence": entry.sequence,
+        "posting_id": posting.id.to_hex(),
+        "purpose": posting.memo.purpose,
+        "order_id": posting.memo.order_id,
+        "amount_minor": amount_minor,
+        "reverses": posting.reverses.map(|id| id.to_hex()),
+        "recorded_at": entry.recorded_at.to_string(),
+        "correlation_id": posting.memo.correlation_id,
+        "traceparent": posting.memo.traceparent,
+        "hash": entry.hash.to_hex(),
+    })
+}
+
+/// `PUT /stock/{sku}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StockRequest {
+    on_hand: u64,
+    unit_price_minor: i64,
+    currency: String,
+}
+
+async fn put_stock(
+    State(api): Shared,
+    Path(sku): Path<String>,
+    JsonBody(body): JsonBody<StockRequest>,
+) -> Result<Response, Problem> {
+    let request = SetStock {
+        sku: parse_field("sku", Sku::new(sku))?,
+        on_hand: body.on_hand,
+        unit_price: Money::from_minor(body.unit_price_minor, currency("currency", &body.currency)?),
+    };
+    let now = (api.clock)();
+    let row = execute(
+        backend(&api.inventory),
+        &set_stock_read_set(&request),
+        now,
+        |snapshot| decide_set_stock(snapshot, &request),
+    )
+    .await
+    .map_err(|failure| store_problem(failure, set_stock_problem))?;
+    Ok(axum::Json(stock_view(&row)).into_response())
+}
+
+fn set_stock_problem(error: SetStockError) -> Problem {
+    let detail = error.to_string();
+    match error {
+        SetStockError::OnHandTooLarge => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "on_hand_too_large",
+            "The stock level is invalid",
+            detail,
+        )
+        .field("on_hand"),
+        SetStockError::PriceMustBePositive => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "price_must_be_positive",
+            "The stock level is invalid",
+            detail,
+        )
+        .field("unit_price_minor"),
+        SetStockError::OnHandBelowReserved { .. } => Problem::new(
+            StatusCode::CONFLICT,
+            "on_hand_below_reserved",
+            "More units are promised to open orders",
+            detail,
+        )
+        .field("on_hand"),
+    }
+}
+
+/// `GET /stock/{sku}`.
+async fn get_stock(State(api): Shared, Path(sku): Path<String>) -> Result<Response, Problem> {
+    let sku = parse_field("sku", Sku::new(sku))?;
+    let snapshot = backend(&api.inventory)
+        .load(&ReadSet {
+            rows: vec![RowKey::Stock(sku.clone())],
+            ..ReadSet::default()
+        })
+        .await
+        .map_err(|error| Problem::unavailable(error.to_string()))?;
+    let row = snapshot
+        .stock(&sku)
+        .1
+        .ok_or_else(|| Problem::not_found("sku_not_found", format!("{sku} is not stocked")))?;
+    Ok(axum::Json(stock_view(row)).into_response())
+}
+
+fn stock_view(row: &StockRow) -> Value {
+    json!({
+        "sku": row.sku,
+        "on_hand": row.on_hand,
+        "reserved": row.reserved,
+        "available": row.available(),
+        "unit_price_minor": row.unit_price.amount_minor(),
+        "currency": row.unit_price.currency().code(),
+    })
+}

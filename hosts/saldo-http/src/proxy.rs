@@ -1,0 +1,206 @@
+//! `saldo gateway`'s reverse proxy: each resource goes to the service that
+//! owns it (`/orders` to the order service, `/wallets` to payment, `/stock`
+//! to inventory). The proxy adds the request's correlation id and trace
+//! context when the client sent none, and never forwards the API key.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Extension, Request, State};
+use axum::http::{HeaderName, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+
+use crate::api::{OPENAPI, method_not_allowed};
+use crate::context::{RequestContext, observe};
+use crate::gateway::{API_KEY, Resource};
+use crate::problem::Problem;
+
+/// How long an upstream may take to answer.
+pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Headers that describe one hop, not the request (RFC 9110 7.6.1).
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// Where each resource's service listens (`http://host:port`).
+#[derive(Debug, Clone)]
+pub struct Upstreams {
+    /// The order service.
+    pub order: Uri,
+    /// The payment service.
+    pub payment: Uri,
+    /// The inventory service.
+    pub inventory: Uri,
+}
+
+impl Upstreams {
+    fn of(&self, resource: Resource) -> &Uri {
+        match resource {
+            Resource::Orders => &self.order,
+            Resource::Wallets => &self.payment,
+            Resource::Stock => &self.inventory,
+        }
+    }
+
+    fn all(&self) -> [(&'static str, &Uri); 3] {
+        [
+            ("order", &self.order),
+            ("payment", &self.payment),
+            ("inventory", &self.inventory),
+        ]
+    }
+}
+
+struct Proxy {
+    upstreams: Upstreams,
+    client: Client<HttpConnector, Body>,
+    metrics: Option<PrometheusHandle>,
+}
+
+/// The proxy's router: its own probes and metrics, everything else forwarded.
+pub fn router(upstreams: Upstreams, metrics: Option<PrometheusHandle>) -> Router {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let proxy = Proxy {
+        upstreams,
+        client: Client::builder(TokioExecutor::new()).build(connector),
+        metrics,
+    };
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(json!({ "status": "ok" })) }),
+        )
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_page))
+        .route(
+            "/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(forward)
+        .layer(axum::middleware::from_fn(observe))
+        .with_state(Arc::new(proxy))
+}
+
+async fn metrics_page(State(proxy): State<Arc<Proxy>>) -> Response {
+    let body = proxy
+        .metrics
+        .as_ref()
+        .map(PrometheusHandle::render)
+        .unwrap_or_default();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// Ready when every upstream says it is ready.
+async fn readyz(State(proxy): State<Arc<Proxy>>) -> Response {
+    let mut failures = Vec::new();
+    for (name, base) in proxy.upstreams.all() {
+        let uri = format!("{base}readyz").replace("//readyz", "/readyz");
+        let request = match Request::get(&uri).body(Body::empty()) {
+            Ok(request) => request,
+            Err(error) => {
+                failures.push(format!("{name}: {error}"));
+                continue;
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(2), proxy.client.request(request)).await {
+            Ok(Ok(response)) if response.status().is_success() => {}
+            Ok(Ok(response)) => failures.push(format!("{name}: {}", response.status())),
+            Ok(Err(error)) => failures.push(format!("{name}: {error}")),
+            Err(_) => failures.push(format!("{name}: no answer within 2 s")),
+        }
+    }
+    if failures.is_empty() {
+        axum::Json(json!({ "status": "ready" })).into_response()
+    } else {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "An upstream service is not ready",
+            failures.join("; "),
+        )
+        .into_response()
+    }
+}
+
+async fn forward(
+    State(proxy): State<Arc<Proxy>>,
+    Extension(context): Extension<RequestContext>,
+    request: Request,
+) -> Response {
+    let Some(resource) = Resource::of_path(request.uri().path()) else {
+        return crate::api::route_not_found().await.into_response();
+    };
+    let base = proxy.upstreams.of(resource);
+    let path_and_query = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |value| value.as_str());
+    let uri: Uri = match format!(
+        "{}://{}{path_and_query}",
+        base.scheme_str().unwrap_or("http"),
+        base.authority().map_or("", |authority| authority.as_str())
+    )
+    .parse()
+    {
+        Ok(uri) => uri,
+        Err(_) => return crate::api::route_not_found().await.into_response(),
+    };
+    let (mut parts, body) = request.into_parts();
+    parts.uri = uri;
+    for name in HOP_BY_HOP {
+        parts.headers.remove(name);
+    }
+    parts.headers.remove(API_KEY);
+    parts.headers.remove(header::AUTHORIZATION);
+    parts.headers.remove(header::HOST);
+    // The service sees the same correlation id and trace as the gateway logs.
+    context.write_to(&mut parts.headers);
+    let upstream = Request::from_parts(parts, body);
+    match tokio::time::timeout(UPSTREAM_TIMEOUT, proxy.client.request(upstream)).await {
+        Ok(Ok(response)) => {
+            let (mut parts, body) = response.into_parts();
+            for name in HOP_BY_HOP {
+                parts.headers.remove(name);
+            }
+            Response::from_parts(parts, Body::new(body))
+        }
+        Ok(Err(error)) => Problem::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream_unavailable",
+            "The service behind the gateway did not answer",
+            error.to_string(),
+        )
+        .retry_after_ms(1_000)
+        .into_response(),
+        Err(_) => Problem::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            "The service behind the gateway took too long",
+            format!("no answer within {} s", UPSTREAM_TIMEOUT.as_secs()),
+        )
+        .into_response(),
+    }
+}

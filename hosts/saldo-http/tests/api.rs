@@ -1,0 +1,580 @@
+//! The HTTP API in process: every route, every error shape, idempotency,
+//! the gateway's checks, and the OpenAPI document against the router; on
+//! the in-memory store and on PostgreSQL.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use saldo_domain::messages::Service;
+use saldo_http::api::Api;
+use saldo_http::backend::{Backend, MemoryBackend};
+use saldo_http::gateway::{Gateway, hash_key, parse_keys, to_hex};
+use saldo_types::Timestamp;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+fn clock() -> Timestamp {
+    Timestamp::from_unix_ms(1_800_000_000_000)
+}
+
+fn api_over(backend: Arc<dyn Backend>) -> Router {
+    let mut api = Api::new(clock);
+    api.order = Some(backend.clone());
+    api.payment = Some(backend.clone());
+    api.inventory = Some(backend);
+    api.router()
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Value,
+}
+
+async fn send(
+    router: &Router,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> Answer {
+    let mut request = Request::builder().method(method).uri(path);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = match body {
+        Some(body) => request
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string())),
+        None => request.body(Body::empty()),
+    }
+    .expect("a request");
+    raw(router, request).await
+}
+
+async fn raw(router: &Router, request: Request<Body>) -> Answer {
+    let response = router.clone().oneshot(request).await.expect("infallible");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("a body")
+        .to_bytes();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    if !status.is_success() && status != StatusCode::SERVICE_UNAVAILABLE {
+        assert_eq!(
+            headers.get("content-type").map(|value| value.as_bytes()),
+            Some(&b"application/problem+json"[..]),
+            "every error is a problem: {body}"
+        );
+    }
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn order(customer: &str, sku: &str, quantity: u32) -> Value {
+    json!({ "customer": customer, "currency": "EUR", "lines": [{ "sku": sku, "quantity": quantity }] })
+}
+
+async fn seed(router: &Router) {
+    let answer = send(
+        router,
+        "PUT",
+        "/stock/book",
+        &[],
+        Some(json!({ "on_hand": 10, "unit_price_minor": 1500, "currency": "EUR" })),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    let answer = send(
+        router,
+        "POST",
+        "/wallets/alice/top-ups",
+        &[("idempotency-key", "seed-alice")],
+        Some(json!({ "amount_minor": 10_000, "currency": "EUR" })),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+}
+
+#[tokio::test]
+async fn an_order_is_accepted_once_and_its_key_replays_the_same_answer() {
+    // Proves POST /orders: 201 with Location; the same key and body replay
+    // the same response; the same key with another body is 422; no key is 400.
+    let backend = MemoryBackend::new();
+    let router = api_over(Arc::new(backend.clone()));
+    seed(&router).await;
+    let first = send(
+        &router,
+        "POST",
+        "/orders",
+        &[("idempotency-key", "k1")],
+        Some(order("alice", "book", 2)),
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    let order_id = first.body["order_id"].as_str().expect("an id").to_owned();
+    assert_eq!(
+        first.headers["location"].to_str().expect("ascii"),
+        format!("/orders/{order_id}")
+    );
+    assert_eq!(first.headers["idempotent-replayed"], "false");
+    let again = send(
+        &router,
+        "POST",
+        "/orders",
+        &[("idempotency-key", "k1")],
+        Some(order("alice", "book", 2)),
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::CREATED);
+    assert_eq!(again.body, first.body);
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    let other = send(
+        &router,
+        "POST",
+        "/orders",
+        &[("idempotency-key", "k1")],
+        Some(order("alice", "book", 3)),
+    )
+    .await;
+    assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(other.body["code"], "idempotency_key_reused");
+    assert_eq!(other.body["field"], "Idempotency-Key");
+    let keyless = send(
+        &router,
+        "POST",
+        "/orders",
+        &[],
+        Some(order("alice", "book", 2)),
+    )
+    .await;
+    assert_eq!(keyless.status, StatusCode::BAD_REQUEST);
+    assert_eq!(keyless.body["code"], "idempotency_key_missing");
+    assert_eq!(
+        backend.lock().outbox_pending(Service::Order, 100).len(),
+        1,
+        "one order, one command: replays and refusals wrote nothing"
+    );
+
+    let shown = send(&router, "GET", &format!("/orders/{order_id}"), &[], None).await;
+    assert_eq!(shown.status, StatusCode::OK);
+    assert_eq!(shown.body["status"], "PENDING");
+    assert_eq!(shown.body["customer"], "alice");
+    assert_eq!(
+        shown.body["lines"],
+        json!([{ "sku": "book", "quantity": 2 }])
+    );
+    assert_eq!(shown.body["history"][0]["event"], "sent");
+    assert_eq!(shown.body["history"][0]["step_name"], "reserve_stock");
+}
+
+#[tokio::test]
+async fn concurrent_requests_with_one_key_create_one_order() {
+    // Proves that racing duplicates of one request serialise on the key:
+    // every answer names the same order and only one order exists.
+    let backend = MemoryBackend::new();
+    let router = api_over(Arc::new(backend.clone()));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let router = router.clone();
+        tasks.push(tokio::spawn(async move {
+            send(
+                &router,
+                "POST",
+                "/orders",
+                &[("idempotency-key", "race")],
+                Some(order("alice", "book", 1)),
+            )
+            .await
+        }));
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    for task in tasks {
+        let answer = task.await.expect("joins");
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+        ids.insert(answer.body["order_id"].as_str().expect("id").to_owned());
+    }
+    assert_eq!(ids.len(), 1);
+    assert_eq!(backend.lock().outbox_pending(Service::Order, 100).len(), 1);
+}
+
+#[rstest::rstest]
+#[case(json!({ "customer": "alice", "currency": "EUR", "lines": [{ "sku": "book", "quantity": 0 }] }), "quantity_must_be_positive", "lines[0].quantity")]
+#[case(json!({ "customer": "alice", "currency": "EUR", "lines": [] }), "lines_empty", "lines")]
+#[case(json!({ "customer": "alice", "currency": "EUR", "lines": [{ "sku": "book", "quantity": 1 }, { "sku": "book", "quantity": 1 }] }), "sku_duplicated", "lines[1].sku")]
+#[case(json!({ "customer": "alice", "currency": "XYZ", "lines": [{ "sku": "book", "quantity": 1 }] }), "field_invalid", "currency")]
+#[case(json!({ "customer": "al ice", "currency": "EUR", "lines": [{ "sku": "book", "quantity": 1 }] }), "field_invalid", "customer")]
+#[case(json!({ "customer": "alice", "currency": "EUR", "lines": [{ "sku": "b/k", "quantity": 1 }] }), "field_invalid", "lines[0].sku")]
+#[case(json!({ "customer": "alice", "currency": "EUR", "lines": [{ "sku": "book", "quantity": -1 }] }), "field_invalid", "lines[0].quantity")]
+#[case(json!({ "customer": "alice", "currency": "EUR", "lines": [{ "sku": "book", "quantity": 1, "gift": true }] }), "field_invalid", "lines[0].gift")]
+#[case(json!({ "customer": "alice", "currency": "EUR", "lines": [], "coupon": "x" }), "field_invalid", "coupon")]
+#[case(json!({ "currency": "EUR", "lines": [] }), "field_invalid", "customer")]
+#[case(json!({ "customer": "alice", "currency": "EUR", "lines": [{ "sku": "book", "quantity": 10_001 }] }), "quantity_too_large", "lines[0].quantity")]
+#[tokio::test]
+async fn invalid_orders_are_422_naming_the_field_and_write_nothing(
+    #[case] body: Value,
+    #[case] code: &str,
+    #[case] field: &str,
+) {
+    // Proves every invalid order is refused with its code and field, and
+    // leaves no trace in the store.
+    let backend = MemoryBackend::new();
+    let router = api_over(Arc::new(backend.clone()));
+    let answer = send(
+        &router,
+        "POST",
+        "/orders",
+        &[("idempotency-key", "k")],
+        Some(body),
+    )
+    .await;
+    assert_eq!(
+        answer.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        answer.body
+    );
+    assert_eq!(answer.body["code"], code, "{}", answer.body);
+    assert_eq!(answer.body["field"], field, "{}", answer.body);
+    let store = backend.lock();
+    assert_eq!(store.rows().count(), 0);
+    assert_eq!(store.idempotency_records().count(), 0);
+}
+
+#[tokio::test]
+async fn malformed_oversized_and_non_json_bodies_are_refused() {
+    // Proves 400 for broken JSON, 413 above the size limit, 415 for other
+    // media types, and problem bodies for unknown routes and methods.
+    let router = api_over(Arc::new(MemoryBackend::new()));
+    let broken = Request::post("/orders")
+        .header("content-type", "application/json")
+        .header("idempotency-key", "k")
+        .body(Body::from("{\"customer\": "))
+        .expect("request");
+    let answer = raw(&router, broken).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer.body["code"], "json_malformed");
+    let huge = Request::post("/orders")
+        .header("content-type", "application/json")
+        .header("idempotency-key", "k")
+        .body(Body::from(format!("\"{}\"", "x".repeat(70_000))))
+        .expect("request");
+    let answer = raw(&router, huge).await;
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(answer.body["code"], "body_too_large");
+    let text = Request::post("/orders")
+        .header("content-type", "text/plain")
+        .header("idempotency-key", "k")
+        .body(Body::from("hello"))
+        .expect("request");
+    let answer = raw(&router, text).await;
+    assert_eq!(answer.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let answer = send(&router, "GET", "/nowhere", &[], None).await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert_eq!(answer.body["code"], "route_not_found");
+    let answer = send(&router, "DELETE", "/orders/x", &[], None).await;
+    assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(answer.body["code"], "method_not_allowed");
+    let answer = send(&router, "GET", "/orders/nope", &[], None).await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert_eq!(answer.body["code"], "order_not_found");
+    let answer = send(
+        &router,
+        "GET",
+        "/orders/x",
+        &[("x-correlation-id", "bad id!")],
+        None,
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(answer.body["field"], "X-Correlation-Id");
+}
+
+#[tokio::test]
+async fn wallets_and_stock_answer_with_balances_entries_and_levels() {
+    // Proves top-ups (with replay and refusals), the wallet view with its
+    // signed ledger entries, and setting and reading stock.
+    let router = api_over(Arc::new(MemoryBackend::new()));
+    let missing = send(&router, "GET", "/wallets/carol", &[], None).await;
+    assert_eq!(missing.body["code"], "wallet_not_found");
+    seed(&router).await;
+    let replay = send(
+        &router,
+        "POST",
+        "/wallets/alice/top-ups",
+        &[("idempotency-key", "seed-alice")],
+        Some(json!({ "amount_minor": 10_000, "currency": "EUR" })),
+    )
+    .await;
+    assert_eq!(replay.headers["idempotent-replayed"], "true");
+    for (body, code, field) in [
+        (
+            json!({ "amount_minor": 0, "currency": "EUR" }),
+            "amount_must_be_positive",
+            "amount_minor",
+        ),
+        (
+            json!({ "amount_minor": 5, "currency": "USD" }),
+            "currency_mismatch",
+            "currency",
+        ),
+        (
+            json!({ "amount_minor": 1.5, "currency": "EUR" }),
+            "field_invalid",
+            "amount_minor",
+        ),
+    ] {
+        let answer = send(
+            &router,
+            "POST",
+            "/wallets/alice/top-ups",
+            &[("idempotency-key", code)],
+            Some(body),
+        )
+        .await;
+        assert_eq!(
+            answer.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{}",
+            answer.body
+        );
+        assert_eq!(
+            (answer.body["code"].as_str(), answer.body["field"].as_str()),
+            (Some(code), Some(field))
+        );
+    }
+    let wallet = send(
+        &router,
+        "GET",
+        "/wallets/alice",
+        &[("x-correlation-id", "look-1")],
+        None,
+    )
+    .await;
+    assert_eq!(wallet.status, StatusCode::OK);
+    assert_eq!(wallet.headers["x-correlation-id"], "look-1");
+    assert_eq!(wallet.body["balance_minor"], 10_000);
+    assert_eq!(wallet.body["available_minor"], 10_000);
+    assert_eq!(wallet.body["entries"][0]["purpose"], "top_up");
+    assert_eq!(wallet.body["entries"][0]["amount_minor"], 10_000);
+
+    let stock = send(&router, "GET", "/stock/book", &[], None).await;
+    assert_eq!(
+        stock.body,
+        json!({ "sku": "book", "on_hand": 10, "reserved": 0, "available": 10, "unit_price_minor": 1500, "currency": "EUR" })
+    );
+    let bad = send(
+        &router,
+        "PUT",
+        "/stock/book",
+        &[],
+        Some(json!({ "on_hand": 1, "unit_price_minor": 0, "currency": "EUR" })),
+    )
+    .await;
+    assert_eq!(bad.body["code"], "price_must_be_positive");
+    let unknown = send(&router, "GET", "/stock/chair", &[], None).await;
+    assert_eq!(unknown.body["code"], "sku_not_found");
+}
+
+#[tokio::test]
+async fn every_operation_in_the_openapi_document_is_served() {
+    // Proves the checked-in OpenAPI document and the router agree: each
+    // documented path and method reaches a handler (no 404/405 route problem),
+    // and the router serves no API path the document lacks.
+    let router = api_over(Arc::new(MemoryBackend::new()));
+    let document: Value = serde_json::from_str(saldo_http::api::OPENAPI).expect("valid JSON");
+    assert_eq!(document["openapi"], "3.1.0");
+    let served = send(&router, "GET", "/openapi.json", &[], None).await;
+    assert_eq!(served.body, document);
+    let paths = document["paths"].as_object().expect("paths");
+    let mut operations = 0;
+    for (path, methods) in paths {
+        for method in methods.as_object().expect("methods").keys() {
+            operations += 1;
+            let concrete = path
+                .replace("{order_id}", "x")
+                .replace("{customer}", "x")
+                .replace("{sku}", "x");
+            let body = matches!(method.as_str(), "post" | "put").then(|| json!({}));
+            let answer = send(
+                &router,
+                &method.to_uppercase(),
+                &concrete,
+                &[("idempotency-key", "k")],
+                body,
+            )
+            .await;
+            assert!(
+                !matches!(
+                    answer.body["code"].as_str(),
+                    Some("route_not_found" | "method_not_allowed")
+                ),
+                "{method} {path} is documented but not served"
+            );
+        }
+    }
+    assert_eq!(
+        operations, 10,
+        "the document lists every operation the router serves"
+    );
+}
+
+fn gateway_router(backend: MemoryBackend, key: &str) -> Router {
+    let keys = format!(
+        "[[key]]\nname = \"shop\"\nsha256 = \"{}\"\nscopes = [\"orders:write\", \"wallets:read\"]\nrate_per_second = 1\nburst = 3\n",
+        to_hex(&hash_key(key))
+    );
+    Gateway::new(parse_keys(&keys).expect("valid")).protect(api_over(Arc::new(backend)))
+}
+
+#[tokio::test]
+async fn the_gateway_authenticates_authorises_limits_and_validates() {
+    // Proves the gateway's order of checks: 401 without or with a wrong key,
+    // 403 outside the key's scopes, 429 with Retry-After past the burst,
+    // and 400/413 for bad bodies; probes stay open.
+    let backend = MemoryBackend::new();
+    let router = gateway_router(backend.clone(), "sk_right");
+    let open = send(&router, "GET", "/healthz", &[], None).await;
+    assert_eq!(open.status, StatusCode::OK);
+    let none = send(&router, "GET", "/orders/x", &[], None).await;
+    assert_eq!(
+        (none.status, none.body["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("api_key_missing"))
+    );
+    let wrong = send(
+        &router,
+        "GET",
+        "/orders/x",
+        &[("x-api-key", "sk_wrong")],
+        None,
+    )
+    .await;
+    assert_eq!(
+        (wrong.status, wrong.body["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("api_key_invalid"))
+    );
+    let scope = send(
+        &router,
+        "PUT",
+        "/stock/x",
+        &[("authorization", "Bearer sk_right")],
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(
+        (scope.status, scope.body["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("scope_missing"))
+    );
+    // The 403 above used no token; three fit in the burst.
+    let keyless = send(
+        &router,
+        "POST",
+        "/orders",
+        &[("x-api-key", "sk_right")],
+        Some(order("alice", "book", 1)),
+    )
+    .await;
+    assert_eq!(keyless.body["code"], "idempotency_key_missing");
+    let huge = Request::post("/orders")
+        .header("content-type", "application/json")
+        .header("idempotency-key", "k")
+        .header("x-api-key", "sk_right")
+        .body(Body::from(format!("\"{}\"", "x".repeat(70_000))))
+        .expect("request");
+    assert_eq!(
+        raw(&router, huge).await.status,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    let placed = send(
+        &router,
+        "POST",
+        "/orders",
+        &[("x-api-key", "sk_right"), ("idempotency-key", "g1")],
+        Some(order("alice", "book", 1)),
+    )
+    .await;
+    assert_eq!(placed.status, StatusCode::CREATED, "{}", placed.body);
+    let limited = send(
+        &router,
+        "GET",
+        "/wallets/alice",
+        &[("x-api-key", "sk_right")],
+        None,
+    )
+    .await;
+    assert_eq!(
+        (limited.status, limited.body["code"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited"))
+    );
+    let retry_after: u64 = limited.headers["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!((1..=1).contains(&retry_after), "{retry_after}");
+    assert_eq!(
+        backend.lock().outbox_pending(Service::Order, 100).len(),
+        1,
+        "only the admitted order was written"
+    );
+}
+
+#[tokio::test]
+async fn the_api_on_postgresql_answers_like_the_api_in_memory() {
+    // Proves the same handlers over PostgreSQL: seed, place, replay, read,
+    // refuse; the database holds exactly the accepted order.
+    let database = saldo_postgres::testing::TestDatabase::create().await;
+    let router = api_over(Arc::new(database.store.clone()));
+    seed(&router).await;
+    let first = send(
+        &router,
+        "POST",
+        "/orders",
+        &[("idempotency-key", "pg-1")],
+        Some(order("alice", "book", 2)),
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    let again = send(
+        &router,
+        "POST",
+        "/orders",
+        &[("idempotency-key", "pg-1")],
+        Some(order("alice", "book", 2)),
+    )
+    .await;
+    assert_eq!(again.body, first.body);
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    let reused = send(
+        &router,
+        "POST",
+        "/orders",
+        &[("idempotency-key", "pg-1")],
+        Some(order("alice", "book", 1)),
+    )
+    .await;
+    assert_eq!(reused.body["code"], "idempotency_key_reused");
+    let order_id = first.body["order_id"].as_str().expect("id");
+    let shown = send(&router, "GET", &format!("/orders/{order_id}"), &[], None).await;
+    assert_eq!(shown.body["status"], "PENDING");
+    let wallet = send(&router, "GET", "/wallets/alice", &[], None).await;
+    assert_eq!(wallet.body["balance_minor"], 10_000);
+    assert_eq!(wallet.body["entries"].as_array().map(Vec::len), Some(1));
+    let ready = send(&router, "GET", "/readyz", &[], None).await;
+    assert_eq!(ready.status, StatusCode::OK, "{}", ready.body);
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM orders.orders")
+        .fetch_one(database.store.pool())
+        .await
+        .expect("counts");
+    assert_eq!(count, 1);
+}

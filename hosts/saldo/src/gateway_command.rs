@@ -1,0 +1,120 @@
+//! `saldo gateway` (the optional edge in front of the services) and
+//! `saldo api-key` (issuing a key for it).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use axum::http::Uri;
+use clap::Args;
+use saldo_http::gateway::{Gateway, Scope, hash_key, new_key, parse_keys, to_hex};
+use saldo_http::proxy::{self, Upstreams};
+
+use crate::service_command::{runtime, shutdown};
+
+/// Arguments of `saldo gateway`.
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    /// Where to listen for clients.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "SALDO_LISTEN")]
+    listen: SocketAddr,
+    /// The order service's HTTP address, e.g. http://127.0.0.1:8081.
+    #[arg(long, env = "SALDO_ORDER_URL")]
+    order_url: Uri,
+    /// The payment service's HTTP address.
+    #[arg(long, env = "SALDO_PAYMENT_URL")]
+    payment_url: Uri,
+    /// The inventory service's HTTP address.
+    #[arg(long, env = "SALDO_INVENTORY_URL")]
+    inventory_url: Uri,
+    /// The API keys it admits (hashed; see `saldo api-key`).
+    #[arg(long, env = "SALDO_GATEWAY_KEYS")]
+    keys: PathBuf,
+}
+
+/// Runs the gateway until SIGTERM or SIGINT.
+pub fn run(args: &GatewayArgs) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(&args.keys)
+        .with_context(|| format!("cannot read the keys file {}", args.keys.display()))?;
+    let gateway = Gateway::new(parse_keys(&text)?);
+    for (flag, uri) in [
+        ("--order-url", &args.order_url),
+        ("--payment-url", &args.payment_url),
+        ("--inventory-url", &args.inventory_url),
+    ] {
+        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+            anyhow::bail!("{flag} must look like http://HOST:PORT, not {uri}");
+        }
+    }
+    let upstreams = Upstreams {
+        order: args.order_url.clone(),
+        payment: args.payment_url.clone(),
+        inventory: args.inventory_url.clone(),
+    };
+    runtime()?.block_on(async {
+        let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .context("cannot install the metrics recorder")?;
+        let router = gateway.protect(proxy::router(upstreams, Some(metrics)));
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        tracing::info!("gateway listening on http://{}", args.listen);
+        saldo_http::serve(listener, router, shutdown())
+            .await
+            .context("serving HTTP")?;
+        tracing::info!("stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Arguments of `saldo api-key`.
+#[derive(Debug, Args)]
+pub struct ApiKeyArgs {
+    /// Who gets the key (shown in logs and 403 answers).
+    #[arg(long)]
+    name: String,
+    /// What it may do: orders:read, orders:write, wallets:read,
+    /// wallets:write, stock:read, stock:write, or * (repeatable).
+    #[arg(long = "scope", required = true, value_parser = parse_scope)]
+    scopes: Vec<String>,
+    /// Sustained requests per second.
+    #[arg(long)]
+    rate_per_second: Option<u32>,
+    /// Requests allowed at once.
+    #[arg(long)]
+    burst: Option<u32>,
+}
+
+fn parse_scope(text: &str) -> Result<String, String> {
+    text.parse::<Scope>().map(|_| text.to_owned())
+}
+
+/// Prints a new key once, and the entry (with only its hash) for the keys file.
+pub fn run_api_key(args: &ApiKeyArgs) -> anyhow::Result<ExitCode> {
+    let key = new_key();
+    let mut entry = format!(
+        "[[key]]\nname = {:?}\nsha256 = \"{}\"\nscopes = {:?}\n",
+        args.name,
+        to_hex(&hash_key(&key)),
+        args.scopes
+    );
+    if let Some(rate) = args.rate_per_second {
+        entry.push_str(&format!("rate_per_second = {rate}\n"));
+    }
+    if let Some(burst) = args.burst {
+        entry.push_str(&format!("burst = {burst}\n"));
+    }
+    // Refuse to print an entry the gateway would refuse.
+    parse_keys(&entry)?;
+    // The key on the first line, then the entry (only its hash) for the
+    // gateway's keys file.
+    println!("{key}\n");
+    print!("{entry}");
+    eprintln!(
+        "The first line is the key for {}: hand it over now, it is stored nowhere. Add the [[key]] entry to the gateway's keys file.",
+        args.name
+    );
+    Ok(ExitCode::SUCCESS)
+}
