@@ -94,6 +94,15 @@ pub fn apply(command: &clap::Command, argv: Vec<OsString>) -> anyhow::Result<Vec
         if on_command_line || in_environment {
             continue;
         }
+        if !argument.get_action().takes_values() {
+            // A switch such as `--no-seed`: present when true.
+            match value {
+                toml::Value::Boolean(true) => added.push(flag.into()),
+                toml::Value::Boolean(false) => {}
+                _ => bail!("{}: `{key}` must be true or false", path.display()),
+            }
+            continue;
+        }
         let value = match value {
             toml::Value::String(text) => text.clone(),
             toml::Value::Integer(number) => number.to_string(),

@@ -204,25 +204,37 @@ pub fn run(args: &DevArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn print_banner(address: SocketAddr, no_seed: bool, gateway: bool) {
+    use std::fmt::Write as _;
     let url = format!("http://{address}");
     let key = if gateway {
         " -H 'X-Api-Key: YOUR_KEY'"
     } else {
         ""
     };
-    println!("Saldo dev is running at {url} (in memory: no PostgreSQL, no Kafka).");
+    let mut banner =
+        format!("Saldo dev is running at {url} (in memory: no PostgreSQL, no Kafka).\n");
     if !no_seed {
-        println!(
-            "Demo data: stock book (100 at 15.00 EUR), pen (1000 at 2.50), lamp (1 at 45.00);"
+        banner.push_str(
+            "Demo data: stock book (100 at 15.00 EUR), pen (1000 at 2.50), lamp (1 at 45.00);\n",
         );
-        println!("           wallets alice (100.00 EUR) and bob (5.00 EUR).");
+        banner.push_str("           wallets alice (100.00 EUR) and bob (5.00 EUR).\n");
     }
-    println!("Place an order:");
-    println!(
-        "  curl -si -X POST {url}/orders -H 'Content-Type: application/json' -H 'Idempotency-Key: demo-1'{key} \\\n    -d '{{\"customer\":\"alice\",\"currency\":\"EUR\",\"lines\":[{{\"sku\":\"book\",\"quantity\":2}}]}}'"
+    let _ = writeln!(
+        banner,
+        "Place an order:\n  curl -si -X POST {url}/orders -H 'Content-Type: application/json' -H 'Idempotency-Key: demo-1'{key} \\\n    -d '{{\"customer\":\"alice\",\"currency\":\"EUR\",\"lines\":[{{\"sku\":\"book\",\"quantity\":2}}]}}'"
     );
-    println!("Then follow it with the Location header:  curl -s {url}/orders/ORDER_ID{key}");
-    println!("API description: {url}/openapi.json   Stop with Ctrl-C.");
+    let _ = writeln!(
+        banner,
+        "Then follow it with the Location header:  curl -s {url}/orders/ORDER_ID{key}"
+    );
+    let _ = writeln!(
+        banner,
+        "API description: {url}/openapi.json   Stop with Ctrl-C."
+    );
+    // One write, errors ignored: whoever started us may have stopped
+    // reading after the first line, and that must not stop the server.
     use std::io::Write;
-    let _ = std::io::stdout().flush();
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(banner.as_bytes());
+    let _ = stdout.flush();
 }

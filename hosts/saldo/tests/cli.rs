@@ -460,28 +460,8 @@ fn services_killed_with_sigkill_mid_flow_lose_nothing_and_charge_nothing_twice()
     });
 
     let mut processes = Processes(Vec::new());
-    let mut broker = Command::new(env!("CARGO_BIN_EXE_saldo"))
-        .args(["broker", "--partitions", "4"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("broker starts");
-    let mut first_line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(broker.stdout.take().expect("piped")),
-        &mut first_line,
-    )
-    .expect("reads");
-    let bootstrap = first_line
-        .trim()
-        .strip_prefix("bootstrap ")
-        .expect("the broker prints its address")
-        .to_owned();
-    processes.0.push(("broker", broker));
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("a free port")
-        .local_addr()
-        .expect("address")
-        .port();
+    let bootstrap = spawn_broker(&mut processes);
+    let metrics_port = free_port();
     let env = [
         ("SALDO_DATABASE_URL", url.as_str()),
         ("SALDO_KAFKA_BOOTSTRAP", bootstrap.as_str()),
@@ -545,6 +525,56 @@ fn services_killed_with_sigkill_mid_flow_lose_nothing_and_charge_nothing_twice()
     start(&mut processes, "outbox-payment");
     wait_until(&url, finished, i64::from(ORDERS), 120);
 
+    assert_money_and_stock_invariants(&url);
+    assert!(
+        query(
+            &url,
+            "SELECT count(*) FROM orders.orders WHERE status = 'CONFIRMED'"
+        ) > 100,
+        "most orders were affordable"
+    );
+    processes.stop_all();
+    psql(&admin_url, &format!("DROP DATABASE {name} WITH (FORCE)"));
+}
+
+/// Starts `saldo broker` (the mock cluster) and returns its bootstrap address.
+fn spawn_broker(processes: &mut Processes) -> String {
+    let mut broker = Command::new(env!("CARGO_BIN_EXE_saldo"))
+        .args(["broker", "--partitions", "4"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("broker starts");
+    let mut first_line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(broker.stdout.take().expect("piped")),
+        &mut first_line,
+    )
+    .expect("reads");
+    let bootstrap = first_line
+        .trim()
+        .strip_prefix("bootstrap ")
+        .expect("the broker prints its address")
+        .to_owned();
+    processes.0.push(("broker", broker));
+    bootstrap
+}
+
+/// A port nobody listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a free port")
+        .local_addr()
+        .expect("address")
+        .port()
+}
+
+/// The platform's invariants, checked with SQL against the service schemas:
+/// money is conserved and every balance equals its entries; nothing is
+/// charged twice; exactly the confirmed orders stay charged, each for its
+/// amount; no stock is held at rest and committed stock matches confirmed
+/// orders; no dead letters.
+fn assert_money_and_stock_invariants(url: &str) {
+    let url = url.to_owned();
     assert_eq!(
         query(
             &url,
@@ -598,13 +628,447 @@ fn services_killed_with_sigkill_mid_flow_lose_nothing_and_charge_nothing_twice()
         ),
         0
     );
-    assert!(
+    assert_eq!(
+        query(
+            &url,
+            "SELECT count(*) FROM orders.orders o WHERE o.status = 'CONFIRMED' AND o.amount_minor IS DISTINCT FROM (SELECT l.amount_minor FROM payment.ledger_entries e JOIN payment.ledger_legs l USING (sequence) WHERE e.order_id = o.order_id AND e.purpose = 'charge' AND l.side = 'debit')"
+        ),
+        0,
+        "every confirmed order is charged its amount"
+    );
+    assert_eq!(
+        query(
+            &url,
+            "SELECT count(*) FROM inventory.reservations WHERE state = 'committed'"
+        ),
         query(
             &url,
             "SELECT count(*) FROM orders.orders WHERE status = 'CONFIRMED'"
-        ) > 100,
-        "most orders were affordable"
+        ),
+        "exactly the confirmed orders took stock"
+    );
+    assert_eq!(
+        query(
+            &url,
+            "SELECT count(*) FROM inventory.reservations WHERE state = 'held'"
+        ),
+        0,
+        "no reservation is left held"
+    );
+}
+
+/// An HTTP answer: status, headers (names in lower case), JSON body.
+type Exchange = (u16, Vec<(String, String)>, serde_json::Value);
+
+/// One HTTP/1.1 exchange over a fresh connection: status, headers (lower
+/// case), body. `None` when the server cannot be reached or hangs up.
+fn http(
+    address: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&serde_json::Value>,
+) -> Option<Exchange> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).ok()?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .ok()?;
+    let body = body.map(|body| body.to_string()).unwrap_or_default();
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !body.is_empty() {
+        request.push_str("Content-Type: application/json\r\n");
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).ok()?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let mut lines = head.lines();
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|line| line.split_once(": "))
+        .map(|(name, value)| (name.to_ascii_lowercase(), value.to_owned()))
+        .collect();
+    let body = serde_json::from_str(body).unwrap_or(serde_json::Value::String(body.to_owned()));
+    Some((status, headers, body))
+}
+
+/// Polls `GET path` until `done` holds for its body.
+fn http_wait(
+    address: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    within_seconds: u64,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(within_seconds);
+    loop {
+        if let Some((200, _, body)) = http(address, "GET", path, headers, None)
+            && done(&body)
+        {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "GET {path} did not reach the expected state in {within_seconds} s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Starts `saldo ARGUMENTS` (dev mode listening on port 0); returns the
+/// process and the address its banner names.
+fn start_saldo(arguments: &[&str]) -> (Processes, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_saldo"))
+        .args(arguments)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("saldo dev starts");
+    let mut first_line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("piped")),
+        &mut first_line,
+    )
+    .expect("reads the banner");
+    let address = first_line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("the banner names the URL: {first_line}"))
+        .to_owned();
+    (Processes(vec![("dev", child)]), address)
+}
+
+#[test]
+fn dev_mode_runs_the_readme_walkthrough_to_confirmation_and_cancellation() {
+    // Proves the README's first command and walkthrough: in `saldo dev`, one
+    // order is confirmed and charged, one is cancelled for insufficient
+    // funds, one for lack of stock; a retried key replays; SIGTERM stops it.
+    use serde_json::json;
+    let (mut processes, address) = start_saldo(&["dev", "--listen", "127.0.0.1:0"]);
+    let place = |key: &str, customer: &str, sku: &str, quantity: u32| {
+        let body = json!({ "customer": customer, "currency": "EUR", "lines": [{ "sku": sku, "quantity": quantity }] });
+        let (status, headers, answer) = http(
+            &address,
+            "POST",
+            "/orders",
+            &[("Idempotency-Key", key)],
+            Some(&body),
+        )
+        .expect("dev answers");
+        assert_eq!(status, 201, "{answer}");
+        let location = headers
+            .iter()
+            .find(|(name, _)| name == "location")
+            .map(|(_, value)| value.clone())
+            .expect("a Location header");
+        (location, answer)
+    };
+    let terminal = |body: &serde_json::Value| body["status"] != "PENDING";
+
+    let (confirmed, first) = place("walkthrough-1", "alice", "book", 2);
+    let order = http_wait(&address, &confirmed, &[], 10, terminal);
+    assert_eq!(order["status"], "CONFIRMED", "{order}");
+    assert_eq!(order["amount_minor"], 3_000);
+    let (_, replayed) = place("walkthrough-1", "alice", "book", 2);
+    assert_eq!(replayed, first, "a retried key replays the answer");
+    let wallet = http_wait(&address, "/wallets/alice", &[], 5, |_| true);
+    assert_eq!(wallet["balance_minor"], 7_000, "charged once: {wallet}");
+    assert_eq!(wallet["entries"][0]["purpose"], "charge");
+
+    let (poor, _) = place("walkthrough-2", "bob", "book", 1);
+    let order = http_wait(&address, &poor, &[], 10, terminal);
+    assert_eq!(
+        (order["status"].as_str(), order["reason"].as_str()),
+        (Some("CANCELLED"), Some("insufficient_funds")),
+        "{order}"
+    );
+    let stock = http_wait(&address, "/stock/book", &[], 5, |_| true);
+    assert_eq!(
+        stock["reserved"], 0,
+        "the compensation released the stock: {stock}"
+    );
+    assert_eq!(stock["on_hand"], 98);
+
+    let (scarce, _) = place("walkthrough-3", "alice", "lamp", 2);
+    let order = http_wait(&address, &scarce, &[], 10, terminal);
+    assert_eq!(order["reason"], "out_of_stock", "{order}");
+    let wallet = http_wait(&address, "/wallets/alice", &[], 5, |_| true);
+    assert_eq!(wallet["balance_minor"], 7_000, "nothing charged for it");
+    processes.stop_all();
+}
+
+#[test]
+fn a_configuration_file_sets_what_flags_do_not_and_its_mistakes_are_one_line() {
+    // Proves `--config FILE`: its settings apply to the subcommand, and a
+    // misspelt key is one readable line with a non-zero exit.
+    let directory = std::env::temp_dir().join(format!("saldo-config-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&directory).expect("a directory");
+    let good = directory.join("good.toml");
+    std::fs::write(&good, "[dev]\nlisten = \"127.0.0.1:0\"\nno_seed = true\n").expect("writes");
+    let bad = directory.join("bad.toml");
+    std::fs::write(&bad, "[dev]\nlisen = \"127.0.0.1:0\"\n").expect("writes");
+    let output = saldo(&["--config", bad.to_str().expect("utf-8"), "dev"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("`lisen` is not a setting of `saldo dev`"),
+        "{stderr}"
+    );
+
+    let (mut processes, address) = start_saldo(&["--config", good.to_str().expect("utf-8"), "dev"]);
+    let (status, _, body) = http(&address, "GET", "/stock/book", &[], None).expect("answers");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("sku_not_found")),
+        "no_seed = true applied"
     );
     processes.stop_all();
+}
+
+#[test]
+fn a_thousand_orders_over_http_end_balanced_then_again_under_kill_9_of_every_service() {
+    // Proves production mode end to end: PostgreSQL, a broker process, every
+    // service and publisher and the gateway as separate processes; 1,000
+    // orders through the HTTP API (confirmed, insufficient funds, out of
+    // stock, repeated keys) all end and the SQL invariants hold; then 1,000
+    // more while one process of every service is killed with kill -9 and
+    // restarted: still all end, none is charged twice, none is lost.
+    use serde_json::json;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const ORDERS_PER_ROUND: usize = 1_000;
+    const CLIENTS: usize = 4;
+    const CUSTOMERS: usize = 20;
+
+    let (admin_url, name, url) = fresh_database("http");
+    assert_eq!(
+        saldo(&["migrate", "--database-url", &url]).status.code(),
+        Some(0)
+    );
+    let issued = saldo(&[
+        "api-key",
+        "--name",
+        "e2e",
+        "--scope",
+        "*",
+        "--rate-per-second",
+        "100000",
+        "--burst",
+        "100000",
+    ]);
+    assert!(issued.status.success());
+    let issued = stdout(&issued);
+    let (api_key, entry) = issued.split_once("\n\n").expect("the key, then the entry");
+    let keys_file =
+        std::env::temp_dir().join(format!("saldo-e2e-keys-{}.toml", std::process::id()));
+    std::fs::write(&keys_file, entry).expect("writes the keys file");
+    let api_key = api_key.trim().to_owned();
+
+    let mut processes = Processes(Vec::new());
+    let bootstrap = spawn_broker(&mut processes);
+    let ports: Vec<String> = (0..4)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let (order_address, inventory_address, payment_address, gateway_address) = (
+        ports[0].clone(),
+        ports[1].clone(),
+        ports[2].clone(),
+        ports[3].clone(),
+    );
+    let env = [
+        ("SALDO_DATABASE_URL", url.as_str()),
+        ("SALDO_KAFKA_BOOTSTRAP", bootstrap.as_str()),
+        ("SALDO_KAFKA_CREATE_TOPICS", "false"),
+        ("SALDO_LOG_FORMAT", "json"),
+    ];
+    let keys_path = keys_file.to_string_lossy().into_owned();
+    let start = |processes: &mut Processes, name: &'static str| {
+        let order_url = format!("http://{order_address}");
+        let payment_url = format!("http://{payment_address}");
+        let inventory_url = format!("http://{inventory_address}");
+        let args: Vec<&str> = match name {
+            "order" => vec!["order", "--http-address", &order_address],
+            "inventory" => vec!["inventory", "--http-address", &inventory_address],
+            "payment" => vec!["payment", "--http-address", &payment_address],
+            "outbox-order" => vec!["outbox", "--service", "order"],
+            "outbox-inventory" => vec!["outbox", "--service", "inventory"],
+            "outbox-payment" => vec!["outbox", "--service", "payment"],
+            "gateway" => vec![
+                "gateway",
+                "--listen",
+                &gateway_address,
+                "--order-url",
+                &order_url,
+                "--payment-url",
+                &payment_url,
+                "--inventory-url",
+                &inventory_url,
+                "--keys",
+                &keys_path,
+            ],
+            other => panic!("unknown process {other}"),
+        };
+        processes.spawn(name, &args, &env);
+    };
+    for name in [
+        "order",
+        "inventory",
+        "payment",
+        "outbox-order",
+        "outbox-inventory",
+        "outbox-payment",
+        "gateway",
+    ] {
+        start(&mut processes, name);
+    }
+    let auth = [("X-Api-Key", api_key.as_str())];
+    let ready = http_wait(&gateway_address, "/readyz", &[], 60, |body| {
+        body["status"] == "ready"
+    });
+    assert_eq!(ready["status"], "ready");
+
+    // A write through the gateway, retried with the same key until the
+    // platform answers: what a correct client does when a process dies.
+    let write =
+        |method: &str, path: &str, key: &str, body: &serde_json::Value| -> serde_json::Value {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+            loop {
+                let headers = [("X-Api-Key", api_key.as_str()), ("Idempotency-Key", key)];
+                match http(&gateway_address, method, path, &headers, Some(body)) {
+                    Some((200 | 201, _, answer)) => return answer,
+                    Some((502..=504, _, _)) | None => {}
+                    Some((status, _, answer)) => panic!("{method} {path}: {status} {answer}"),
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{method} {path} never succeeded"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        };
+    write(
+        "PUT",
+        "/stock/apple",
+        "-",
+        &json!({ "on_hand": 5_000, "unit_price_minor": 100, "currency": "EUR" }),
+    );
+    write(
+        "PUT",
+        "/stock/pear",
+        "-",
+        &json!({ "on_hand": 60, "unit_price_minor": 300, "currency": "EUR" }),
+    );
+    for customer in 0..CUSTOMERS {
+        let amount_minor = if customer < 16 { 100_000 } else { 150 };
+        write(
+            "POST",
+            &format!("/wallets/c{customer}/top-ups"),
+            &format!("seed-{customer}"),
+            &json!({ "amount_minor": amount_minor, "currency": "EUR" }),
+        );
+    }
+
+    let finished = "SELECT count(*) FROM orders.orders WHERE status <> 'PENDING'";
+    for round in 1..=2_usize {
+        let placed = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for client in 0..CLIENTS {
+                let (placed, write) = (&placed, &write);
+                scope.spawn(move || {
+                    for index in (client..ORDERS_PER_ROUND).step_by(CLIENTS) {
+                        let mut lines = vec![json!({ "sku": "apple", "quantity": 1 + index % 2 })];
+                        if index % 3 == 0 {
+                            lines.push(json!({ "sku": "pear", "quantity": 1 }));
+                        }
+                        let body = json!({ "customer": format!("c{}", index % CUSTOMERS), "currency": "EUR", "lines": lines });
+                        let key = format!("r{round}-{index}");
+                        let answer = write("POST", "/orders", &key, &body);
+                        if index % 10 == 0 {
+                            let again = write("POST", "/orders", &key, &body);
+                            assert_eq!(again["order_id"], answer["order_id"], "a repeated key names the same order");
+                        }
+                        placed.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+            if round == 2 {
+                // One kill -9 and restart of every service's process, spread
+                // over the run while orders are being placed and handled.
+                for (milestone, victim) in [
+                    (100, "order"),
+                    (250, "payment"),
+                    (400, "inventory"),
+                    (550, "outbox-order"),
+                    (700, "outbox-payment"),
+                    (850, "outbox-inventory"),
+                ] {
+                    while placed.load(Ordering::Relaxed) < milestone {
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                    processes.kill_hard(victim);
+                    start(&mut processes, victim);
+                }
+            }
+        });
+        let total = i64::try_from(round * ORDERS_PER_ROUND).expect("fits");
+        wait_until(&url, finished, total, 240);
+        assert_eq!(
+            query(&url, "SELECT count(*) FROM orders.orders"),
+            total,
+            "one order per key: nothing lost, nothing doubled"
+        );
+        assert_money_and_stock_invariants(&url);
+        for reason in ["insufficient_funds", "out_of_stock"] {
+            assert!(
+                query(
+                    &url,
+                    &format!("SELECT count(*) FROM orders.orders WHERE cancel_reason = '{reason}'")
+                ) > 0,
+                "round {round} has orders cancelled for {reason}"
+            );
+        }
+        assert!(
+            query(
+                &url,
+                "SELECT count(*) FROM orders.orders WHERE status = 'CONFIRMED'"
+            ) > 200
+        );
+    }
+    // What a client sees agrees with the database.
+    let some_order: String = {
+        let output = Command::new("psql")
+            .args([
+                url.as_str(),
+                "-Atq",
+                "-c",
+                "SELECT order_id FROM orders.orders WHERE status = 'CONFIRMED' LIMIT 1",
+            ])
+            .output()
+            .expect("psql runs");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    };
+    let shown = http_wait(
+        &gateway_address,
+        &format!("/orders/{some_order}"),
+        &auth,
+        10,
+        |_| true,
+    );
+    assert_eq!(shown["status"], "CONFIRMED");
+    assert_eq!(
+        shown["history"].as_array().map(Vec::len),
+        Some(7),
+        "{shown}"
+    );
+    processes.stop_all();
+    let _ = std::fs::remove_file(&keys_file);
     psql(&admin_url, &format!("DROP DATABASE {name} WITH (FORCE)"));
 }
