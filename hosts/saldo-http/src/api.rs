@@ -183,11 +183,12 @@ async fn readyz(State(api): Shared) -> Response {
 }
 
 async fn metrics_page(State(api): Shared) -> Response {
-    let body = api
-        .metrics
-        .as_ref()
-        .map(PrometheusHandle::render)
-        .unwrap_or_default();
+    metrics_response(api.metrics.as_ref())
+}
+
+/// The Prometheus page, empty when no recorder is installed.
+pub fn metrics_response(metrics: Option<&PrometheusHandle>) -> Response {
+    let body = metrics.map(PrometheusHandle::render).unwrap_or_default();
     (
         [(
             header::CONTENT_TYPE,
@@ -204,15 +205,9 @@ async fn openapi() -> Response {
 
 /// The required `Idempotency-Key` header.
 fn idempotency_key(headers: &HeaderMap) -> Result<IdempotencyKey, Problem> {
-    let value = headers.get(&IDEMPOTENCY_KEY).ok_or_else(|| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "idempotency_key_missing",
-            "An Idempotency-Key header is required",
-            "send a unique Idempotency-Key per logical request; repeat it to retry safely",
-        )
-        .field("Idempotency-Key")
-    })?;
+    let value = headers
+        .get(&IDEMPOTENCY_KEY)
+        .ok_or_else(Problem::idempotency_key_missing)?;
     value
         .to_str()
         .ok()

@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::api::IDEMPOTENCY_KEY;
-use crate::context::{parse_json, read_body};
+use crate::context::{parse_json, read_body, require_json};
 use crate::problem::Problem;
 
 /// The API-key header (`Authorization: Bearer KEY` is accepted too).
@@ -408,28 +408,9 @@ async fn validate(request: Request) -> Result<Request, Problem> {
         return Ok(request);
     }
     if method == Method::POST && !request.headers().contains_key(&IDEMPOTENCY_KEY) {
-        return Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            "idempotency_key_missing",
-            "An Idempotency-Key header is required",
-            "send a unique Idempotency-Key per logical request; repeat it to retry safely",
-        )
-        .field("Idempotency-Key"));
+        return Err(Problem::idempotency_key_missing());
     }
-    let is_json = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split(';').next())
-        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"));
-    if !is_json {
-        return Err(Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "The body must be JSON",
-            "send Content-Type: application/json",
-        ));
-    }
+    require_json(request.headers())?;
     let (mut parts, body) = request.into_parts();
     let bytes = read_body(body).await?;
     parse_json::<serde::de::IgnoredAny>(&bytes)?;

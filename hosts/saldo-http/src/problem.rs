@@ -83,6 +83,17 @@ impl Problem {
         .field(field)
     }
 
+    /// 400 for a write without an `Idempotency-Key` header.
+    pub fn idempotency_key_missing() -> Problem {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "idempotency_key_missing",
+            "An Idempotency-Key header is required",
+            "send a unique Idempotency-Key per logical request; repeat it to retry safely",
+        )
+        .field("Idempotency-Key")
+    }
+
     /// 404 for a resource that does not exist.
     pub fn not_found(code: &'static str, detail: impl Into<String>) -> Problem {
         Problem::new(StatusCode::NOT_FOUND, code, "Not found", detail)

@@ -98,19 +98,7 @@ pub fn router(upstreams: Upstreams, metrics: Option<PrometheusHandle>) -> Router
 }
 
 async fn metrics_page(State(proxy): State<Arc<Proxy>>) -> Response {
-    let body = proxy
-        .metrics
-        .as_ref()
-        .map(PrometheusHandle::render)
-        .unwrap_or_default();
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        body,
-    )
-        .into_response()
+    crate::api::metrics_response(proxy.metrics.as_ref())
 }
 
 /// Ready when every upstream says it is ready.

@@ -888,6 +888,8 @@ fn a_thousand_orders_over_http_end_balanced_then_again_under_kill_9_of_every_ser
         ("SALDO_KAFKA_BOOTSTRAP", bootstrap.as_str()),
         ("SALDO_KAFKA_CREATE_TOPICS", "false"),
         ("SALDO_LOG_FORMAT", "json"),
+        // Consumers log each message they handle at debug level.
+        ("SALDO_LOG", "info,saldo_kafka=debug"),
     ];
     let keys_path = keys_file.to_string_lossy().into_owned();
     let start = |processes: &mut Processes, name: &'static str| {
@@ -940,8 +942,13 @@ fn a_thousand_orders_over_http_end_balanced_then_again_under_kill_9_of_every_ser
     let write =
         |method: &str, path: &str, key: &str, body: &serde_json::Value| -> serde_json::Value {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+            let correlation_id = format!("e2e-{key}");
             loop {
-                let headers = [("X-Api-Key", api_key.as_str()), ("Idempotency-Key", key)];
+                let headers = [
+                    ("X-Api-Key", api_key.as_str()),
+                    ("Idempotency-Key", key),
+                    ("X-Correlation-Id", correlation_id.as_str()),
+                ];
                 match http(&gateway_address, method, path, &headers, Some(body)) {
                     Some((200 | 201, _, answer)) => return answer,
                     Some((502..=504, _, _)) | None => {}
@@ -1041,6 +1048,39 @@ fn a_thousand_orders_over_http_end_balanced_then_again_under_kill_9_of_every_ser
                 "SELECT count(*) FROM orders.orders WHERE status = 'CONFIRMED'"
             ) > 200
         );
+    }
+    // The request's correlation id reached the order row, the ledger entry
+    // (for every charge) and the payment consumer's log lines.
+    assert_eq!(
+        query(
+            &url,
+            "SELECT count(*) FROM payment.ledger_entries e JOIN orders.orders o USING (order_id) WHERE e.purpose = 'charge' AND e.correlation_id IS DISTINCT FROM o.body->>'correlation_id'"
+        ),
+        0
+    );
+    assert!(
+        query(
+            &url,
+            "SELECT count(*) FROM payment.ledger_entries WHERE correlation_id LIKE 'e2e-r%'"
+        ) > 200
+    );
+    let payment_log = std::fs::read_to_string(
+        std::env::temp_dir().join(format!("saldo-test-{}-payment.log", std::process::id())),
+    )
+    .expect("the payment service's log");
+    assert!(
+        payment_log.contains("\"correlation_id\":\"e2e-r1-"),
+        "payment logs carry the request's correlation id"
+    );
+    // Resident memory of every process at the end of the run.
+    for (name, child) in &processes.0 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+        let rss = status
+            .lines()
+            .find(|line| line.starts_with("VmRSS"))
+            .unwrap_or("VmRSS: ?");
+        eprintln!("{name}: {rss}");
     }
     // What a client sees agrees with the database.
     let some_order: String = {
