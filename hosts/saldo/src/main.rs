@@ -55,6 +55,37 @@ enum Command {
     ApiKey(gateway_command::ApiKeyArgs),
 }
 
+/// Help and version go to stdout as clap renders them; a bad argument is one
+/// line on stderr and exit 2, like every other configuration error.
+fn refuse_arguments(error: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match error.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = error.print();
+            ExitCode::SUCCESS
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = error.print();
+            ExitCode::from(2)
+        }
+        _ => {
+            let rendered = error.to_string();
+            let message: Vec<&str> = rendered
+                .lines()
+                .map(str::trim)
+                .take_while(|line| {
+                    !line.starts_with("Usage:") && !line.starts_with("For more information")
+                })
+                .filter(|line| !line.is_empty())
+                .collect();
+            let message = message.join(" ");
+            let message = message.strip_prefix("error: ").unwrap_or(&message);
+            eprintln!("saldo: {message} (see --help)");
+            ExitCode::from(2)
+        }
+    }
+}
+
 /// Logs go to stderr, filtered by SALDO_LOG (default `info`).
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SALDO_LOG")
@@ -84,7 +115,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let cli = Cli::parse_from(argv);
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(cli) => cli,
+        Err(error) => return refuse_arguments(&error),
+    };
     init_logging(&cli.log_format);
     let result = match cli.command {
         Command::Dev(args) => dev_command::run(&args),
