@@ -291,26 +291,22 @@ impl Gateway {
         router.layer(axum::middleware::from_fn_with_state(Arc::new(self), gate))
     }
 
-    /// The key whose hash matches, compared with every stored hash in
-    /// constant time.
-    fn authenticate(&self, presented: &str) -> Option<&ApiKey> {
+    /// The index of the key whose hash matches, compared with every stored
+    /// hash in constant time.
+    fn authenticate(&self, presented: &str) -> Option<usize> {
         let digest = hash_key(presented);
         let mut found = None;
-        for key in &self.keys {
+        for (index, key) in self.keys.iter().enumerate() {
             if bool::from(key.hash.ct_eq(&digest)) {
-                found = Some(key);
+                found = Some(index);
             }
         }
         found
     }
 
-    fn take_token(&self, key: &ApiKey) -> Result<(), u64> {
+    fn take_token(&self, index: usize) -> Result<(), u64> {
+        let key = &self.keys[index];
         let now_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let index = self
-            .keys
-            .iter()
-            .position(|candidate| std::ptr::eq(candidate, key))
-            .expect("the key is one of ours");
         let mut buckets = self
             .buckets
             .lock()
@@ -352,9 +348,10 @@ async fn check(gateway: &Gateway, request: Request) -> Result<Request, Problem> 
             "send the key in X-Api-Key or Authorization: Bearer",
         ));
     };
-    let key = gateway
+    let index = gateway
         .authenticate(presented)
         .ok_or_else(|| unauthorized("api_key_invalid", "the API key is not known"))?;
+    let key = &gateway.keys[index];
     let method = request.method().clone();
     let resource = Resource::of_path(request.uri().path());
     let allowed = resource.is_some_and(|resource| {
@@ -374,7 +371,7 @@ async fn check(gateway: &Gateway, request: Request) -> Result<Request, Problem> 
             ),
         ));
     }
-    gateway.take_token(key).map_err(|retry_after_ms| {
+    gateway.take_token(index).map_err(|retry_after_ms| {
         Problem::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
@@ -496,7 +493,9 @@ mod tests {
         );
         let gateway = Gateway::new(parse_keys(&text).expect("valid"));
         assert_eq!(
-            gateway.authenticate(&key).map(|key| key.name.as_str()),
+            gateway
+                .authenticate(&key)
+                .map(|index| gateway.keys[index].name.as_str()),
             Some("shop")
         );
         let mut wrong = key.clone();

@@ -105,14 +105,13 @@ async fn metrics_page(State(proxy): State<Arc<Proxy>>) -> Response {
 async fn readyz(State(proxy): State<Arc<Proxy>>) -> Response {
     let mut failures = Vec::new();
     for (name, base) in proxy.upstreams.all() {
-        let uri = format!("{base}readyz").replace("//readyz", "/readyz");
-        let request = match Request::get(&uri).body(Body::empty()) {
-            Ok(request) => request,
-            Err(error) => {
-                failures.push(format!("{name}: {error}"));
-                continue;
-            }
+        let Some(uri) = upstream_uri(base, "/readyz") else {
+            failures.push(format!("{name}: {base} is not an http://HOST:PORT address"));
+            continue;
         };
+        let request = Request::get(uri)
+            .body(Body::empty())
+            .expect("a GET with a parsed URI is valid");
         match tokio::time::timeout(Duration::from_secs(2), proxy.client.request(request)).await {
             Ok(Ok(response)) if response.status().is_success() => {}
             Ok(Ok(response)) => failures.push(format!("{name}: {}", response.status())),
@@ -133,6 +132,17 @@ async fn readyz(State(proxy): State<Arc<Proxy>>) -> Response {
     }
 }
 
+/// `path_and_query` on the upstream at `base` (its scheme and authority).
+fn upstream_uri(base: &Uri, path_and_query: &str) -> Option<Uri> {
+    format!(
+        "{}://{}{path_and_query}",
+        base.scheme_str().unwrap_or("http"),
+        base.authority()?.as_str()
+    )
+    .parse()
+    .ok()
+}
+
 async fn forward(
     State(proxy): State<Arc<Proxy>>,
     Extension(context): Extension<RequestContext>,
@@ -146,15 +156,8 @@ async fn forward(
         .uri()
         .path_and_query()
         .map_or("/", |value| value.as_str());
-    let uri: Uri = match format!(
-        "{}://{}{path_and_query}",
-        base.scheme_str().unwrap_or("http"),
-        base.authority().map_or("", |authority| authority.as_str())
-    )
-    .parse()
-    {
-        Ok(uri) => uri,
-        Err(_) => return crate::api::route_not_found().await.into_response(),
+    let Some(uri) = upstream_uri(base, path_and_query) else {
+        return crate::api::route_not_found().await.into_response();
     };
     let (mut parts, body) = request.into_parts();
     parts.uri = uri;

@@ -581,19 +581,27 @@ fn services_killed_with_sigkill_mid_flow_lose_nothing_and_charge_nothing_twice()
     psql(&admin_url, &format!("DROP DATABASE {name} WITH (FORCE)"));
 }
 
-/// Starts `saldo broker` (the mock cluster) and returns its bootstrap address.
-fn spawn_broker(processes: &mut Processes) -> String {
-    let mut broker = Command::new(env!("CARGO_BIN_EXE_saldo"))
-        .args(["broker", "--partitions", "4"])
+/// Starts `saldo ARGUMENTS` and waits for the first line it prints (its
+/// address); its stderr is discarded.
+fn spawn_with_first_line(arguments: &[&str]) -> (std::process::Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_saldo"))
+        .args(arguments)
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
         .spawn()
-        .expect("broker starts");
+        .expect("saldo starts");
     let mut first_line = String::new();
     std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(broker.stdout.take().expect("piped")),
+        &mut std::io::BufReader::new(child.stdout.take().expect("piped")),
         &mut first_line,
     )
-    .expect("reads");
+    .expect("reads its first line");
+    (child, first_line)
+}
+
+/// Starts `saldo broker` (the mock cluster) and returns its bootstrap address.
+fn spawn_broker(processes: &mut Processes) -> String {
+    let (broker, first_line) = spawn_with_first_line(&["broker", "--partitions", "4"]);
     let bootstrap = first_line
         .trim()
         .strip_prefix("bootstrap ")
@@ -769,18 +777,7 @@ fn http_wait(
 /// Starts `saldo ARGUMENTS` (dev mode listening on port 0); returns the
 /// process and the address its banner names.
 fn start_saldo(arguments: &[&str]) -> (Processes, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_saldo"))
-        .args(arguments)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("saldo dev starts");
-    let mut first_line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().expect("piped")),
-        &mut first_line,
-    )
-    .expect("reads the banner");
+    let (child, first_line) = spawn_with_first_line(arguments);
     let address = first_line
         .split("http://")
         .nth(1)
