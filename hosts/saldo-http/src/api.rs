@@ -21,8 +21,7 @@ use saldo_domain::inventory::{
 };
 use saldo_domain::messages::OrderLine;
 use saldo_domain::order::{
-    OrderRequestError, OrderRow, PlaceOrder, PlaceOrderError, decide_place_order,
-    place_order_read_set,
+    OrderRequestError, PlaceOrder, PlaceOrderError, decide_place_order, place_order_read_set,
 };
 use saldo_domain::payment::{TopUp, TopUpError, decide_top_up, top_up_read_set};
 use saldo_idempotency::IdempotencyKey;
@@ -406,46 +405,7 @@ async fn get_order(State(api): Shared, Path(order_id): Path<String>) -> Result<R
             format!("order {order_id} does not exist"),
         )
     })?;
-    Ok(axum::Json(order_view(&api.rules, row)).into_response())
-}
-
-/// What a client sees of an order.
-pub fn order_view(rules: &Rules, row: &OrderRow) -> Value {
-    let status = serde_json::to_value(row.status()).expect("a status serialises");
-    let steps = rules.order_saga.steps();
-    let history: Vec<Value> = row
-        .history()
-        .iter()
-        .map(|record| {
-            let mut value = serde_json::to_value(&record.event).expect("history serialises");
-            if let Some(object) = value.as_object_mut() {
-                if let Some(name) = object
-                    .get("step")
-                    .and_then(Value::as_u64)
-                    .and_then(|step| steps.get(usize::try_from(step).ok()?))
-                    .map(|step| step.name.clone())
-                {
-                    object.insert("step_name".to_owned(), json!(name));
-                }
-                object.insert("at".to_owned(), json!(record.at.to_string()));
-            }
-            value
-        })
-        .collect();
-    json!({
-        "order_id": row.order_id,
-        "customer": row.customer,
-        "status": status["status"],
-        "reason": status.get("reason").cloned().unwrap_or(Value::Null),
-        "currency": row.currency.code(),
-        "amount_minor": row.amount.map(|amount| amount.amount_minor()),
-        "lines": row.lines.iter().map(|line| json!({ "sku": line.sku, "quantity": line.quantity })).collect::<Vec<_>>(),
-        "correlation_id": row.correlation_id,
-        "traceparent": row.traceparent.as_str(),
-        "created_at": row.created_at.to_string(),
-        "updated_at": row.updated_at.to_string(),
-        "history": history,
-    })
+    Ok(axum::Json(saldo_domain::order::view(&api.rules.order_saga, row)).into_response())
 }
 
 /// `POST /wallets/{customer}/top-ups`.

@@ -15,6 +15,7 @@ use saldo_types::{CorrelationId, Currency, CustomerId, Id128, Money, OrderId, Ti
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 
 use crate::decision::{Decided, Decision, IdempotencyWrite, ReadSet, Row, RowKey, Snapshot};
 use crate::inbox::{self, InboxVerdict};
@@ -677,4 +678,45 @@ fn envelope(
         traceparent: row.traceparent.child(message_id),
         payload,
     }
+}
+
+/// What a client sees of an order: status, reason, lines, amount, and the
+/// saga history with timestamps and step names (the HTTP API and the
+/// browser harness both show this).
+pub fn view(saga: &Definition<OrderCommand>, row: &OrderRow) -> Value {
+    let status = serde_json::to_value(row.status()).expect("a status serialises");
+    let steps = saga.steps();
+    let history: Vec<Value> = row
+        .history()
+        .iter()
+        .map(|record| {
+            let mut value = serde_json::to_value(&record.event).expect("history serialises");
+            if let Some(object) = value.as_object_mut() {
+                if let Some(name) = object
+                    .get("step")
+                    .and_then(Value::as_u64)
+                    .and_then(|step| steps.get(usize::try_from(step).ok()?))
+                    .map(|step| step.name.clone())
+                {
+                    object.insert("step_name".to_owned(), json!(name));
+                }
+                object.insert("at".to_owned(), json!(record.at.to_string()));
+            }
+            value
+        })
+        .collect();
+    json!({
+        "order_id": row.order_id,
+        "customer": row.customer,
+        "status": status["status"],
+        "reason": status.get("reason").cloned().unwrap_or(Value::Null),
+        "currency": row.currency.code(),
+        "amount_minor": row.amount.map(|amount| amount.amount_minor()),
+        "lines": row.lines.iter().map(|line| json!({ "sku": line.sku, "quantity": line.quantity })).collect::<Vec<_>>(),
+        "correlation_id": row.correlation_id,
+        "traceparent": row.traceparent.as_str(),
+        "created_at": row.created_at.to_string(),
+        "updated_at": row.updated_at.to_string(),
+        "history": history,
+    })
 }

@@ -59,6 +59,21 @@ pub struct Delivery {
     pub envelope: Arc<Envelope>,
 }
 
+/// A message on the broker that its consumer has not committed yet.
+#[derive(Debug, Clone)]
+pub struct InFlight {
+    /// The partition.
+    pub partition: u32,
+    /// The offset within it.
+    pub offset: u64,
+    /// The message.
+    pub envelope: Arc<Envelope>,
+    /// True when the consumer has read it (and not yet acknowledged it).
+    pub read: bool,
+    /// The partition delivers nothing before this instant.
+    pub stalled_until: Timestamp,
+}
+
 fn topic_index(service: Service) -> usize {
     match service {
         Service::Order => 0,
@@ -170,6 +185,25 @@ impl Broker {
         let partitions = &mut self.topics[topic_index(consumer)];
         let count = partitions.len() as u32;
         partitions[(partition % count) as usize].stalled_until = until;
+    }
+
+    /// `consumer`'s messages that are published and not yet committed, by
+    /// partition and offset, with whether the consumer has read them (and,
+    /// for a partition that stalls, until when).
+    pub fn in_flight(&self, consumer: Service) -> Vec<InFlight> {
+        let mut messages = Vec::new();
+        for (index, partition) in self.topics[topic_index(consumer)].iter().enumerate() {
+            for offset in partition.committed.max(partition.base)..partition.end() {
+                messages.push(InFlight {
+                    partition: index as u32,
+                    offset,
+                    envelope: Arc::clone(&partition.log[(offset - partition.base) as usize]),
+                    read: offset < partition.position,
+                    stalled_until: partition.stalled_until,
+                });
+            }
+        }
+        messages
     }
 
     /// Messages published and not yet committed, over all topics.

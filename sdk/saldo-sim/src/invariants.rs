@@ -356,3 +356,229 @@ impl Checker {
         Ok(())
     }
 }
+
+/// One invariant as the invariants panel shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InvariantStatus {
+    /// The stable name.
+    pub name: &'static str,
+    /// What it promises, in plain words.
+    pub promise: &'static str,
+    /// True while it must hold at every moment; false when it is judged at rest.
+    pub always: bool,
+    /// `Some(true)` holds, `Some(false)` broken, `None` not judged yet (an
+    /// at-rest invariant while work is still in flight).
+    pub holds: Option<bool>,
+    /// What was found.
+    pub detail: String,
+}
+
+const ALWAYS: [(&str, &str); 6] = [
+    (
+        "money_conserved",
+        "Every account's balance sums to zero: money moves, it is never made or lost.",
+    ),
+    (
+        "wallet_never_negative",
+        "No wallet pays out more than it holds.",
+    ),
+    (
+        "stock_never_negative",
+        "No SKU has more units reserved than on hand.",
+    ),
+    (
+        "reserved_equals_open_reservations",
+        "Each SKU's reserved count equals the units its open reservations hold.",
+    ),
+    (
+        "entries_balanced",
+        "Every ledger entry balances, and the entries form one unbroken hash chain.",
+    ),
+    (
+        "no_double_charge",
+        "No order is charged more than once, or refunded more than it paid.",
+    ),
+];
+
+const AT_REST: [(&str, &str); 6] = [
+    (
+        "every_order_terminal",
+        "Once nothing is in flight, every order is confirmed or cancelled, once.",
+    ),
+    (
+        "no_held_stock_at_rest",
+        "At rest, no reservation is left holding stock.",
+    ),
+    (
+        "confirmed_order_paid_once",
+        "A confirmed order was charged exactly its amount.",
+    ),
+    (
+        "confirmed_order_stock_committed",
+        "A confirmed order's stock is committed (sold).",
+    ),
+    (
+        "cancelled_order_not_charged",
+        "A cancelled order costs its customer nothing in the end.",
+    ),
+    (
+        "reconciliation_clean",
+        "Reconciliation, run as an operator would, finds nothing.",
+    ),
+];
+
+/// Judges every invariant on `store` from scratch. The always-invariants
+/// are judged at any moment; the at-rest ones only when `at_rest`.
+/// `violation` is a failure the simulator already stopped on.
+pub fn status(
+    store: &MemoryStore,
+    at_rest: bool,
+    violation: Option<&Violation>,
+) -> Vec<InvariantStatus> {
+    let mut found: BTreeMap<&'static str, Result<String, String>> = BTreeMap::new();
+    let mut totals: BTreeMap<Currency, i128> = BTreeMap::new();
+    let mut accounts = 0;
+    let mut negative = Vec::new();
+    let mut over_reserved = Vec::new();
+    let mut held: BTreeMap<Sku, u64> = BTreeMap::new();
+    let mut reserved: BTreeMap<Sku, u64> = BTreeMap::new();
+    for (_, versioned) in store.rows() {
+        match &versioned.value {
+            Row::Account(account) => {
+                accounts += 1;
+                *totals.entry(account.id.currency()).or_default() +=
+                    i128::from(account.balance.amount_minor());
+                if !account.within_rule() {
+                    negative.push(account.id.to_string());
+                }
+            }
+            Row::Stock(row) => {
+                reserved.insert(row.sku.clone(), row.reserved);
+                if row.reserved > row.on_hand {
+                    over_reserved.push(row.sku.to_string());
+                }
+            }
+            Row::Reservation(reservation) if reservation.state == ReservationState::Held => {
+                for line in &reservation.lines {
+                    *held.entry(line.sku.clone()).or_default() += u64::from(line.quantity);
+                }
+            }
+            _ => {}
+        }
+    }
+    found.insert(
+        "money_conserved",
+        match totals.iter().find(|(_, total)| **total != 0) {
+            None => Ok(format!("{accounts} accounts sum to zero")),
+            Some((currency, total)) => Err(format!("balances in {currency} sum to {total}")),
+        },
+    );
+    found.insert(
+        "wallet_never_negative",
+        if negative.is_empty() {
+            Ok(format!("{accounts} accounts within their rules"))
+        } else {
+            Err(format!("below zero: {}", negative.join(", ")))
+        },
+    );
+    found.insert(
+        "stock_never_negative",
+        if over_reserved.is_empty() {
+            Ok(format!("{} SKUs", reserved.len()))
+        } else {
+            Err(format!("over-reserved: {}", over_reserved.join(", ")))
+        },
+    );
+    let mismatched: Vec<String> = reserved
+        .iter()
+        .filter(|(sku, count)| held.get(*sku).copied().unwrap_or(0) != **count)
+        .map(|(sku, count)| format!("{sku} says {count}"))
+        .chain(
+            held.keys()
+                .filter(|sku| !reserved.contains_key(*sku))
+                .map(|sku| format!("{sku} has no stock row")),
+        )
+        .collect();
+    found.insert(
+        "reserved_equals_open_reservations",
+        if mismatched.is_empty() {
+            Ok(format!("{} units held", held.values().sum::<u64>()))
+        } else {
+            Err(mismatched.join(", "))
+        },
+    );
+    found.insert(
+        "entries_balanced",
+        match saldo_ledger::verify_chain(None, store.entries()) {
+            Ok(_) => Ok(format!("{} entries, chain intact", store.entries().len())),
+            Err(error) => Err(error.to_string()),
+        },
+    );
+    let mut net: BTreeMap<&OrderId, (i128, i128)> = BTreeMap::new();
+    for entry in store.entries() {
+        if let Some(order_id) = &entry.posting.memo.order_id {
+            let debit = wallet_debit(&entry.posting);
+            let (total, largest) = net.entry(order_id).or_default();
+            *total += debit;
+            *largest = (*largest).max(debit);
+        }
+    }
+    let doubled: Vec<String> = net
+        .iter()
+        .filter(|(_, (total, largest))| *total > *largest || *total < 0)
+        .map(|(order_id, (total, _))| format!("{order_id} net {total}"))
+        .collect();
+    found.insert(
+        "no_double_charge",
+        if doubled.is_empty() {
+            Ok(format!("{} orders with money movements", net.len()))
+        } else {
+            Err(doubled.join(", "))
+        },
+    );
+    if at_rest {
+        let broken = Checker::default().at_quiescence(store).err();
+        for (name, _) in AT_REST {
+            found.insert(
+                name,
+                match &broken {
+                    Some(broken) if broken.invariant == name => Err(broken.detail.clone()),
+                    _ => Ok("checked at rest".to_owned()),
+                },
+            );
+        }
+    }
+    if let Some(violation) = violation {
+        found.insert(violation.invariant, Err(violation.detail.clone()));
+    }
+    let mut judged = |name: &'static str, promise: &'static str, always: bool| {
+        let (holds, detail) = match found.remove(name) {
+            Some(Ok(detail)) => (Some(true), detail),
+            Some(Err(detail)) => (Some(false), detail),
+            None => (None, "judged once nothing is in flight".to_owned()),
+        };
+        InvariantStatus {
+            name,
+            promise,
+            always,
+            holds,
+            detail,
+        }
+    };
+    let mut statuses = Vec::with_capacity(ALWAYS.len() + AT_REST.len() + 1);
+    for (name, promise) in ALWAYS {
+        statuses.push(judged(name, promise, true));
+    }
+    for (name, promise) in AT_REST {
+        statuses.push(judged(name, promise, false));
+    }
+    // A check of the simulator's own (a refused request, a dead letter).
+    statuses.extend(found.into_iter().map(|(name, result)| InvariantStatus {
+        name,
+        promise: "A check the simulator makes on every step.",
+        always: true,
+        holds: Some(result.is_ok()),
+        detail: result.unwrap_or_else(|detail| detail),
+    }));
+    statuses
+}

@@ -15,6 +15,12 @@
 //! workload. After a bounded number of steps the faults stop and the run
 //! continues calmly to quiescence.
 //!
+//! Faults can also be injected by hand at any step ([`fault`]), and a run's
+//! world can be given by hand ([`scenario`]) instead of drawn from the seed:
+//! the browser harness's walkthroughs. A trace file reproduces its run and a
+//! [`Player`] steps through it forwards and backwards ([`replay`]); [`view`]
+//! renders every table at the current step.
+//!
 //! Invariants ([`invariants`]) are checked after every commit and, from
 //! scratch, at quiescence. The same seed and configuration always produce
 //! the same trace and trace hash, natively and in WebAssembly.
@@ -26,10 +32,17 @@
 
 pub mod broker;
 pub mod config;
+pub mod fault;
 pub mod invariants;
+pub mod replay;
 pub mod rng;
+pub mod scenario;
 pub mod sim;
 pub mod trace;
+pub mod view;
 
 pub use config::{Faults, Profile, SimConfig};
+pub use fault::Fault;
+pub use replay::{Player, Source, TraceFile, TraceHeader};
+pub use scenario::{Scenario, Walkthrough, walkthrough, walkthroughs};
 pub use sim::{Handlers, Report, Simulation, Stats, StepOutcome, ViolationReport, run};

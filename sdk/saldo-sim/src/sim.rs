@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use saldo_domain::decision::{Decided, Decision, Row, Snapshot};
 use saldo_domain::inventory::{SetStock, decide_set_stock, set_stock_read_set};
-use saldo_domain::messages::{Envelope, OrderLine, Service, Traceparent};
+use saldo_domain::messages::{Envelope, Service, Traceparent};
 use saldo_domain::order::{
     self, OrderStatus, PlaceOrder, decide_place_order, place_order_read_set,
 };
@@ -14,13 +14,16 @@ use saldo_domain::payment::{TopUp, decide_top_up, top_up_read_set};
 use saldo_domain::store::execute;
 use saldo_domain::{ConsumeError, MemoryStore, MessageOutcome, Rules};
 use saldo_idempotency::IdempotencyKey;
-use saldo_types::{CorrelationId, Currency, CustomerId, Id128, Money, OrderId, Sku, Timestamp};
+use saldo_types::{CorrelationId, Id128, OrderId, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use crate::broker::Broker;
-use crate::config::{Faults, SimConfig};
+use crate::config::{Faults, Profile, SimConfig};
+use crate::fault::{Armed, Fault, FaultError};
 use crate::invariants::{Checker, Violation};
+use crate::replay::{Injection, Source, TraceHeader};
 use crate::rng::Rng;
+use crate::scenario::{CURRENCY, OrderSetup, Scenario, ScenarioError};
 use crate::trace::{CrashPoint, DeliveryOutcome, Trace, TraceEvent, TraceRecord};
 
 /// The signature of [`saldo_domain::decide_message`].
@@ -143,13 +146,6 @@ pub enum StepOutcome {
     Violated,
 }
 
-/// An order the client will place.
-#[derive(Debug, Clone)]
-struct PlannedOrder {
-    customer: CustomerId,
-    lines: Vec<OrderLine>,
-}
-
 /// A request the client will send (again) at `not_before`.
 #[derive(Debug, Clone, Copy)]
 struct PendingRequest {
@@ -158,7 +154,6 @@ struct PendingRequest {
     not_before: Timestamp,
 }
 
-const CURRENCY: Currency = Currency::EUR;
 /// The first virtual instant of every run.
 pub const START: Timestamp = Timestamp::from_unix_ms(1_767_225_600_000);
 
@@ -183,7 +178,7 @@ pub struct Simulation {
     checker: Checker,
     down_until: [Option<Timestamp>; 3],
     publisher_down_until: [Option<Timestamp>; 3],
-    planned: Vec<PlannedOrder>,
+    planned: Vec<OrderSetup>,
     next_new: usize,
     next_arrival: Timestamp,
     retries: VecDeque<PendingRequest>,
@@ -194,74 +189,97 @@ pub struct Simulation {
     trace: Trace,
     violation: Option<Box<ViolationReport>>,
     finished: bool,
+    source: Source,
+    armed: Armed,
+    injections: Vec<Injection>,
 }
 
 impl Simulation {
     /// Sets up a run: wallets, stock and the client's orders, all drawn from the seed.
     pub fn new(config: SimConfig, handlers: Handlers, keep_trace: bool) -> Simulation {
         let mut rng = Rng::new(config.seed);
+        let world = Scenario::drawn(&config, &mut rng);
+        let source = Source::Seeded(config.clone());
+        Simulation::build(config, rng, world, handlers, keep_trace, source)
+            .expect("a drawn world is valid")
+    }
+
+    /// Sets up a run of a scenario: its world, then its faults, injected
+    /// before the first step. The run's own choices come from the
+    /// scenario's seed; no fault is drawn at random.
+    pub fn from_scenario(
+        scenario: &Scenario,
+        keep_trace: bool,
+    ) -> Result<Simulation, ScenarioError> {
+        scenario.validate()?;
+        let orders = u32::try_from(scenario.orders.len())
+            .map_err(|_| ScenarioError::OrderCount(scenario.orders.len()))?;
+        let mut config = SimConfig::new(scenario.seed, orders, Profile::None);
+        // One partition per topic keeps a walkthrough's sequence easy to follow.
+        config.partitions = 1;
+        let source = Source::Scenario(scenario.clone());
+        let rng = Rng::new(scenario.seed);
+        let mut simulation = Simulation::build(
+            config,
+            rng,
+            scenario.clone(),
+            Handlers::REAL,
+            keep_trace,
+            source,
+        )?;
+        for fault in &scenario.faults {
+            simulation.apply(*fault);
+        }
+        Ok(simulation)
+    }
+
+    fn build(
+        config: SimConfig,
+        rng: Rng,
+        world: Scenario,
+        handlers: Handlers,
+        keep_trace: bool,
+        source: Source,
+    ) -> Result<Simulation, ScenarioError> {
         let rules = Rules::default();
         let mut store = MemoryStore::new();
-        let orders = u64::from(config.orders);
-        let customers = (orders / 3 + 2).min(10_000);
-        let skus = (orders / 20 + 2).min(1_000);
         let now = START;
-        for customer in 0..customers {
-            // About one customer in seven never tops up: their orders fail with unknown_wallet.
-            if rng.below(7) == 0 {
-                continue;
-            }
+        for (index, wallet) in world.wallets.into_iter().enumerate() {
             let request = TopUp {
-                customer: CustomerId::new(format!("c{customer}")).expect("valid id"),
-                amount: Money::from_minor(rng.between(500, 9_000) as i64, CURRENCY),
-                idempotency_key: IdempotencyKey::new(format!("top-up-{customer}"))
-                    .expect("valid key"),
-                correlation_id: CorrelationId::new(format!("setup-{customer}")).expect("valid id"),
+                amount: wallet.amount,
+                idempotency_key: IdempotencyKey::new(format!("top-up-{index}")).expect("valid key"),
+                correlation_id: CorrelationId::new(format!("setup-{index}")).expect("valid id"),
                 traceparent: Traceparent::root(Id128::derive(
                     "sim-setup",
-                    &[&customer.to_be_bytes()],
+                    &[&(index as u64).to_be_bytes()],
                 )),
+                customer: wallet.customer,
             };
             let policy = rules.payment;
             execute(&mut store, &top_up_read_set(&request), now, |snapshot| {
                 decide_top_up(&policy, snapshot, &request, now)
             })
-            .expect("setup top-ups are valid");
+            .map_err(|error| ScenarioError::Refused {
+                what: format!("wallet {}", request.customer),
+                reason: error.to_string(),
+            })?;
         }
-        // Stock is drawn around the expected demand, so some SKUs run out:
-        // orders contend for the last units.
-        let demand = (orders * 9 / 4 / skus).max(1);
-        for sku in 0..skus {
+        for stock in world.stock {
             let request = SetStock {
-                sku: Sku::new(format!("s{sku}")).expect("valid sku"),
-                on_hand: rng.between(demand * 3 / 10, demand * 12 / 10),
-                unit_price: Money::from_minor(rng.between(100, 2_000) as i64, CURRENCY),
+                sku: stock.sku,
+                on_hand: stock.on_hand,
+                unit_price: stock.unit_price,
             };
             execute(&mut store, &set_stock_read_set(&request), now, |snapshot| {
                 decide_set_stock(snapshot, &request)
             })
-            .expect("setup stock is valid");
+            .map_err(|error| ScenarioError::Refused {
+                what: format!("stock {}", request.sku),
+                reason: error.to_string(),
+            })?;
         }
-        let planned = (0..orders)
-            .map(|_| {
-                let customer =
-                    CustomerId::new(format!("c{}", rng.below(customers))).expect("valid id");
-                let first = rng.below(skus);
-                let mut lines = vec![OrderLine {
-                    sku: Sku::new(format!("s{first}")).expect("valid"),
-                    quantity: rng.between(1, 2) as u32,
-                }];
-                if skus > 1 && rng.chance(500_000) {
-                    let second = (first + 1 + rng.below(skus - 1)) % skus;
-                    lines.push(OrderLine {
-                        sku: Sku::new(format!("s{second}")).expect("valid"),
-                        quantity: rng.between(1, 2) as u32,
-                    });
-                }
-                PlannedOrder { customer, lines }
-            })
-            .collect();
-        Simulation {
+        let orders = u64::from(config.orders);
+        Ok(Simulation {
             faults: config.profile.faults(),
             broker: Broker::new(config.partitions),
             fault_steps_left: orders * 40 + 100,
@@ -275,7 +293,7 @@ impl Simulation {
             checker: Checker::default(),
             down_until: [None; 3],
             publisher_down_until: [None; 3],
-            planned,
+            planned: world.orders,
             next_new: 0,
             next_arrival: now,
             retries: VecDeque::new(),
@@ -284,7 +302,104 @@ impl Simulation {
             trace: Trace::new(keep_trace),
             violation: None,
             finished: false,
+            source,
+            armed: Armed::default(),
+            injections: Vec::new(),
+        })
+    }
+
+    /// Injects a fault now, between two steps, and records it in the trace.
+    pub fn inject(&mut self, fault: Fault) -> Result<(), FaultError> {
+        fault.validate()?;
+        if self.finished {
+            return Err(FaultError::Ended);
         }
+        self.apply(fault);
+        self.injections.push(Injection {
+            step: self.stats.steps,
+            fault,
+        });
+        Ok(())
+    }
+
+    fn apply(&mut self, fault: Fault) {
+        self.record(TraceEvent::FaultInjected { fault });
+        match fault {
+            Fault::Stall { consumer, ms } => {
+                let until = self.now.plus_ms(ms);
+                for partition in 0..self.config.partitions {
+                    self.broker.stall(consumer, partition, until);
+                }
+            }
+            Fault::ClockJump { ms } => self.now = self.now.plus_ms(ms),
+            armed => self.armed.push(armed),
+        }
+    }
+
+    /// The configuration (for a scenario: its seed and order count, no
+    /// random faults).
+    pub fn config(&self) -> &SimConfig {
+        &self.config
+    }
+
+    /// Where the run's world came from.
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    /// Faults injected with [`Simulation::inject`], with their steps.
+    pub fn injections(&self) -> &[Injection] {
+        &self.injections
+    }
+
+    /// Injected faults still waiting for their moment.
+    pub fn armed(&self) -> &[Fault] {
+        self.armed.faults()
+    }
+
+    /// The simulated broker.
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// When `service` comes back from a crash, if it is down.
+    pub fn down_until(&self, service: Service) -> Option<Timestamp> {
+        self.down_until[index_of(service)]
+    }
+
+    /// When `service`'s publisher comes back from a crash, if it is down.
+    pub fn publisher_down_until(&self, service: Service) -> Option<Timestamp> {
+        self.publisher_down_until[index_of(service)]
+    }
+
+    /// Orders the client has not sent yet, and requests it will send again.
+    pub fn client_backlog(&self) -> (usize, usize) {
+        (self.planned.len() - self.next_new, self.retries.len())
+    }
+
+    /// The invariant that broke, if one did.
+    pub fn violation(&self) -> Option<&ViolationReport> {
+        self.violation.as_deref()
+    }
+
+    /// True once the run reached quiescence or broke an invariant.
+    pub fn finished(&self) -> bool {
+        self.finished
+    }
+
+    /// The trace file: a header line that reproduces the run, then one JSON
+    /// line per event. `None` unless the trace was kept.
+    pub fn trace_file(&self) -> Option<Vec<u8>> {
+        let records = self.trace.records()?;
+        let header = TraceHeader::new(self.source.clone(), self.injections.clone());
+        let mut bytes = Vec::with_capacity(records.len() * 160 + 256);
+        serde_json::to_writer(&mut bytes, &header).expect("the header serialises");
+        bytes.push(b'\n');
+        for record in records {
+            serde_json::to_writer(&mut bytes, record).expect("trace records serialise");
+            bytes.push(b'\n');
+        }
+        Some(bytes)
     }
 
     /// The store, for inspection.
@@ -323,7 +438,7 @@ impl Simulation {
             stats,
             trace_hash: self.trace.hash_hex(),
             violation: self.violation.clone(),
-            trace_json_lines: self.trace.json_lines().map(<[u8]>::to_vec),
+            trace_json_lines: self.trace_file(),
         }
     }
 
@@ -335,7 +450,13 @@ impl Simulation {
         });
     }
 
-    fn fault(&mut self, per_million: u32) -> bool {
+    /// True when `armed` was injected and now hits, or when the profile
+    /// draws this fault.
+    fn fault(&mut self, armed: Fault, per_million: u32) -> bool {
+        self.armed.take(armed) || self.chance(per_million)
+    }
+
+    fn chance(&mut self, per_million: u32) -> bool {
         self.faults_active && self.rng.chance(per_million)
     }
 
@@ -379,12 +500,12 @@ impl Simulation {
                 self.fault_steps_left -= 1;
             }
         }
-        if self.fault(self.faults.clock_jump_ppm) {
+        if self.chance(self.faults.clock_jump_ppm) {
             let ms = self.rng.between(1_000, 60_000);
             self.now = self.now.plus_ms(ms);
             self.record(TraceEvent::ClockJumped { ms });
         }
-        if self.fault(self.faults.stall_ppm) {
+        if self.chance(self.faults.stall_ppm) {
             let consumer = Service::ALL[self.rng.index(3)];
             let partition = self.rng.below(u64::from(self.config.partitions)) as u32;
             let until = self.now.plus_ms(self.rng.between(1_000, 15_000));
@@ -541,7 +662,10 @@ impl Simulation {
     /// Returns false when a crash lost (part of) it.
     fn commit(&mut self, service: Service, decision: Decision) -> Result<bool, Violation> {
         for part in (self.handlers.split_commit)(decision) {
-            if self.fault(self.faults.crash_before_commit_ppm) {
+            if self.fault(
+                Fault::CrashBeforeCommit { service },
+                self.faults.crash_before_commit_ppm,
+            ) {
                 self.crash(service, CrashPoint::BeforeCommit);
                 return Ok(false);
             }
@@ -619,7 +743,7 @@ impl Simulation {
             idempotency_key: place.idempotency_key.as_str().to_owned(),
             outcome: outcome.to_owned(),
         });
-        let retry = !committed || self.fault(self.faults.client_retry_ppm);
+        let retry = !committed || self.fault(Fault::ClientRetry, self.faults.client_retry_ppm);
         if retry {
             if committed {
                 self.stats.client_retries += 1;
@@ -645,7 +769,8 @@ impl Simulation {
             let (partition, duplicated) = match envelope.payload.consumer() {
                 Some(consumer) => {
                     let partition = self.broker.publish(consumer, Arc::clone(&envelope));
-                    let duplicated = self.fault(self.faults.duplicate_ppm);
+                    let duplicated =
+                        self.fault(Fault::Duplicate { service }, self.faults.duplicate_ppm);
                     if duplicated {
                         self.broker.publish(consumer, Arc::clone(&envelope));
                         self.stats.duplicates_injected += 1;
@@ -664,7 +789,10 @@ impl Simulation {
                 duplicated,
             });
         }
-        if self.fault(self.faults.crash_after_publish_ppm) {
+        if self.fault(
+            Fault::CrashAfterPublish { service },
+            self.faults.crash_after_publish_ppm,
+        ) {
             // Published but not marked: the batch goes out again later.
             self.crash(service, CrashPoint::AfterPublish);
             return Ok(());
@@ -715,7 +843,10 @@ impl Simulation {
             self.record(record(DeliveryOutcome::Crashed));
             return Ok(());
         }
-        if self.fault(self.faults.crash_before_ack_ppm) {
+        if self.fault(
+            Fault::CrashBeforeAck { service: consumer },
+            self.faults.crash_before_ack_ppm,
+        ) {
             self.record(record(DeliveryOutcome::Crashed));
             self.crash(consumer, CrashPoint::BeforeAck);
             return Ok(());
@@ -726,7 +857,10 @@ impl Simulation {
             self.stats.duplicates_absorbed += 1;
         }
         self.record(record(outcome));
-        if self.fault(self.faults.crash_before_publish_ppm) {
+        if self.fault(
+            Fault::CrashBeforePublish { service: consumer },
+            self.faults.crash_before_publish_ppm,
+        ) {
             self.crash(consumer, CrashPoint::BeforePublish);
         }
         Ok(())

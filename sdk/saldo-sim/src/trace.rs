@@ -1,7 +1,8 @@
 //! The run's trace: every event, in order.
 //!
 //! Two forms of one sequence: JSON lines (`--trace FILE`, for the browser
-//! harness and for people) and a SHA-256 *trace hash* over a compact binary
+//! harness and for people, after a header line that reproduces the run:
+//! see [`crate::replay`]) and a SHA-256 *trace hash* over a compact binary
 //! encoding of the same events, which is what determinism is checked on.
 //! The binary encoding is canonical (fixed field order, length-prefixed
 //! strings, big-endian numbers), so the hash is equal natively and in
@@ -14,6 +15,8 @@ use saldo_domain::messages::Service;
 use saldo_types::{Id128, OrderId};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::fault::Fault;
 
 /// How many recent events a violation report shows.
 pub const RECENT_EVENTS_MAX: usize = 24;
@@ -130,6 +133,11 @@ pub enum TraceEvent {
     },
     /// Faults stopped; the platform runs calmly to quiescence from here.
     FaultsStopped,
+    /// A fault was injected by hand (a scenario, a learner, a replay).
+    FaultInjected {
+        /// The fault.
+        fault: Fault,
+    },
     /// Nothing is left to do.
     Quiescent,
 }
@@ -151,7 +159,7 @@ fn put_str(bytes: &mut Vec<u8>, text: &str) {
     bytes.extend_from_slice(text.as_bytes());
 }
 
-fn service_byte(service: Service) -> u8 {
+pub(crate) fn service_byte(service: Service) -> u8 {
     match service {
         Service::Order => 0,
         Service::Inventory => 1,
@@ -244,29 +252,33 @@ impl TraceRecord {
             }
             TraceEvent::FaultsStopped => bytes.push(9),
             TraceEvent::Quiescent => bytes.push(10),
+            TraceEvent::FaultInjected { fault } => {
+                bytes.push(11);
+                fault.encode_into(bytes);
+            }
         }
     }
 }
 
-/// Collects the trace: always its hash and recent events; the full JSON
-/// lines only when asked for.
+/// Collects the trace: always its hash and recent events; every record
+/// only when asked for.
 #[derive(Debug, Clone)]
 pub struct Trace {
     hasher: Sha256,
     scratch: Vec<u8>,
     recent: VecDeque<TraceRecord>,
-    json_lines: Option<Vec<u8>>,
+    records: Option<Vec<TraceRecord>>,
     events: u64,
 }
 
 impl Trace {
-    /// A trace that keeps JSON lines when `keep_json_lines` is true.
-    pub fn new(keep_json_lines: bool) -> Trace {
+    /// A trace that keeps every record when `keep_records` is true.
+    pub fn new(keep_records: bool) -> Trace {
         Trace {
             hasher: Sha256::new(),
             scratch: Vec::with_capacity(128),
             recent: VecDeque::with_capacity(RECENT_EVENTS_MAX),
-            json_lines: keep_json_lines.then(Vec::new),
+            records: keep_records.then(Vec::new),
             events: 0,
         }
     }
@@ -276,9 +288,8 @@ impl Trace {
         self.scratch.clear();
         record.encode_into(&mut self.scratch);
         self.hasher.update(&self.scratch);
-        if let Some(lines) = &mut self.json_lines {
-            serde_json::to_writer(&mut *lines, &record).expect("trace records serialise");
-            lines.push(b'\n');
+        if let Some(records) = &mut self.records {
+            records.push(record.clone());
         }
         if self.recent.len() == RECENT_EVENTS_MAX {
             self.recent.pop_front();
@@ -307,8 +318,8 @@ impl Trace {
         self.events
     }
 
-    /// The JSON lines, if kept.
-    pub fn json_lines(&self) -> Option<&[u8]> {
-        self.json_lines.as_deref()
+    /// Every record so far, if kept.
+    pub fn records(&self) -> Option<&[TraceRecord]> {
+        self.records.as_deref()
     }
 }

@@ -2,6 +2,7 @@
 //! and deliberately broken handlers are caught.
 
 mod bites;
+mod replay;
 
 use saldo_sim::{Handlers, Profile, SimConfig, Simulation, run};
 

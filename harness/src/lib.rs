@@ -1,0 +1,270 @@
+//! The simulator in the browser.
+//!
+//! `saldo-harness` wraps [`saldo_sim::Player`] for JavaScript with
+//! wasm-bindgen: load a walkthrough, a seeded run, a hand-written scenario
+//! or a trace file; step, run, play and pause; step back; inject a fault at
+//! the current step; read a snapshot of every table; export the trace.
+//! Values cross the boundary as JSON text, which the page parses: one
+//! format, the same as the trace files and the HTTP API.
+//!
+//! Nothing here decides anything: the simulator runs the production
+//! deciders, and [`narrate`] only puts its events into words.
+
+pub mod narrate;
+
+use saldo_sim::replay::Source;
+use saldo_sim::sim::StepOutcome;
+use saldo_sim::trace::TraceRecord;
+use saldo_sim::{Fault, Player, Profile, Scenario, SimConfig};
+use serde_json::{Value, json};
+use wasm_bindgen::prelude::*;
+
+fn error(error: impl std::fmt::Display) -> JsError {
+    JsError::new(&error.to_string())
+}
+
+fn outcome_name(outcome: &StepOutcome) -> &'static str {
+    match outcome {
+        StepOutcome::Running => "running",
+        StepOutcome::Quiescent => "quiescent",
+        StepOutcome::Violated => "violated",
+    }
+}
+
+fn record_view(record: &TraceRecord) -> Value {
+    let mut value = serde_json::to_value(record).expect("records serialise");
+    let narration = narrate::narrate(record);
+    value["what"] = json!(narration.what);
+    value["why"] = json!(narration.why);
+    value
+}
+
+fn profile(name: &str) -> Result<Profile, JsError> {
+    Profile::from_name(name).ok_or_else(|| {
+        error(format!(
+            "unknown fault profile {name:?}; choose none, light, heavy or chaos"
+        ))
+    })
+}
+
+/// The built-in walkthroughs as JSON: name, title, summary, the expected
+/// endings and the scenario itself.
+#[wasm_bindgen]
+pub fn walkthroughs() -> String {
+    serde_json::to_string(&saldo_sim::walkthroughs()).expect("walkthroughs serialise")
+}
+
+/// The trace hash of a seeded run, computed without keeping the trace: the
+/// value `saldo sim --seed S --orders N --faults P` prints natively.
+#[wasm_bindgen]
+pub fn seeded_trace_hash(seed: u64, orders: u32, faults: &str) -> Result<String, JsError> {
+    if orders == 0 || orders > saldo_sim::config::ORDERS_MAX {
+        return Err(error(format!(
+            "orders must be from 1 to {}",
+            saldo_sim::config::ORDERS_MAX
+        )));
+    }
+    let config = SimConfig::new(seed, orders, profile(faults)?);
+    Ok(saldo_sim::run(config, false).trace_hash)
+}
+
+/// One run in the browser.
+#[wasm_bindgen]
+pub struct Harness {
+    player: Player,
+    playing: bool,
+}
+
+#[wasm_bindgen]
+impl Harness {
+    /// A built-in walkthrough, at its start.
+    pub fn walkthrough(name: &str) -> Result<Harness, JsError> {
+        let walkthrough = saldo_sim::walkthrough(name)
+            .ok_or_else(|| error(format!("no walkthrough is called {name:?}")))?;
+        Harness::start(Source::Scenario(walkthrough.scenario))
+    }
+
+    /// A run drawn from a seed, as `saldo sim` runs it.
+    pub fn seeded(seed: u64, orders: u32, faults: &str) -> Result<Harness, JsError> {
+        Harness::start(Source::Seeded(SimConfig::new(
+            seed,
+            orders.min(saldo_sim::config::ORDERS_MAX),
+            profile(faults)?,
+        )))
+    }
+
+    /// A scenario written by hand, as JSON.
+    pub fn scenario(json: &str) -> Result<Harness, JsError> {
+        let scenario: Scenario = serde_json::from_str(json).map_err(error)?;
+        Harness::start(Source::Scenario(scenario))
+    }
+
+    /// A trace file (from `saldo sim --trace` or an export), replayed and
+    /// checked event by event, positioned at its start.
+    pub fn import_trace(text: &str) -> Result<Harness, JsError> {
+        Ok(Harness {
+            player: Player::import(text).map_err(error)?,
+            playing: false,
+        })
+    }
+
+    fn start(source: Source) -> Result<Harness, JsError> {
+        Ok(Harness {
+            player: Player::new(source).map_err(error)?,
+            playing: false,
+        })
+    }
+
+    /// Steps taken.
+    pub fn position(&self) -> u64 {
+        self.player.position()
+    }
+
+    /// `running`, `quiescent` or `violated`.
+    pub fn state(&self) -> String {
+        outcome_name(&self.player.outcome()).to_owned()
+    }
+
+    /// The trace hash of the events so far.
+    pub fn trace_hash(&self) -> String {
+        self.player.simulation().trace().hash_hex()
+    }
+
+    /// Takes one simulator step; returns the state.
+    pub fn step(&mut self) -> Result<String, JsError> {
+        let outcome = self.player.step().map_err(error)?;
+        Ok(outcome_name(&outcome).to_owned())
+    }
+
+    /// Steps until something happens (a step that records an event) or the
+    /// run ends; returns the state.
+    pub fn next_event(&mut self) -> Result<String, JsError> {
+        let events = self.player.simulation().trace().events();
+        while self.player.outcome() == StepOutcome::Running {
+            self.player.step().map_err(error)?;
+            if self.player.simulation().trace().events() > events {
+                break;
+            }
+        }
+        Ok(self.state())
+    }
+
+    /// Goes back to just after the previous step that recorded an event
+    /// (or to the start); returns the new position.
+    pub fn back(&mut self) -> Result<u64, JsError> {
+        let position = self.player.position();
+        let target = self
+            .player
+            .simulation()
+            .trace()
+            .records()
+            .unwrap_or_default()
+            .iter()
+            .rev()
+            .map(|record| record.step)
+            .find(|step| *step < position)
+            .unwrap_or(0);
+        self.player.seek(target).map_err(error)?;
+        Ok(self.player.position())
+    }
+
+    /// Moves to the point after `step` steps, forwards or backwards.
+    pub fn seek(&mut self, step: u64) -> Result<String, JsError> {
+        let outcome = self.player.seek(step).map_err(error)?;
+        Ok(outcome_name(&outcome).to_owned())
+    }
+
+    /// Runs at most `steps` steps; returns the state.
+    pub fn run(&mut self, steps: u32) -> Result<String, JsError> {
+        let outcome = self.player.run(u64::from(steps)).map_err(error)?;
+        Ok(outcome_name(&outcome).to_owned())
+    }
+
+    /// Runs to the end; returns the state.
+    pub fn run_to_end(&mut self) -> Result<String, JsError> {
+        let outcome = self.player.run_to_end().map_err(error)?;
+        self.playing = false;
+        Ok(outcome_name(&outcome).to_owned())
+    }
+
+    /// Starts playing: each [`Harness::tick`] then advances to the next event.
+    pub fn play(&mut self) {
+        self.playing = self.player.outcome() == StepOutcome::Running;
+    }
+
+    /// Stops playing.
+    pub fn pause(&mut self) {
+        self.playing = false;
+    }
+
+    /// True while playing.
+    pub fn playing(&self) -> bool {
+        self.playing
+    }
+
+    /// While playing, advances to the next event; stops at the end. Returns
+    /// whether it is still playing.
+    pub fn tick(&mut self) -> Result<bool, JsError> {
+        if self.playing {
+            self.next_event()?;
+            self.playing = self.player.outcome() == StepOutcome::Running;
+        }
+        Ok(self.playing)
+    }
+
+    /// Injects a fault (JSON, e.g. `{"kind":"crash_before_ack","service":"payment"}`)
+    /// at the current step.
+    pub fn inject(&mut self, fault: &str) -> Result<(), JsError> {
+        let fault: Fault = serde_json::from_str(fault).map_err(error)?;
+        self.player.inject(fault).map_err(error)
+    }
+
+    /// Every table, the broker, the ledger and the invariants, as JSON.
+    pub fn snapshot(&self) -> String {
+        saldo_sim::view::snapshot(self.player.simulation()).to_string()
+    }
+
+    /// The recorded events from index `from` on, each with its narration, as JSON.
+    pub fn events(&self, from: u32) -> String {
+        let records = self
+            .player
+            .simulation()
+            .trace()
+            .records()
+            .unwrap_or_default();
+        let from = (from as usize).min(records.len());
+        Value::Array(records[from..].iter().map(record_view).collect()).to_string()
+    }
+
+    /// How many events are recorded so far.
+    pub fn event_count(&self) -> u32 {
+        u32::try_from(self.player.simulation().trace().events()).unwrap_or(u32::MAX)
+    }
+
+    /// The trace file so far (header and events), to save and import later.
+    pub fn export_trace(&self) -> String {
+        self.player.export()
+    }
+
+    /// How an imported trace compared with its replay, as JSON (`null`
+    /// when the run was not imported, or was changed by an injection).
+    pub fn verification(&self) -> String {
+        match self.player.verification() {
+            Some(verification) => json!({
+                "exact": verification.exact(),
+                "recorded": verification.recorded,
+                "replayed": verification.replayed,
+                "identical": verification.identical,
+                "first_difference": verification.first_difference,
+                "trace_hash": verification.trace_hash,
+            })
+            .to_string(),
+            None => "null".to_owned(),
+        }
+    }
+
+    /// The header that reproduces the run, as JSON.
+    pub fn header(&self) -> String {
+        serde_json::to_string(self.player.header()).expect("the header serialises")
+    }
+}
