@@ -7,7 +7,9 @@
 #
 # Steps: toolchain (pinned in rust-toolchain.toml, with the wasm32 target),
 # cargo-nextest, formatting and lints, the sdk built for wasm32, the examples,
-# then every test under nextest with per-test timeouts.
+# every test under nextest with per-test timeouts, then the browser harness:
+# Debian's Chromium, the page (harness/build.sh), its bindings under
+# wasm-bindgen-test and every walkthrough under Playwright.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -77,6 +79,7 @@ export SALDO_TEST_DATABASE_URL="postgres://saldo_test:saldo_test@127.0.0.1:5432/
 step "format and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --locked --target wasm32-unknown-unknown -p saldo-harness --all-targets -- -D warnings
 
 step "sdk for wasm32-unknown-unknown"
 sdk_packages=()
@@ -91,3 +94,34 @@ cargo run --locked -q -p saldo-examples --example order_flow
 
 step "tests"
 cargo nextest run --workspace --locked --profile ci
+
+step "browser: Chromium, the harness page, Playwright"
+# Debian's Chromium and ChromeDriver (never a browser a test tool downloads),
+# the page built by its documented command, and playwright-core from npm.
+browser_packages=()
+command -v chromium >/dev/null 2>&1 || browser_packages+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || browser_packages+=(chromium-driver)
+command -v npm >/dev/null 2>&1 || browser_packages+=(nodejs npm)
+if [ ${#browser_packages[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then apt_get=(apt-get); else apt_get=(sudo apt-get); fi
+    "${apt_get[@]}" update -q
+    DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -q "${browser_packages[@]}"
+fi
+chromium --version
+bash harness/build.sh
+(
+    cd harness/e2e
+    installed=$(node -p "try { require('./node_modules/playwright-core/package.json').version } catch { '' }")
+    wanted=$(node -p "require('./package.json').devDependencies['playwright-core']")
+    if [ "$installed" != "$wanted" ]; then
+        npm ci --no-audit --no-fund
+    fi
+)
+
+step "browser tests: the bindings in headless Chromium (wasm-bindgen-test)"
+CHROMEDRIVER=$(command -v chromedriver) cargo test --locked --target wasm32-unknown-unknown -p saldo-harness
+
+step "browser tests: every walkthrough, end to end (Playwright)"
+cargo build --locked -q -p saldo
+SALDO_BIN=target/debug/saldo node --test --test-concurrency=1 harness/e2e/
+echo "screenshots: target/harness-screenshots/"

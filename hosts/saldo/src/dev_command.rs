@@ -45,6 +45,42 @@ pub struct DevArgs {
     /// Start empty instead of with the demo stock and wallets.
     #[arg(long)]
     no_seed: bool,
+    /// The browser harness's page, served at /harness/ (build it with
+    /// `bash harness/build.sh`).
+    #[arg(long, value_name = "DIR", env = "SALDO_HARNESS_DIR", default_value = HARNESS_DIR)]
+    harness: PathBuf,
+}
+
+/// Where the page is in a checkout of the repository.
+const HARNESS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../harness/web");
+
+/// The harness's static page, served as files; `/harness` redirects to
+/// `/harness/` so the page's relative links resolve. Without a build, the
+/// page says how to make one.
+fn harness_routes(dir: &std::path::Path) -> axum::Router {
+    use axum::response::{Html, IntoResponse, Redirect};
+    use axum::routing::get;
+    let built = dir.join("pkg").join("saldo_harness_bg.wasm").is_file();
+    let router = axum::Router::new().route(
+        "/harness",
+        get(|| async { Redirect::permanent("/harness/") }),
+    );
+    if built {
+        router.nest_service("/harness/", tower_http::services::ServeDir::new(dir))
+    } else {
+        let missing = format!(
+            "<!doctype html><title>Saldo harness</title><p>The browser harness is not built in {}. \
+             Build it with <code>bash harness/build.sh</code> and reload.</p>",
+            dir.display()
+        );
+        router.route(
+            "/harness/",
+            get(move || {
+                let missing = missing.clone();
+                async move { (axum::http::StatusCode::NOT_FOUND, Html(missing)).into_response() }
+            }),
+        )
+    }
 }
 
 /// The demo catalogue: SKU, units, unit price in euro cents.
@@ -188,6 +224,9 @@ pub fn run(args: &DevArgs) -> anyhow::Result<ExitCode> {
         if let Some(gateway) = gateway {
             router = gateway.protect(router);
         }
+        // The page is static and public: it runs the simulator in the
+        // browser and never calls the API.
+        let router = router.merge(harness_routes(&args.harness));
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -229,7 +268,7 @@ fn print_banner(address: SocketAddr, no_seed: bool, gateway: bool) {
     );
     let _ = writeln!(
         banner,
-        "API description: {url}/openapi.json   Stop with Ctrl-C."
+        "API description: {url}/openapi.json   Browser harness: {url}/harness/\nStop with Ctrl-C."
     );
     // One write, errors ignored: whoever started us may have stopped
     // reading after the first line, and that must not stop the server.

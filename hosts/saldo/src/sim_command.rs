@@ -54,8 +54,7 @@ pub fn run(args: &SimArgs) -> anyhow::Result<ExitCode> {
     if args.trace.is_some() && args.seeds != 1 {
         bail!("--trace records one run: use it with --seeds 1");
     }
-    let last_seed = args
-        .seed
+    args.seed
         .checked_add(args.seeds - 1)
         .context("--seed plus --seeds overflows")?;
     let threads = args
@@ -70,7 +69,9 @@ pub fn run(args: &SimArgs) -> anyhow::Result<ExitCode> {
         )
         .expect("the template is valid"),
     );
-    let next = AtomicU64::new(args.seed);
+    // Runs are counted from 0, not seeds: the last seed may be u64::MAX,
+    // and a seed counter would wrap past it to 0 and never stop.
+    let next = AtomicU64::new(0);
     let totals = Mutex::new(Stats::default());
     let first_violation: Mutex<Option<Box<ViolationReport>>> = Mutex::new(None);
     let last_report = Mutex::new(None);
@@ -79,10 +80,11 @@ pub fn run(args: &SimArgs) -> anyhow::Result<ExitCode> {
         for _ in 0..threads {
             scope.spawn(|| {
                 loop {
-                    let seed = next.fetch_add(1, Ordering::Relaxed);
-                    if seed > last_seed {
+                    let index = next.fetch_add(1, Ordering::Relaxed);
+                    if index >= args.seeds {
                         break;
                     }
+                    let seed = args.seed + index;
                     let report = saldo_sim::run(
                         SimConfig::new(seed, args.orders, profile),
                         args.trace.is_some(),
@@ -97,7 +99,7 @@ pub fn run(args: &SimArgs) -> anyhow::Result<ExitCode> {
                             *first = Some(violation);
                         }
                         // Later seeds cannot be the first failure any more.
-                        next.store(last_seed + 1, Ordering::Relaxed);
+                        next.store(args.seeds, Ordering::Relaxed);
                     }
                     if args.seeds == 1 {
                         *last_report.lock().expect("not poisoned") = Some(report);

@@ -39,6 +39,25 @@ fn sim_runs_seeds_and_reports_a_summary() {
 }
 
 #[test]
+fn the_largest_seed_runs_once_and_stops() {
+    // Proves the seed counter does not wrap past u64::MAX into an endless run
+    // (the browser harness's hash test found it).
+    let output = saldo(&[
+        "sim",
+        "--seed",
+        "18446744073709551615",
+        "--orders",
+        "5",
+        "--faults",
+        "chaos",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+    assert!(stdout(&output).contains("1 seed(s) from 18446744073709551615"));
+    let output = saldo(&["sim", "--seed", "18446744073709551615", "--seeds", "2"]);
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
 fn one_seed_prints_its_trace_hash_and_writes_its_trace() {
     // Proves --trace writes JSON lines and the hash is stable across invocations.
     let directory = std::env::temp_dir().join(format!("saldo-cli-{}", std::process::id()));

@@ -260,7 +260,7 @@ fn order(customer_name: &str, sku_name: &str, quantity: u32) -> OrderSetup {
 }
 
 /// The demo world: alice has 100.00 EUR, bob 5.00 EUR; books cost 15.00
-/// EUR (10 on hand), lamps 40.00 EUR (1 left).
+/// EUR (10 on hand), lamps 45.00 EUR (1 left); carol has 100.00 EUR.
 fn world(name: &str, orders: Vec<OrderSetup>, faults: Vec<Fault>) -> Scenario {
     Scenario {
         name: name.to_owned(),
@@ -288,7 +288,7 @@ fn world(name: &str, orders: Vec<OrderSetup>, faults: Vec<Fault>) -> Scenario {
             StockSetup {
                 sku: sku("lamp"),
                 on_hand: 1,
-                unit_price: eur(4_000),
+                unit_price: eur(4_500),
             },
         ],
         orders,
