@@ -22,7 +22,7 @@ if [ "$(wasm-bindgen --version 2>/dev/null)" != "wasm-bindgen $version" ]; then
 fi
 rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 
-profile=${SALDO_HARNESS_PROFILE:-release}
+profile=${SALDO_HARNESS_PROFILE:-wasm}
 target_dir=${CARGO_TARGET_DIR:-target}
 cargo build --locked --profile "$profile" --target wasm32-unknown-unknown -p saldo-harness
 [ "$profile" = dev ] && out=debug || out=$profile

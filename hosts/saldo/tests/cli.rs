@@ -807,6 +807,59 @@ fn start_saldo(arguments: &[&str]) -> (Processes, String) {
 }
 
 #[test]
+fn dev_mode_serves_the_harness_page_or_says_how_to_build_it() {
+    // Proves `saldo dev` serves the browser harness's files at /harness/,
+    // and names the build command when there is no build.
+    let page = std::env::temp_dir().join(format!("saldo-harness-{}", std::process::id()));
+    std::fs::create_dir_all(page.join("pkg")).expect("temp dir");
+    std::fs::write(
+        page.join("index.html"),
+        "<!doctype html><title>harness</title>",
+    )
+    .expect("writes");
+    std::fs::write(page.join("pkg").join("saldo_harness_bg.wasm"), b"\0asm").expect("writes");
+    let dir = page.to_str().expect("utf-8 path");
+    let (mut processes, address) =
+        start_saldo(&["dev", "--listen", "127.0.0.1:0", "--harness", dir]);
+    let (status, headers, _) = http(&address, "GET", "/harness", &[], None).expect("answers");
+    assert_eq!(status, 308);
+    assert!(headers.contains(&("location".to_owned(), "/harness/".to_owned())));
+    let (status, _, body) = http(&address, "GET", "/harness/", &[], None).expect("answers");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, Some("<!doctype html><title>harness</title>"))
+    );
+    let (status, headers, _) = http(
+        &address,
+        "GET",
+        "/harness/pkg/saldo_harness_bg.wasm",
+        &[],
+        None,
+    )
+    .expect("answers");
+    assert_eq!(status, 200);
+    assert!(headers.contains(&("content-type".to_owned(), "application/wasm".to_owned())));
+    processes.stop_all();
+
+    let missing = page.join("not-built");
+    let (mut processes, address) = start_saldo(&[
+        "dev",
+        "--listen",
+        "127.0.0.1:0",
+        "--harness",
+        missing.to_str().expect("utf-8 path"),
+    ]);
+    let (status, _, body) = http(&address, "GET", "/harness/", &[], None).expect("answers");
+    assert_eq!(status, 404);
+    assert!(
+        body.as_str()
+            .is_some_and(|text| text.contains("bash harness/build.sh"))
+    );
+    processes.stop_all();
+    std::fs::remove_dir_all(&page).expect("cleanup");
+}
+
+#[test]
 fn dev_mode_runs_the_readme_walkthrough_to_confirmation_and_cancellation() {
     // Proves the README's first command and walkthrough: in `saldo dev`, one
     // order is confirmed and charged, one is cancelled for insufficient
