@@ -207,3 +207,27 @@ test('a file that is not a trace is refused with a reason and the current run st
   assert.equal(await page.locator('#title').textContent(), 'Out of stock');
   assert.equal(await position(), before);
 });
+
+test('a scenario written by hand loads from its header line and runs', async () => {
+  const file = join(scratch, 'mine.jsonl');
+  const eur = (minor) => ({ amount_minor: minor, currency: 'EUR' });
+  writeFileSync(file, `${JSON.stringify({
+    saldo_trace: 1,
+    source: {
+      scenario: {
+        name: 'mine',
+        seed: 9,
+        wallets: [{ customer: 'dora', amount: eur(2000) }],
+        stock: [{ sku: 'mug', on_hand: 3, unit_price: eur(700) }],
+        orders: [{ customer: 'dora', lines: [{ sku: 'mug', quantity: 2 }] }, { customer: 'dora', lines: [{ sku: 'mug', quantity: 2 }] }],
+      },
+    },
+  })}\n`);
+  await page.setInputFiles('#trace-file', file);
+  await page.waitForFunction(() => document.querySelector('#title').textContent.startsWith('Scenario from'));
+  assert.equal(await page.locator('#verification').isHidden(), true);
+  await runToEnd();
+  const endings = await page.locator('tr[data-ending]').evaluateAll((rows) => rows.map((row) => row.dataset.ending));
+  assert.deepEqual(endings.sort(), ['cancelled:out_of_stock', 'confirmed']);
+  assert.equal(await page.locator('[data-balance="wallet:dora:EUR"]').textContent(), '6.00 EUR');
+});

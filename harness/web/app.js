@@ -9,6 +9,9 @@ const START_MS = 1767225600000;
 const LANES = ['client', 'order', 'broker', 'inventory', 'payment'];
 const SEQUENCE_ROWS_MAX = 60;
 const PLAY_INTERVAL_MS = 350;
+const ROWS_SHOWN_MAX = 200;
+const ACCOUNTS_SHOWN_MAX = 60;
+const ENTRIES_PER_SIDE_MAX = 12;
 
 let harness = null;
 let events = [];
@@ -212,7 +215,10 @@ function renderInvariants(snapshot) {
   }
 }
 
-function table(caption, columns, rows, rowAttributes = () => ({})) {
+function table(caption, columns, allRows, rowAttributes = () => ({})) {
+  // Large seeded runs have thousands of rows; the page shows the first ones.
+  const rows = allRows.slice(0, ROWS_SHOWN_MAX);
+  if (allRows.length > rows.length) caption = `${caption}: first ${rows.length} of ${allRows.length}`;
   const head = element('tr', {}, columns.map(([title]) => element('th', { text: title })));
   const body = rows.length === 0
     ? [element('tr', {}, element('td', { class: 'empty', colspan: columns.length, text: 'empty' }))]
@@ -313,19 +319,24 @@ function renderTables(snapshot) {
 }
 
 function renderLedger(snapshot) {
-  $('#t-accounts').replaceChildren(...snapshot.accounts.map((account) => {
-    const side = (title, entries) => element('div', { class: 'side' },
-      element('h5', { text: title }),
+  const accounts = snapshot.accounts.slice(0, ACCOUNTS_SHOWN_MAX);
+  const hidden = snapshot.accounts.length - accounts.length;
+  $('#t-accounts').replaceChildren(...accounts.map((account) => {
+    const side = (title, all) => {
+      const entries = all.slice(-ENTRIES_PER_SIDE_MAX);
+      return element('div', { class: 'side' },
+      element('h5', { text: all.length > entries.length ? `${title} (last ${entries.length} of ${all.length})` : title }),
       element('ul', {}, entries.map((entry) => element('li', { title: `${entry.purpose} ${entry.order_id ?? ''}` },
         element('span', { class: 'seq', text: `#${entry.sequence}` }),
         element('span', { class: 'purpose', text: `${entry.purpose}${entry.order_id ? ` ${entry.order_id}` : ''}` }),
         element('span', { class: 'amount', text: entry.amount.text })))));
+    };
     return element('div', { class: 't-account', 'data-account': account.account },
       element('h4', { text: account.account }),
       element('div', { class: 'sides' }, side('Debit', account.debits), side('Credit', account.credits)),
       element('p', { class: 'balance' }, 'balance ', element('b', { 'data-balance': account.account, text: account.balance.text }),
         account.held.minor !== 0 ? ` (held ${account.held.text})` : ''));
-  }));
+  }), ...(hidden > 0 ? [element('p', { class: 'more', text: `and ${hidden} more accounts` })] : []));
   $('#entries').replaceChildren(table('ledger entries', [
     ['#', (row) => row.sequence],
     ['at', (row) => since(row.recorded_at)],
@@ -417,8 +428,13 @@ async function main() {
     const file = event.target.files[0];
     if (!file) return;
     const text = await file.text();
-    guarded(() => load(Harness.import_trace(text), `Replay of ${file.name}`,
-      'Re-run from the trace header and compared with the recording event by event. Step forwards and backwards through it.'))();
+    guarded(() => {
+      const imported = Harness.import_trace(text);
+      const recorded = imported.verification() !== 'null';
+      load(imported, recorded ? `Replay of ${file.name}` : `Scenario from ${file.name}`, recorded
+        ? 'Re-run from the trace header and compared with the recording event by event. Step forwards and backwards through it.'
+        : 'The run the file\'s header describes (no recorded events to compare). Step through it, inject faults, export it.');
+    })();
   });
   $('#export').addEventListener('click', guarded(() => {
     const blob = new Blob([harness.export_trace()], { type: 'application/x-ndjson' });

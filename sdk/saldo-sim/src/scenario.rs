@@ -231,9 +231,8 @@ pub struct Walkthrough {
     pub title: &'static str,
     /// What it shows, in a sentence or two.
     pub summary: &'static str,
-    /// How each order ends, in order: `confirmed` or `cancelled:<reason>`;
-    /// `either` where a race decides (the list of endings, sorted, is then
-    /// checked against `endings_sorted`).
+    /// How the orders end, sorted (so a race's winner need not be named):
+    /// each `confirmed` or `cancelled:<reason>`, as [`ending`] writes them.
     pub endings_sorted: Vec<&'static str>,
 }
 

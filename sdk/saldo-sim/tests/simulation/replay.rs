@@ -196,6 +196,22 @@ fn a_saldo_sim_trace_replays_to_the_same_hash() {
 }
 
 #[test]
+fn a_header_alone_starts_a_hand_written_scenario() {
+    // Proves a learner's own scenario, written as a one-line header, loads
+    // and runs without a recording to compare against.
+    let header = r#"{"saldo_trace":1,"source":{"scenario":{"name":"mine","seed":9,
+        "wallets":[{"customer":"dora","amount":{"amount_minor":2000,"currency":"EUR"}}],
+        "stock":[{"sku":"mug","on_hand":3,"unit_price":{"amount_minor":700,"currency":"EUR"}}],
+        "orders":[{"customer":"dora","lines":[{"sku":"mug","quantity":2}]}],
+        "faults":[{"kind":"duplicate","service":"payment"}]}}}"#
+        .replace('\n', "");
+    let mut player = Player::import(&header).expect("imports");
+    assert!(player.verification().is_none());
+    assert_eq!(player.run_to_end().expect("runs"), StepOutcome::Quiescent);
+    assert_eq!(endings(player.simulation()), ["confirmed"]);
+}
+
+#[test]
 fn bad_traces_and_scenarios_are_refused_with_a_reason() {
     // Proves imports fail with typed errors instead of running something else.
     assert!(matches!(Player::import(""), Err(ReplayError::Empty)));
