@@ -12,7 +12,7 @@
 
 pub mod narrate;
 
-use saldo_sim::replay::Source;
+use saldo_sim::replay::{REPLAY_ORDERS_MAX, Source};
 use saldo_sim::sim::StepOutcome;
 use saldo_sim::trace::TraceRecord;
 use saldo_sim::{Fault, Player, Profile, Scenario, SimConfig};
@@ -84,11 +84,17 @@ impl Harness {
         Harness::start(Source::Scenario(walkthrough.scenario))
     }
 
-    /// A run drawn from a seed, as `saldo sim` runs it.
+    /// A run drawn from a seed, as `saldo sim` runs it (at most
+    /// [`REPLAY_ORDERS_MAX`] orders: every event is kept for the page).
     pub fn seeded(seed: u64, orders: u32, faults: &str) -> Result<Harness, JsError> {
+        if orders == 0 || orders > REPLAY_ORDERS_MAX {
+            return Err(error(format!(
+                "a run in the page has from 1 to {REPLAY_ORDERS_MAX} orders, not {orders}"
+            )));
+        }
         Harness::start(Source::Seeded(SimConfig::new(
             seed,
-            orders.min(saldo_sim::config::ORDERS_MAX),
+            orders,
             profile(faults)?,
         )))
     }

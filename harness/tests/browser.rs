@@ -143,4 +143,6 @@ fn an_injected_fault_is_exported_and_replays_exactly() {
     assert!(Harness::import_trace("not a trace").is_err());
     assert!(Harness::walkthrough("no_such_walkthrough").is_err());
     assert!(Harness::seeded(1, 10, "apocalyptic").is_err());
+    assert!(Harness::seeded(1, 0, "none").is_err());
+    assert!(Harness::seeded(1, 5_001, "none").is_err());
 }

@@ -342,6 +342,11 @@ impl Simulation {
         &self.config
     }
 
+    /// The rules the deciders run with.
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
     /// Where the run's world came from.
     pub fn source(&self) -> &Source {
         &self.source

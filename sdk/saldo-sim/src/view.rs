@@ -33,7 +33,6 @@ fn message(envelope: &Envelope) -> Value {
 /// The snapshot of `simulation` as it stands.
 pub fn snapshot(simulation: &Simulation) -> Value {
     let store = simulation.store();
-    let rules = saldo_domain::Rules::default();
     let mut orders = BTreeMap::new();
     let mut stock = BTreeMap::new();
     let mut reservations = BTreeMap::new();
@@ -43,7 +42,7 @@ pub fn snapshot(simulation: &Simulation) -> Value {
         let version = versioned.version;
         match &versioned.value {
             Row::Order(order) => {
-                let mut view = saldo_domain::order::view(&rules.order_saga, order);
+                let mut view = saldo_domain::order::view(&simulation.rules().order_saga, order);
                 view["ending"] = json!(ending(&order.status()));
                 view["version"] = json!(version);
                 view["deadline"] = json!(order.deadline().map(|at| at.to_string()));
