@@ -98,11 +98,16 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let cluster = MockCluster::new(1).expect("mock cluster");
-    for topic in topics::ALL {
-        cluster.create_topic(topic, 8, 1).expect("topic");
-    }
-    let servers = cluster.bootstrap_servers();
+    // A fresh mock cluster for each round and for the lag phase: the mock
+    // broker runs in this process and some of its lookups scan a partition's
+    // whole log, so a log kept across rounds would slow every later round.
+    let cluster = || {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        for topic in topics::ALL {
+            cluster.create_topic(topic, 8, 1).expect("topic");
+        }
+        cluster
+    };
     runtime.block_on(async {
         let database = TestDatabase::create().await;
         let pool = database.store.pool().clone();
@@ -118,7 +123,8 @@ fn main() {
             pool.execute("ALTER TABLE bench_outbox ADD PRIMARY KEY (sequence)").await.expect("keys");
             pool.execute("CREATE INDEX ON bench_outbox (sequence) WHERE published_at IS NULL").await.expect("indexes");
             pool.execute("VACUUM ANALYZE").await.expect("analyses");
-            let producer = saldo_kafka::producer::create(&servers).expect("producer");
+            let broker = cluster();
+            let producer = saldo_kafka::producer::create(&broker.bootstrap_servers()).expect("producer");
             let mut publisher = OutboxPublisher::connect(database.url(), Service::Inventory, producer).await.expect("publisher");
             let started = Instant::now();
             let mut published = 0;
@@ -126,6 +132,8 @@ fn main() {
                 published += publisher.round().await.expect("round").published;
             }
             publisher_rates.push(rate(ROWS as u64, started.elapsed()));
+            drop(publisher);
+            drop(broker);
             let url = database.url().to_owned();
             pgbench_rates.push(tokio::task::spawn_blocking(move || pgbench_claim_and_mark(&url)).await.expect("pgbench"));
         }
@@ -137,10 +145,12 @@ fn main() {
         println!("  saldo outbox publisher to Kafka          {publisher:>9} rows/s   {}% of the bare query   samples {publisher_rates:?}", publisher * 100 / reference.max(1));
 
         pool.execute("DELETE FROM inventory.outbox").await.expect("clears");
+        let broker = cluster();
+        let servers = broker.bootstrap_servers();
         let reader: StreamConsumer = saldo_kafka::consumer::config(&servers, "lag-reader").create().expect("reader");
         reader.subscribe(&[topics::consumed_by(Service::Order)]).expect("subscribes");
-        // The topic still holds the drain rounds' messages: only messages
-        // created from here on are measured.
+        // Only messages created from here on are measured (the warm-up
+        // message below is older).
         let phase_start = wall_clock();
         // Measure the steady state, not the consumer group's first join: wait
         // until the reader owns its partitions (one warm-up message proves it).

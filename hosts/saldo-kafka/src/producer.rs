@@ -5,7 +5,7 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use saldo_domain::messages::Envelope;
 
 use crate::topics;
@@ -60,16 +60,42 @@ pub fn headers(envelope: &Envelope) -> OwnedHeaders {
         })
 }
 
-/// Publishes one envelope and waits for the broker's acknowledgement.
-pub async fn publish(producer: &FutureProducer, envelope: &Envelope) -> Result<(), KafkaError> {
-    let payload = envelope.encode();
+/// Hands one envelope to the producer's queue without waiting: the
+/// returned future resolves with the broker's acknowledgement. Messages
+/// enqueued one after another keep their order per partition (the producer
+/// is idempotent).
+pub fn enqueue(
+    producer: &FutureProducer,
+    envelope: &Envelope,
+) -> Result<DeliveryFuture, KafkaError> {
+    enqueue_encoded(producer, envelope, &envelope.encode())
+}
+
+/// [`enqueue`] for an envelope whose wire form (`envelope.encode()`) is at
+/// hand already, as it is in an outbox row: it is sent as it is, not encoded
+/// again.
+pub fn enqueue_encoded(
+    producer: &FutureProducer,
+    envelope: &Envelope,
+    encoded: &[u8],
+) -> Result<DeliveryFuture, KafkaError> {
     let record = FutureRecord::to(topics::topic_of(&envelope.payload))
         .key(envelope.order_id.as_str())
-        .payload(&payload)
+        .payload(encoded)
         .headers(headers(envelope));
-    producer
-        .send(record, DELIVERY_TIMEOUT)
-        .await
-        .map(|_| ())
-        .map_err(|(error, _)| error)
+    producer.send_result(record).map_err(|(error, _)| error)
+}
+
+/// Waits for an enqueued message's acknowledgement.
+pub async fn acknowledged(delivery: DeliveryFuture) -> Result<(), KafkaError> {
+    match delivery.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((error, _))) => Err(error),
+        Err(_) => Err(KafkaError::Canceled),
+    }
+}
+
+/// Publishes one envelope and waits for the broker's acknowledgement.
+pub async fn publish(producer: &FutureProducer, envelope: &Envelope) -> Result<(), KafkaError> {
+    acknowledged(enqueue(producer, envelope)?).await
 }

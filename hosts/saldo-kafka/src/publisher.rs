@@ -15,6 +15,9 @@ pub const LANES: i32 = 16;
 /// The most rows one batch claims.
 pub const BATCH_MAX: i64 = 500;
 
+/// Batches handed to the producer and not yet marked, at most.
+pub const WINDOW: usize = 3;
+
 /// How long published rows are kept before deletion.
 pub const RETENTION: Duration = Duration::from_secs(3_600);
 
@@ -53,6 +56,16 @@ pub struct Round {
     pub failed: usize,
     /// Lanes this publisher holds.
     pub lanes: usize,
+    /// Rows handed to the producer and not yet settled.
+    pub in_flight: usize,
+}
+
+/// Rows handed to the producer, with their acknowledgements to come.
+#[derive(Default)]
+struct Batch {
+    /// Sequence and age (ms) of each row, in outbox order.
+    rows: Vec<(i64, i64)>,
+    deliveries: Vec<rdkafka::producer::DeliveryFuture>,
 }
 
 /// Publishes one service's outbox. Keep one per process and call
@@ -63,6 +76,7 @@ pub struct OutboxPublisher {
     producer: FutureProducer,
     lanes: Vec<i32>,
     rounds: u64,
+    in_flight: std::collections::VecDeque<Batch>,
 }
 
 impl OutboxPublisher {
@@ -81,6 +95,7 @@ impl OutboxPublisher {
             producer,
             lanes: Vec::new(),
             rounds: 0,
+            in_flight: std::collections::VecDeque::new(),
         })
     }
 
@@ -107,9 +122,16 @@ impl OutboxPublisher {
         Ok(())
     }
 
-    /// Publishes up to [`BATCH_MAX`] rows of the held lanes, in outbox order,
-    /// and marks those the broker acknowledged. Rows after the first failure
-    /// stay unpublished, so one order's messages never overtake each other.
+    /// One step of the pipeline: claims the next [`BATCH_MAX`] unpublished
+    /// rows of the held lanes that are not already in flight, in outbox
+    /// order, and hands them to the producer without waiting; then, when
+    /// [`WINDOW`] batches are in flight (or nothing new was found), waits for
+    /// the oldest batch's acknowledgements and marks it. So the database
+    /// work of one batch overlaps the broker's work on the previous ones.
+    ///
+    /// Batches settle in order. After a failed delivery, the rows behind it
+    /// are not marked, nor is any later batch, so one order's messages never
+    /// overtake each other; they are claimed and published again.
     pub async fn round(&mut self) -> Result<Round, PublishError> {
         self.rounds += 1;
         if self.rounds % 16 == 1 {
@@ -119,16 +141,23 @@ impl OutboxPublisher {
             return Ok(Round::default());
         }
         let schema = schema(self.service);
+        let in_flight: Vec<i64> = self
+            .in_flight
+            .iter()
+            .flat_map(|batch| batch.rows.iter().map(|(sequence, _)| *sequence))
+            .collect();
         let sql = format!(
             "SELECT sequence, envelope, (extract(epoch from now() - created_at) * 1000)::bigint FROM {schema}.outbox \
-             WHERE published_at IS NULL AND ((hashtext(order_id) & 2147483647) % {LANES}) = ANY($1) ORDER BY sequence LIMIT $2"
+             WHERE published_at IS NULL AND ((hashtext(order_id) & 2147483647) % {LANES}) = ANY($1) \
+             AND NOT (sequence = ANY($3)) ORDER BY sequence LIMIT $2"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(&self.lanes)
             .bind(BATCH_MAX)
+            .bind(&in_flight)
             .fetch_all(&mut self.connection)
             .await?;
-        let mut batch = Vec::with_capacity(rows.len());
+        let mut batch = Batch::default();
         for row in &rows {
             let sequence: i64 = row.try_get(0)?;
             let bytes: Vec<u8> = row.try_get(1)?;
@@ -137,31 +166,47 @@ impl OutboxPublisher {
                 error: error.to_string(),
             })?;
             let age_ms: i64 = row.try_get(2)?;
-            batch.push((sequence, envelope, age_ms));
+            // The row holds the envelope's wire form: decoding it checks it
+            // and yields the key and headers; the bytes go out unchanged.
+            match crate::producer::enqueue_encoded(&self.producer, &envelope, &bytes) {
+                Ok(delivery) => {
+                    batch.rows.push((sequence, age_ms));
+                    batch.deliveries.push(delivery);
+                }
+                // The producer's queue is full or closed: the rest of the
+                // rows wait for a later round, in order.
+                Err(error) => {
+                    tracing::warn!(service = %self.service, %error, "producer refused a message; retrying later");
+                    break;
+                }
+            }
         }
-        let deliveries = join_all(
-            batch
-                .iter()
-                .map(|(_, envelope, _)| crate::producer::publish(&self.producer, envelope)),
-        )
-        .await;
-        let mut published = Vec::with_capacity(batch.len());
-        for ((sequence, _, age_ms), delivery) in batch.iter().zip(&deliveries) {
-            if delivery.is_err() {
+        let found = !batch.rows.is_empty();
+        if found {
+            self.in_flight.push_back(batch);
+        }
+        let mut round = Round {
+            lanes: self.lanes.len(),
+            ..Round::default()
+        };
+        while self.in_flight.len() >= WINDOW || (!found && !self.in_flight.is_empty()) {
+            let oldest = self.in_flight.pop_front().expect("checked");
+            let (published, failed) = self.settle(oldest).await?;
+            round.published += published;
+            round.failed += failed;
+            if failed > 0 {
+                // Later batches may have been delivered, but marking them
+                // would let them overtake the failed rows: they go again.
+                for later in std::mem::take(&mut self.in_flight) {
+                    join_all(later.deliveries).await;
+                    round.failed += later.rows.len();
+                }
+            }
+            if !found {
                 break;
             }
-            published.push(*sequence);
-            metrics::histogram!("saldo_outbox_publish_lag_ms", "service" => self.service.name())
-                .record(*age_ms as f64);
         }
-        if !published.is_empty() {
-            let sql =
-                format!("UPDATE {schema}.outbox SET published_at = now() WHERE sequence = ANY($1)");
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(&published)
-                .execute(&mut self.connection)
-                .await?;
-        }
+        round.in_flight = self.in_flight.iter().map(|batch| batch.rows.len()).sum();
         if self.rounds.is_multiple_of(256) {
             self.apply_retention().await?;
         }
@@ -175,11 +220,39 @@ impl OutboxPublisher {
             metrics::gauge!("saldo_outbox_backlog", "service" => self.service.name())
                 .set(backlog as f64);
         }
-        Ok(Round {
-            published: published.len(),
-            failed: batch.len() - published.len(),
-            lanes: self.lanes.len(),
-        })
+        Ok(round)
+    }
+
+    /// Waits for a batch's acknowledgements and marks the acknowledged
+    /// prefix published; returns (published, failed).
+    async fn settle(&mut self, batch: Batch) -> Result<(usize, usize), PublishError> {
+        let deliveries = join_all(
+            batch
+                .deliveries
+                .into_iter()
+                .map(crate::producer::acknowledged),
+        )
+        .await;
+        let mut published = Vec::with_capacity(batch.rows.len());
+        for ((sequence, age_ms), delivery) in batch.rows.iter().zip(&deliveries) {
+            if delivery.is_err() {
+                break;
+            }
+            published.push(*sequence);
+            metrics::histogram!("saldo_outbox_publish_lag_ms", "service" => self.service.name())
+                .record(*age_ms as f64);
+        }
+        if !published.is_empty() {
+            let sql = format!(
+                "UPDATE {}.outbox SET published_at = now() WHERE sequence = ANY($1)",
+                schema(self.service)
+            );
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(&published)
+                .execute(&mut self.connection)
+                .await?;
+        }
+        Ok((published.len(), batch.rows.len() - published.len()))
     }
 
     /// Deletes rows published longer than [`RETENTION`] ago.
@@ -208,7 +281,7 @@ impl OutboxPublisher {
                 () = &mut stop => return Ok(()),
             };
             let wait = match round {
-                Ok(round) if round.published > 0 => Duration::ZERO,
+                Ok(round) if round.published > 0 || round.in_flight > 0 => Duration::ZERO,
                 Ok(_) => idle,
                 Err(error) => {
                     tracing::warn!(service = %self.service, %error, "publish round failed");
