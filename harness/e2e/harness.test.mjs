@@ -112,9 +112,9 @@ for (const [name, expected] of Object.entries(WALKTHROUGHS)) {
       assert.ok(why.every((text) => text.startsWith('Why it is safe:')));
       said.push(`${await position()}: ${what.join(' ')}`);
     }
-    // And backwards: the previous moment, exactly.
+    // And backwards (with the keyboard): the previous moment, exactly.
     const fourth = await position();
-    await page.click('#back');
+    await page.keyboard.press('ArrowLeft');
     const third = await position();
     assert.ok(third < fourth, `${name}: back went from ${fourth} to ${third}`);
     assert.equal(`${third}: ${(await page.locator('#moment li .what').allTextContents()).join(' ')}`, said[2]);

@@ -446,6 +446,17 @@ async function main() {
     event.preventDefault();
     harness.inject(JSON.stringify(faultFromForm()));
   }));
+  // Keys: → next, ← back, space play/pause, Home start, End to the end.
+  document.addEventListener('keydown', (event) => {
+    if (event.target.closest('input, select, textarea') || event.ctrlKey || event.metaKey || event.altKey) return;
+    // Space on a focused button presses that button, as browsers do.
+    if (event.key === ' ' && event.target.closest('button')) return;
+    const button = { ArrowRight: '#next', ArrowLeft: '#back', ' ': '#play', Home: '#start', End: '#end' }[event.key];
+    if (button && !$(button).disabled) {
+      event.preventDefault();
+      $(button).click();
+    }
+  });
   const wanted = decodeURIComponent(location.hash.slice(1));
   guarded(() => pickWalkthrough(catalogue.some((entry) => entry.scenario.name === wanted) ? wanted : catalogue[0].scenario.name))();
   document.body.dataset.ready = 'true';

@@ -294,6 +294,11 @@ async fn fire_deadlines(store: PgStore, stop: impl std::future::Future<Output = 
 
 /// Runs one service's outbox publisher.
 pub fn run_outbox(args: &OutboxArgs) -> anyhow::Result<ExitCode> {
+    if let Some(address) = args.connection.http_address {
+        bail!(
+            "saldo outbox has no HTTP API (--http-address {address}); serve its metrics with --metrics-address"
+        );
+    }
     runtime()?.block_on(async {
         prepare_topics(&args.connection).await;
         serve_metrics(&args.connection).await?;

@@ -137,6 +137,20 @@ fn bad_arguments_give_one_readable_line_and_a_non_zero_exit() {
             ],
             "invalid socket address",
         ),
+        (
+            vec![
+                "outbox",
+                "--service",
+                "order",
+                "--database-url",
+                "postgres://x",
+                "--kafka-bootstrap",
+                "k",
+                "--http-address",
+                "127.0.0.1:1",
+            ],
+            "saldo outbox has no HTTP API",
+        ),
         (vec!["nonsense"], "unrecognized subcommand 'nonsense'"),
     ] {
         let output = saldo(&args);
