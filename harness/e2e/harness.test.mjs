@@ -10,7 +10,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { chromium } from 'playwright-core';
@@ -169,6 +169,17 @@ test('a trace from saldo sim --trace replays exactly, forwards and backwards', a
   const fifth = await position();
   await page.click('#back');
   assert.ok(await position() < fifth);
+  // Jump straight to a step, and back again to an earlier one.
+  await page.fill('#goto-step', '400');
+  await page.click('#goto');
+  assert.equal(await position(), 400);
+  const at400 = await page.locator('#hash').textContent();
+  await page.fill('#goto-step', '7');
+  await page.click('#goto');
+  assert.equal(await position(), 7);
+  await page.fill('#goto-step', '400');
+  await page.click('#goto');
+  assert.equal(await page.locator('#hash').textContent(), at400);
   await runToEnd();
   assert.equal(await page.locator('#hash').textContent(), native);
   await page.screenshot({ path: join(screenshots, 'replay.png'), fullPage: true });
@@ -230,4 +241,15 @@ test('a scenario written by hand loads from its header line and runs', async () 
   const endings = await page.locator('tr[data-ending]').evaluateAll((rows) => rows.map((row) => row.dataset.ending));
   assert.deepEqual(endings.sort(), ['cancelled:out_of_stock', 'confirmed']);
   assert.equal(await page.locator('[data-balance="wallet:dora:EUR"]').textContent(), '6.00 EUR');
+});
+
+test('a recording the replay does not reproduce shows where it differs', async () => {
+  const recorded = join(scratch, 'tampered.jsonl');
+  execFileSync(saldo, ['sim', '--seed', '4', '--orders', '5', '--faults', 'none', '--trace', recorded]);
+  const lines = readFileSync(recorded, 'utf8').split('\n');
+  lines[3] = lines[3].replace('"now_ms":', '"now_ms":9');
+  writeFileSync(recorded, lines.join('\n'));
+  await page.setInputFiles('#trace-file', recorded);
+  await page.waitForFunction(() => document.querySelector('#verification').dataset.exact === 'false');
+  assert.match(await page.locator('#verification').textContent(), /after 2 identical events[\s\S]*recorded: [\s\S]*replayed: /);
 });

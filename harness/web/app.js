@@ -82,6 +82,10 @@ function load(next, title, summary) {
     banner.textContent = verification.exact
       ? `Replay verified: all ${verification.recorded} recorded events were reproduced exactly (trace ${verification.trace_hash.slice(0, 16)}…).`
       : `Replay differs from the recording after ${verification.identical} identical events (recorded ${verification.recorded}, replayed ${verification.replayed}).`;
+    if (verification.first_difference) {
+      const [recorded, replayed] = verification.first_difference;
+      banner.append(element('pre', { text: `recorded: ${JSON.stringify(recorded)}\nreplayed: ${JSON.stringify(replayed)}` }));
+    }
   }
 }
 
@@ -350,7 +354,7 @@ function renderLedger(snapshot) {
 
 function render() {
   const ready = harness !== null;
-  for (const id of ['#start', '#back', '#next', '#play', '#end', '#export', '#inject']) $(id).disabled = !ready;
+  for (const id of ['#start', '#back', '#next', '#play', '#end', '#export', '#inject', '#goto']) $(id).disabled = !ready;
   if (!ready) return;
   refreshEvents();
   const snapshot = JSON.parse(harness.snapshot());
@@ -405,6 +409,11 @@ async function main() {
   $('#back').addEventListener('click', guarded(() => { stopPlaying(); harness.back(); }));
   $('#start').addEventListener('click', guarded(() => { stopPlaying(); harness.seek(0n); }));
   $('#end').addEventListener('click', guarded(() => { stopPlaying(); harness.run_to_end(); }));
+  $('#goto-form').addEventListener('submit', guarded((event) => {
+    event.preventDefault();
+    stopPlaying();
+    harness.seek(BigInt($('#goto-step').value));
+  }));
   $('#play').addEventListener('click', guarded(() => {
     if (player !== null) {
       stopPlaying();
