@@ -9,12 +9,16 @@
 
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { initSync, seeded_trace_hash } from './web/pkg/saldo_harness.js';
 
-const root = resolve(import.meta.dirname, '..');
+// Not import.meta.dirname: Debian 12's Node 18 lacks it.
+const here = dirname(fileURLToPath(import.meta.url));
+
+const root = resolve(here, '..');
 const saldo = resolve(root, process.env.SALDO_BIN ?? 'target/release/saldo');
-initSync({ module: readFileSync(resolve(import.meta.dirname, 'web/pkg/saldo_harness_bg.wasm')) });
+initSync({ module: readFileSync(resolve(here, 'web/pkg/saldo_harness_bg.wasm')) });
 
 const REPETITIONS = 7;
 const SEEDS = 40;

@@ -108,6 +108,13 @@ if [ ${#browser_packages[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -q "${browser_packages[@]}"
 fi
 chromium --version
+# playwright-core needs Node 20 or later (the machine kind ships it; Debian
+# 12's own package is 18, and a Node that downloads itself is not an option).
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+if [ "$node_major" -lt 20 ]; then
+    echo "tests/run.sh: the browser tests need Node.js 20 or later; found $(node --version)" >&2
+    exit 1
+fi
 bash harness/build.sh
 (
     cd harness/e2e
