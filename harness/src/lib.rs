@@ -23,14 +23,6 @@ fn error(error: impl std::fmt::Display) -> JsError {
     JsError::new(&error.to_string())
 }
 
-fn outcome_name(outcome: &StepOutcome) -> &'static str {
-    match outcome {
-        StepOutcome::Running => "running",
-        StepOutcome::Quiescent => "quiescent",
-        StepOutcome::Violated => "violated",
-    }
-}
-
 fn record_view(record: &TraceRecord) -> Value {
     let mut value = serde_json::to_value(record).expect("records serialise");
     let narration = narrate::narrate(record);
@@ -128,7 +120,7 @@ impl Harness {
 
     /// `running`, `quiescent` or `violated`.
     pub fn state(&self) -> String {
-        outcome_name(&self.player.outcome()).to_owned()
+        self.player.outcome().name().to_owned()
     }
 
     /// The trace hash of the events so far.
@@ -139,7 +131,7 @@ impl Harness {
     /// Takes one simulator step; returns the state.
     pub fn step(&mut self) -> Result<String, JsError> {
         let outcome = self.player.step().map_err(error)?;
-        Ok(outcome_name(&outcome).to_owned())
+        Ok(outcome.name().to_owned())
     }
 
     /// Steps until something happens (a step that records an event) or the
@@ -177,20 +169,20 @@ impl Harness {
     /// Moves to the point after `step` steps, forwards or backwards.
     pub fn seek(&mut self, step: u64) -> Result<String, JsError> {
         let outcome = self.player.seek(step).map_err(error)?;
-        Ok(outcome_name(&outcome).to_owned())
+        Ok(outcome.name().to_owned())
     }
 
     /// Runs at most `steps` steps; returns the state.
     pub fn run(&mut self, steps: u32) -> Result<String, JsError> {
         let outcome = self.player.run(u64::from(steps)).map_err(error)?;
-        Ok(outcome_name(&outcome).to_owned())
+        Ok(outcome.name().to_owned())
     }
 
     /// Runs to the end; returns the state.
     pub fn run_to_end(&mut self) -> Result<String, JsError> {
         let outcome = self.player.run_to_end().map_err(error)?;
         self.playing = false;
-        Ok(outcome_name(&outcome).to_owned())
+        Ok(outcome.name().to_owned())
     }
 
     /// Starts playing: each [`Harness::tick`] then advances to the next event.

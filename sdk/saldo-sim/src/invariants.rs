@@ -217,19 +217,17 @@ impl Checker {
     /// Checks everything from scratch once nothing is left to do.
     pub fn at_quiescence(&mut self, store: &MemoryStore) -> Result<(), Violation> {
         self.checks += 1;
-        let mut totals: BTreeMap<Currency, i128> = BTreeMap::new();
+        // What must hold at every moment, from scratch (the per-commit
+        // checks were incremental).
+        if let Some((name, Err(detail))) = anytime(store)
+            .into_iter()
+            .find(|(_, result)| result.is_err())
+        {
+            return Err(violation(name, detail));
+        }
+        // At rest nothing is held, so nothing is reserved.
         for (_, versioned) in store.rows() {
             match &versioned.value {
-                Row::Account(account) => {
-                    *totals.entry(account.id.currency()).or_default() +=
-                        i128::from(account.balance.amount_minor());
-                    if !account.within_rule() {
-                        return Err(violation(
-                            "wallet_never_negative",
-                            format!("account {} has {}", account.id, account.balance),
-                        ));
-                    }
-                }
                 Row::Reservation(reservation) if reservation.state == ReservationState::Held => {
                     return Err(violation(
                         "no_held_stock_at_rest",
@@ -239,49 +237,19 @@ impl Checker {
                         ),
                     ));
                 }
-                Row::Stock(row) if row.reserved > row.on_hand => {
+                Row::Stock(row) if row.reserved != 0 => {
                     return Err(violation(
-                        "stock_never_negative",
+                        "reserved_equals_open_reservations",
                         format!(
-                            "sku {}: {} reserved of {}",
-                            row.sku, row.reserved, row.on_hand
+                            "sku {}: {} reserved with no open reservation",
+                            row.sku, row.reserved
                         ),
                     ));
                 }
                 _ => {}
             }
         }
-        if let Some((currency, total)) = totals.iter().find(|(_, total)| **total != 0) {
-            return Err(violation(
-                "money_conserved",
-                format!("balances in {currency} sum to {total}"),
-            ));
-        }
-        for (_, versioned) in store.rows() {
-            if let Row::Stock(row) = &versioned.value
-                && row.reserved != 0
-            {
-                return Err(violation(
-                    "reserved_equals_open_reservations",
-                    format!(
-                        "sku {}: {} reserved with no open reservation",
-                        row.sku, row.reserved
-                    ),
-                ));
-            }
-        }
-        if let Err(error) = saldo_ledger::verify_chain(None, store.entries()) {
-            return Err(violation(
-                "entries_balanced",
-                format!("ledger chain: {error}"),
-            ));
-        }
-        let mut net: BTreeMap<&OrderId, i128> = BTreeMap::new();
-        for entry in store.entries() {
-            if let Some(order_id) = &entry.posting.memo.order_id {
-                *net.entry(order_id).or_default() += wallet_debit(&entry.posting);
-            }
-        }
+        let net = net_by_order(store);
         for (_, versioned) in store.rows() {
             let Row::Order(order) = &versioned.value else {
                 continue;
@@ -291,7 +259,7 @@ impl Checker {
                 .iter()
                 .filter(|record| matches!(record.event, HistoryEvent::Ended { .. }))
                 .count();
-            let charged = net.get(&order.order_id).copied().unwrap_or(0);
+            let charged = net.get(&order.order_id).map_or(0, |(total, _)| *total);
             let payment = store
                 .row(&RowKey::Payment(order.order_id.clone()))
                 .map(|versioned| &versioned.value);
@@ -427,15 +395,11 @@ const AT_REST: [(&str, &str); 6] = [
     ),
 ];
 
-/// Judges every invariant on `store` from scratch. The always-invariants
-/// are judged at any moment; the at-rest ones only when `at_rest`.
-/// `violation` is a failure the simulator already stopped on.
-pub fn status(
-    store: &MemoryStore,
-    at_rest: bool,
-    violation: Option<&Violation>,
-) -> Vec<InvariantStatus> {
-    let mut found: BTreeMap<&'static str, Result<String, String>> = BTreeMap::new();
+/// Every invariant that holds at any moment, judged from scratch over the
+/// whole store, in [`ALWAYS`] order: `Ok` with what was found, or `Err`
+/// with what is wrong.
+fn anytime(store: &MemoryStore) -> Vec<(&'static str, Result<String, String>)> {
+    let mut found = Vec::with_capacity(ALWAYS.len());
     let mut totals: BTreeMap<Currency, i128> = BTreeMap::new();
     let mut accounts = 0;
     let mut negative = Vec::new();
@@ -466,29 +430,29 @@ pub fn status(
             _ => {}
         }
     }
-    found.insert(
+    found.push((
         "money_conserved",
         match totals.iter().find(|(_, total)| **total != 0) {
             None => Ok(format!("{accounts} accounts sum to zero")),
             Some((currency, total)) => Err(format!("balances in {currency} sum to {total}")),
         },
-    );
-    found.insert(
+    ));
+    found.push((
         "wallet_never_negative",
         if negative.is_empty() {
             Ok(format!("{accounts} accounts within their rules"))
         } else {
             Err(format!("below zero: {}", negative.join(", ")))
         },
-    );
-    found.insert(
+    ));
+    found.push((
         "stock_never_negative",
         if over_reserved.is_empty() {
             Ok(format!("{} SKUs", reserved.len()))
         } else {
             Err(format!("over-reserved: {}", over_reserved.join(", ")))
         },
-    );
+    ));
     let mismatched: Vec<String> = reserved
         .iter()
         .filter(|(sku, count)| held.get(*sku).copied().unwrap_or(0) != **count)
@@ -499,21 +463,40 @@ pub fn status(
                 .map(|sku| format!("{sku} has no stock row")),
         )
         .collect();
-    found.insert(
+    found.push((
         "reserved_equals_open_reservations",
         if mismatched.is_empty() {
             Ok(format!("{} units held", held.values().sum::<u64>()))
         } else {
             Err(mismatched.join(", "))
         },
-    );
-    found.insert(
+    ));
+    found.push((
         "entries_balanced",
         match saldo_ledger::verify_chain(None, store.entries()) {
             Ok(_) => Ok(format!("{} entries, chain intact", store.entries().len())),
             Err(error) => Err(error.to_string()),
         },
-    );
+    ));
+    let net = net_by_order(store);
+    let doubled: Vec<String> = net
+        .iter()
+        .filter(|(_, (total, largest))| *total > *largest || *total < 0)
+        .map(|(order_id, (total, _))| format!("{order_id} net {total}"))
+        .collect();
+    found.push((
+        "no_double_charge",
+        if doubled.is_empty() {
+            Ok(format!("{} orders with money movements", net.len()))
+        } else {
+            Err(doubled.join(", "))
+        },
+    ));
+    found
+}
+
+/// Per order: the net money taken from wallets, and the largest single charge.
+fn net_by_order(store: &MemoryStore) -> BTreeMap<&OrderId, (i128, i128)> {
     let mut net: BTreeMap<&OrderId, (i128, i128)> = BTreeMap::new();
     for entry in store.entries() {
         if let Some(order_id) = &entry.posting.memo.order_id {
@@ -523,19 +506,19 @@ pub fn status(
             *largest = (*largest).max(debit);
         }
     }
-    let doubled: Vec<String> = net
-        .iter()
-        .filter(|(_, (total, largest))| *total > *largest || *total < 0)
-        .map(|(order_id, (total, _))| format!("{order_id} net {total}"))
-        .collect();
-    found.insert(
-        "no_double_charge",
-        if doubled.is_empty() {
-            Ok(format!("{} orders with money movements", net.len()))
-        } else {
-            Err(doubled.join(", "))
-        },
-    );
+    net
+}
+
+/// Judges every invariant on `store` from scratch. The always-invariants
+/// are judged at any moment; the at-rest ones only when `at_rest`.
+/// `violation` is a failure the simulator already stopped on.
+pub fn status(
+    store: &MemoryStore,
+    at_rest: bool,
+    violation: Option<&Violation>,
+) -> Vec<InvariantStatus> {
+    let mut found: BTreeMap<&'static str, Result<String, String>> =
+        anytime(store).into_iter().collect();
     if at_rest {
         let broken = Checker::default().at_quiescence(store).err();
         for (name, _) in AT_REST {

@@ -331,11 +331,7 @@ impl Player {
 
     /// Where the run stands: running, quiescent or violated.
     pub fn outcome(&self) -> StepOutcome {
-        match (self.simulation.finished(), self.simulation.violation()) {
-            (false, _) => StepOutcome::Running,
-            (true, None) => StepOutcome::Quiescent,
-            (true, Some(_)) => StepOutcome::Violated,
-        }
+        self.simulation.outcome()
     }
 
     /// Moves to the point after `step` steps (or to the end, if the run is

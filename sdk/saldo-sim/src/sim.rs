@@ -146,6 +146,17 @@ pub enum StepOutcome {
     Violated,
 }
 
+impl StepOutcome {
+    /// `running`, `quiescent` or `violated`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StepOutcome::Running => "running",
+            StepOutcome::Quiescent => "quiescent",
+            StepOutcome::Violated => "violated",
+        }
+    }
+}
+
 /// A request the client will send (again) at `not_before`.
 #[derive(Debug, Clone, Copy)]
 struct PendingRequest {
@@ -387,9 +398,13 @@ impl Simulation {
         self.violation.as_deref()
     }
 
-    /// True once the run reached quiescence or broke an invariant.
-    pub fn finished(&self) -> bool {
-        self.finished
+    /// Where the run stands: running, quiescent or violated.
+    pub fn outcome(&self) -> StepOutcome {
+        match (self.finished, &self.violation) {
+            (false, _) => StepOutcome::Running,
+            (true, None) => StepOutcome::Quiescent,
+            (true, Some(_)) => StepOutcome::Violated,
+        }
     }
 
     /// The trace file: a header line that reproduces the run, then one JSON
@@ -483,11 +498,7 @@ impl Simulation {
     /// Takes one action. Call until it returns something other than `Running`.
     pub fn step(&mut self) -> StepOutcome {
         if self.finished {
-            return if self.violation.is_some() {
-                StepOutcome::Violated
-            } else {
-                StepOutcome::Quiescent
-            };
+            return self.outcome();
         }
         self.stats.steps += 1;
         if self.stats.steps > self.steps_max {

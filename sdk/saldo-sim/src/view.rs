@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::invariants;
 use crate::scenario::ending;
-use crate::sim::{START, Simulation};
+use crate::sim::{START, Simulation, StepOutcome};
 
 fn money(amount: Money) -> Value {
     json!({ "minor": amount.amount_minor(), "currency": amount.currency().code(), "text": amount.to_string() })
@@ -193,17 +193,13 @@ pub fn snapshot(simulation: &Simulation) -> Value {
         })
         .collect();
     let violation = simulation.violation();
-    let state = match (simulation.finished(), violation) {
-        (false, _) => "running",
-        (true, None) => "quiescent",
-        (true, Some(_)) => "violated",
-    };
+    let outcome = simulation.outcome();
     let (unsent, retries) = simulation.client_backlog();
     json!({
         "step": simulation.stats().steps,
         "now": simulation.now().to_string(),
         "elapsed_ms": simulation.now().ms_since(START),
-        "state": state,
+        "state": outcome.name(),
         "trace_hash": simulation.trace().hash_hex(),
         "events": simulation.trace().events(),
         "stats": simulation.stats(),
@@ -219,7 +215,7 @@ pub fn snapshot(simulation: &Simulation) -> Value {
         "ledger": entries,
         "invariants": invariants::status(
             store,
-            state == "quiescent",
+            outcome == StepOutcome::Quiescent,
             violation.map(|report| &report.violation),
         ),
         "violation": violation,
