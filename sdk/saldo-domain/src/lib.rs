@@ -7,6 +7,8 @@
 //!   `saldo-ledger`.
 //! - [`messages`]: the catalogue of commands and events with their envelope
 //!   and versioned JSON encoding.
+//! - [`batch`]: many inputs decided in order against an overlay and
+//!   committed as one; the one batch decider of hosts and simulator.
 //! - [`decision`]: decisions as data, read sets and snapshots: the rhythm
 //!   every host follows (load, decide, commit atomically, acknowledge).
 //! - [`store`]: the in-memory store that commits decisions atomically with
@@ -15,6 +17,7 @@
 //! Architecture invariant: nothing here does I/O, reads a clock or draws a
 //! random number. Time, ids and seeds are parameters; effects are data.
 
+pub mod batch;
 pub mod decision;
 pub mod inbox;
 pub mod inventory;

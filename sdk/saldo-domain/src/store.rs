@@ -7,12 +7,11 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use saldo_idempotency::{IdempotencyKey, IdempotencyRecord};
-use saldo_ledger::{Entry, PostingId};
-use saldo_types::{OrderId, Timestamp};
+use saldo_ledger::{Account, Entry, PostingId};
+use saldo_types::{Money, OrderId, Timestamp};
 
-use crate::decision::{
-    Decided, Decision, InboxReceipt, ReadSet, Row, RowKey, Snapshot, Version, Versioned,
-};
+use crate::batch::{Batch, BatchReadSet, Commit, Increment, Loaded};
+use crate::decision::{Decided, InboxReceipt, ReadSet, Row, RowKey, Snapshot, Version, Versioned};
 use crate::messages::{Envelope, MessageId, Service};
 
 /// The most times an input is decided again after version conflicts before
@@ -49,6 +48,11 @@ pub enum CommitError {
     /// A posting with this id was sealed concurrently.
     #[error("posting {0} already exists")]
     PostingConflict(PostingId),
+    /// The store aborted the transaction to break a deadlock between
+    /// concurrent commits, or because another commit inserted the same key
+    /// first; nothing was written.
+    #[error("the store aborted the commit: {0}")]
+    Aborted(String),
 }
 
 /// Why [`execute`] gave up.
@@ -152,26 +156,51 @@ impl MemoryStore {
         }
     }
 
-    /// Applies a decision atomically: every check first, then every write.
-    pub fn commit(&mut self, decision: Decision, now: Timestamp) -> Result<(), CommitError> {
-        if decision.is_empty() {
+    /// Loads what a batch needs (see [`crate::batch`]).
+    pub fn load_batch(&self, read_set: &BatchReadSet) -> Loaded {
+        Loaded {
+            rows: read_set
+                .rows
+                .iter()
+                .filter_map(|key| self.rows.get(key).map(|row| (key.clone(), row.clone())))
+                .collect(),
+            postings: read_set
+                .postings
+                .iter()
+                .filter_map(|id| {
+                    self.entry_by_posting
+                        .get(id)
+                        .map(|index| (*id, self.entries[*index].posting.clone()))
+                })
+                .collect(),
+            inbox: read_set
+                .inbox
+                .iter()
+                .filter_map(|key| self.inbox.get(key).map(|receipt| (*key, receipt.clone())))
+                .collect(),
+            idempotency: read_set
+                .idempotency
+                .iter()
+                .filter_map(|key| {
+                    self.idempotency
+                        .get(key)
+                        .map(|record| (key.clone(), record.clone()))
+                })
+                .collect(),
+        }
+    }
+
+    /// Applies a decision, or a batch's merged decisions, atomically: every
+    /// check first, then every write.
+    pub fn commit(&mut self, commit: impl Into<Commit>, now: Timestamp) -> Result<(), CommitError> {
+        let commit = commit.into();
+        if commit.is_empty() {
             return Ok(());
         }
-        let keys = self.check(&decision)?;
-        for (write, key) in decision.writes.into_iter().zip(keys) {
-            if let Row::Order(order) = &write.row {
-                if let Some(Versioned {
-                    value: Row::Order(previous),
-                    ..
-                }) = self.rows.get(&key)
-                    && let Some(deadline) = previous.deadline()
-                {
-                    self.timers.remove(&(deadline, previous.order_id.clone()));
-                }
-                if let Some(deadline) = order.deadline() {
-                    self.timers.insert((deadline, order.order_id.clone()));
-                }
-            }
+        self.check(&commit)?;
+        for write in commit.writes {
+            let key = write.row.key();
+            self.reschedule(&key, Some(&write.row));
             self.rows.insert(
                 key,
                 Versioned {
@@ -180,17 +209,20 @@ impl MemoryStore {
                 },
             );
         }
-        for posting in decision.postings {
+        for increment in commit.increments {
+            self.increment(increment);
+        }
+        for posting in commit.postings {
             let entry = Entry::seal(self.entries.last(), posting, now);
             self.entry_by_posting
                 .insert(entry.posting.id, self.entries.len());
             self.entries.push(entry);
         }
-        if let Some(receipt) = decision.inbox {
+        for receipt in commit.inbox {
             self.inbox
                 .insert((receipt.consumer, receipt.message_id), receipt);
         }
-        if let Some(write) = decision.idempotency {
+        for write in commit.idempotency {
             let version = write.expected + 1;
             self.idempotency.insert(
                 (write.service, write.key),
@@ -200,22 +232,70 @@ impl MemoryStore {
                 },
             );
         }
-        if let Some(service) = decision.outbox_service {
+        for (service, envelope) in commit.outbox {
             let outbox = self.outboxes.entry(service).or_default();
-            for envelope in decision.outbox {
-                outbox
-                    .pending
-                    .insert(outbox.next_sequence, Arc::new(envelope));
-                outbox.next_sequence += 1;
-            }
+            outbox
+                .pending
+                .insert(outbox.next_sequence, Arc::new(envelope));
+            outbox.next_sequence += 1;
         }
         Ok(())
     }
 
-    /// Checks every precondition; returns the written rows' keys, in order.
-    fn check(&self, decision: &Decision) -> Result<Vec<RowKey>, CommitError> {
-        let mut keys: Vec<RowKey> = Vec::with_capacity(decision.writes.len());
-        for write in &decision.writes {
+    /// Keeps the timer index in step with an order row being replaced.
+    fn reschedule(&mut self, key: &RowKey, row: Option<&Row>) {
+        let Some(Row::Order(order)) = row else { return };
+        if let Some(Versioned {
+            value: Row::Order(previous),
+            ..
+        }) = self.rows.get(key)
+            && let Some(deadline) = previous.deadline()
+        {
+            self.timers.remove(&(deadline, previous.order_id.clone()));
+        }
+        if let Some(deadline) = order.deadline() {
+            self.timers.insert((deadline, order.order_id.clone()));
+        }
+    }
+
+    /// Applies an increment: the account is opened if absent, and its
+    /// version moves so a versioned writer of it notices.
+    fn increment(&mut self, increment: Increment) {
+        let key = RowKey::Account(increment.account.clone());
+        let currency = increment.account.currency();
+        let (version, mut account) = match self.rows.remove(&key) {
+            Some(Versioned {
+                version,
+                value: Row::Account(account),
+            }) => (version, account),
+            Some(other) => panic!("row under {key:?} holds {:?}", other.value.key()),
+            None => (0, Account::open(increment.account.clone())),
+        };
+        let moved = |amount: Money, delta: i64| {
+            amount
+                .checked_add(Money::from_minor(delta, currency))
+                .expect("an account stays within range")
+        };
+        account.balance = moved(account.balance, increment.balance_minor);
+        account.held = moved(account.held, increment.held_minor);
+        assert!(
+            account.within_rule(),
+            "an increment keeps {} within its rule",
+            account.id
+        );
+        self.rows.insert(
+            key,
+            Versioned {
+                version: version + 1,
+                value: Row::Account(account),
+            },
+        );
+    }
+
+    /// Checks every precondition of a commit.
+    fn check(&self, commit: &Commit) -> Result<(), CommitError> {
+        let mut keys: Vec<RowKey> = Vec::with_capacity(commit.writes.len());
+        for write in &commit.writes {
             let key = write.row.key();
             let found = self.rows.get(&key).map_or(0, |row| row.version);
             if found != write.expected {
@@ -225,20 +305,21 @@ impl MemoryStore {
                     found,
                 });
             }
-            assert!(!keys.contains(&key), "a decision writes {key:?} twice");
+            assert!(!keys.contains(&key), "a commit writes {key:?} twice");
             keys.push(key);
         }
-        if let Some(receipt) = &decision.inbox
-            && self
+        for receipt in &commit.inbox {
+            if self
                 .inbox
                 .contains_key(&(receipt.consumer, receipt.message_id))
-        {
-            return Err(CommitError::InboxConflict {
-                consumer: receipt.consumer,
-                message_id: receipt.message_id,
-            });
+            {
+                return Err(CommitError::InboxConflict {
+                    consumer: receipt.consumer,
+                    message_id: receipt.message_id,
+                });
+            }
         }
-        if let Some(write) = &decision.idempotency {
+        for write in &commit.idempotency {
             let found = self
                 .idempotency
                 .get(&(write.service, write.key.clone()))
@@ -249,14 +330,14 @@ impl MemoryStore {
                 });
             }
         }
-        if let Some(posting) = decision
+        if let Some(posting) = commit
             .postings
             .iter()
             .find(|posting| self.entry_by_posting.contains_key(&posting.id))
         {
             return Err(CommitError::PostingConflict(posting.id));
         }
-        Ok(keys)
+        Ok(())
     }
 
     /// Up to `limit` unpublished messages of `service`, oldest first.
@@ -353,19 +434,23 @@ impl MemoryStore {
 }
 
 /// Runs the rhythm once: load, decide, commit; on a version conflict decide
-/// again from fresh state, at most [`DECIDE_ATTEMPTS_MAX`] times.
+/// again from fresh state, at most [`DECIDE_ATTEMPTS_MAX`] times. It is a
+/// [`Batch`] of one, as every host's rhythm is.
 pub fn execute<R, E>(
     store: &mut MemoryStore,
     read_set: &ReadSet,
     now: Timestamp,
     mut decide: impl FnMut(&Snapshot) -> Result<Decided<R>, E>,
 ) -> Result<R, ExecuteError<E>> {
+    let union = BatchReadSet::of([read_set]);
     let mut last_conflict = None;
     for _ in 0..DECIDE_ATTEMPTS_MAX {
-        let snapshot = store.load(read_set);
-        let decided = decide(&snapshot).map_err(ExecuteError::Rejected)?;
-        match store.commit(decided.decision, now) {
-            Ok(()) => return Ok(decided.reply),
+        let mut batch = Batch::new(store.load_batch(&union));
+        let reply = batch
+            .decide(read_set, &mut decide)
+            .map_err(ExecuteError::Rejected)?;
+        match store.commit(batch.finish(), now) {
+            Ok(()) => return Ok(reply),
             Err(conflict) => last_conflict = Some(conflict),
         }
     }

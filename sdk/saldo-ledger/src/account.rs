@@ -55,6 +55,24 @@ impl AccountId {
             AccountId::Funding { .. } => BalanceRule::Unrestricted,
         }
     }
+
+    /// True for the accounts that every order or top-up of a currency moves
+    /// (merchant revenue, funding): their changes commute, so a store may
+    /// apply them as increments without a version check instead of
+    /// serialising every payment on one row.
+    ///
+    /// That is safe because no change to them can break their rule on a
+    /// stale read: funding has no floor, revenue is only credited by charges
+    /// and debited by the refund of a charge that credited it first (the
+    /// payment row allows one refund per charge), so its balance never falls
+    /// below the unrefunded charges. A wallet's debits depend on its current
+    /// balance, so wallets keep their version checks.
+    pub fn commutes(&self) -> bool {
+        match self {
+            AccountId::Wallet { .. } => false,
+            AccountId::MerchantRevenue { .. } | AccountId::Funding { .. } => true,
+        }
+    }
 }
 
 /// Why an account id did not parse.

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use saldo_domain::MemoryStore;
-use saldo_domain::decision::{Decision, Row, RowKey};
+use saldo_domain::batch::Commit;
+use saldo_domain::decision::{Row, RowKey};
 use saldo_domain::inventory::ReservationState;
 use saldo_domain::order::OrderStatus;
 use saldo_domain::payment::PaymentState;
@@ -74,9 +75,9 @@ impl Checker {
         self.checks
     }
 
-    /// Captures the rows the decision will overwrite that the checks need.
-    pub fn before(&self, store: &MemoryStore, decision: &Decision) -> Before {
-        let rows = decision
+    /// Captures the rows the commit will change that the checks need.
+    pub fn before(&self, store: &MemoryStore, commit: &Commit) -> Before {
+        let written = commit
             .writes
             .iter()
             .filter(|write| {
@@ -85,8 +86,14 @@ impl Checker {
                     Row::Account(_) | Row::Reservation(_) | Row::Stock(_)
                 )
             })
-            .map(|write| {
-                let key = write.row.key();
+            .map(|write| write.row.key());
+        let incremented = commit
+            .increments
+            .iter()
+            .map(|increment| RowKey::Account(increment.account.clone()));
+        let rows = written
+            .chain(incremented)
+            .map(|key| {
                 let old = store.row(&key).map(|versioned| versioned.value.clone());
                 (key, old)
             })

@@ -4,7 +4,8 @@ use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use saldo_domain::decision::{Decided, Decision, Row, Snapshot};
+use saldo_domain::batch::{Batch, BatchReadSet, Commit};
+use saldo_domain::decision::{Decided, ReadSet, Row, Snapshot};
 use saldo_domain::inventory::{SetStock, decide_set_stock, set_stock_read_set};
 use saldo_domain::messages::{Envelope, Service, Traceparent};
 use saldo_domain::order::{
@@ -43,13 +44,28 @@ pub struct Handlers {
     /// Decides a consumed message (the production entry point is
     /// [`saldo_domain::decide_message`]).
     pub decide_message: DecideMessage,
-    /// Splits a decision into the transactions that commit it: production
-    /// commits one decision in one transaction.
-    pub split_commit: fn(Decision) -> Vec<Decision>,
+    /// Splits a batch's commit into the transactions that commit it:
+    /// production commits one batch in one transaction.
+    pub split_commit: fn(Commit) -> Vec<Commit>,
 }
 
-fn one_transaction(decision: Decision) -> Vec<Decision> {
-    vec![decision]
+fn one_transaction(commit: Commit) -> Vec<Commit> {
+    vec![commit]
+}
+
+/// The most messages a consumer takes and decides as one batch; each
+/// delivery step draws its batch size from the seed, from one up to this.
+pub const CONSUME_BATCH_MAX: u64 = 8;
+
+/// The most due timers fired as one batch.
+pub const TIMER_BATCH_MAX: usize = 8;
+
+fn delivery_outcome(outcome: MessageOutcome) -> DeliveryOutcome {
+    match outcome {
+        MessageOutcome::Applied => DeliveryOutcome::Applied,
+        MessageOutcome::Duplicate => DeliveryOutcome::Duplicate,
+        MessageOutcome::Ignored(_) => DeliveryOutcome::Ignored,
+    }
 }
 
 impl Handlers {
@@ -674,10 +690,10 @@ impl Simulation {
         });
     }
 
-    /// Commits a decision the way `service` would, with crash faults.
-    /// Returns false when a crash lost (part of) it.
-    fn commit(&mut self, service: Service, decision: Decision) -> Result<bool, Violation> {
-        for part in (self.handlers.split_commit)(decision) {
+    /// Commits a decision or a batch the way `service` would, with crash
+    /// faults. Returns false when a crash lost (part of) it.
+    fn commit(&mut self, service: Service, commit: impl Into<Commit>) -> Result<bool, Violation> {
+        for part in (self.handlers.split_commit)(commit.into()) {
             if self.fault(
                 Fault::CrashBeforeCommit { service },
                 self.faults.crash_before_commit_ppm,
@@ -817,62 +833,73 @@ impl Simulation {
         Ok(())
     }
 
+    /// Takes a batch of messages for `consumer` (its size drawn from the
+    /// seed), decides them in order against one overlay, commits them in one
+    /// transaction and only then acknowledges them: the production
+    /// consumer's rhythm. A crash before the commit loses the whole batch.
     fn deliver(&mut self, consumer: Service) -> Result<(), Violation> {
-        let Some(delivery) = self.broker.take(consumer, self.now, &mut self.rng) else {
-            return Ok(());
-        };
-        let envelope = Arc::clone(&delivery.envelope);
-        let read_set = saldo_domain::message_read_set(consumer, &envelope);
-        let snapshot = self.store.load(&read_set);
-        let decided =
-            (self.handlers.decide_message)(&self.rules, consumer, &snapshot, &envelope, self.now);
-        self.stats.messages_delivered += 1;
-        let record = |outcome| TraceEvent::Delivered {
-            consumer,
-            partition: delivery.partition,
-            offset: delivery.offset,
-            message_id: envelope.message_id,
-            message_type: Cow::Borrowed(envelope.message_type()),
-            order_id: envelope.order_id.clone(),
-            outcome,
-        };
-        let decided = match decided {
-            Ok(decided) => decided,
-            Err(error) => {
-                self.record(record(DeliveryOutcome::DeadLettered));
-                return Err(Violation {
-                    invariant: "nothing_dead_lettered",
-                    detail: format!(
-                        "{consumer} refused {} for order {}: {error}",
-                        envelope.message_type(),
-                        envelope.order_id
-                    ),
-                });
+        let wanted = self.rng.between(1, CONSUME_BATCH_MAX);
+        let mut deliveries = Vec::new();
+        while (deliveries.len() as u64) < wanted {
+            match self.broker.take(consumer, self.now, &mut self.rng) {
+                Some(delivery) => deliveries.push(delivery),
+                None => break,
             }
-        };
-        let outcome = match decided.reply {
-            MessageOutcome::Applied => DeliveryOutcome::Applied,
-            MessageOutcome::Duplicate => DeliveryOutcome::Duplicate,
-            MessageOutcome::Ignored(_) => DeliveryOutcome::Ignored,
-        };
-        if !self.commit(consumer, decided.decision)? {
-            self.record(record(DeliveryOutcome::Crashed));
+        }
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        let read_sets: Vec<ReadSet> = deliveries
+            .iter()
+            .map(|delivery| saldo_domain::message_read_set(consumer, &delivery.envelope))
+            .collect();
+        let mut batch = Batch::new(self.store.load_batch(&BatchReadSet::of(&read_sets)));
+        let mut outcomes = Vec::with_capacity(deliveries.len());
+        for (delivery, read_set) in deliveries.iter().zip(&read_sets) {
+            self.stats.messages_delivered += 1;
+            let envelope = &delivery.envelope;
+            let decided = batch.decide(read_set, |snapshot| {
+                (self.handlers.decide_message)(&self.rules, consumer, snapshot, envelope, self.now)
+            });
+            match decided {
+                Ok(outcome) => outcomes.push(delivery_outcome(outcome)),
+                Err(error) => {
+                    self.record(delivered(consumer, delivery, DeliveryOutcome::DeadLettered));
+                    return Err(Violation {
+                        invariant: "nothing_dead_lettered",
+                        detail: format!(
+                            "{consumer} refused {} for order {}: {error}",
+                            envelope.message_type(),
+                            envelope.order_id
+                        ),
+                    });
+                }
+            }
+        }
+        if !self.commit(consumer, batch.finish())? {
+            for delivery in &deliveries {
+                self.record(delivered(consumer, delivery, DeliveryOutcome::Crashed));
+            }
             return Ok(());
         }
         if self.fault(
             Fault::CrashBeforeAck { service: consumer },
             self.faults.crash_before_ack_ppm,
         ) {
-            self.record(record(DeliveryOutcome::Crashed));
+            for delivery in &deliveries {
+                self.record(delivered(consumer, delivery, DeliveryOutcome::Crashed));
+            }
             self.crash(consumer, CrashPoint::BeforeAck);
             return Ok(());
         }
-        self.broker
-            .commit_offset(consumer, delivery.partition, delivery.offset);
-        if outcome == DeliveryOutcome::Duplicate {
-            self.stats.duplicates_absorbed += 1;
+        for (delivery, outcome) in deliveries.iter().zip(outcomes) {
+            self.broker
+                .commit_offset(consumer, delivery.partition, delivery.offset);
+            if outcome == DeliveryOutcome::Duplicate {
+                self.stats.duplicates_absorbed += 1;
+            }
+            self.record(delivered(consumer, delivery, outcome));
         }
-        self.record(record(outcome));
         if self.fault(
             Fault::CrashBeforePublish { service: consumer },
             self.faults.crash_before_publish_ppm,
@@ -882,30 +909,58 @@ impl Simulation {
         Ok(())
     }
 
+    /// Fires due deadlines as one batch, committed once.
     fn fire_timers(&mut self) -> Result<(), Violation> {
-        for order_id in self.store.due_timers(self.now, 8) {
-            let snapshot = self.store.load(&order::deadline_read_set(&order_id));
-            let decided =
-                order::decide_deadline(&self.rules.order_saga, &snapshot, &order_id, self.now);
-            let outcome = match decided.reply {
-                MessageOutcome::Applied => DeliveryOutcome::Applied,
-                MessageOutcome::Duplicate => DeliveryOutcome::Duplicate,
-                MessageOutcome::Ignored(_) => DeliveryOutcome::Ignored,
-            };
+        let due = self.store.due_timers(self.now, TIMER_BATCH_MAX);
+        if due.is_empty() {
+            return Ok(());
+        }
+        let read_sets: Vec<ReadSet> = due.iter().map(order::deadline_read_set).collect();
+        let mut batch = Batch::new(self.store.load_batch(&BatchReadSet::of(&read_sets)));
+        let mut outcomes = Vec::with_capacity(due.len());
+        for (order_id, read_set) in due.iter().zip(&read_sets) {
+            let outcome = batch.decide(read_set, |snapshot| {
+                Ok::<_, std::convert::Infallible>(order::decide_deadline(
+                    &self.rules.order_saga,
+                    snapshot,
+                    order_id,
+                    self.now,
+                ))
+            });
+            let Ok(outcome) = outcome;
+            outcomes.push(delivery_outcome(outcome));
             self.stats.timers_fired += 1;
-            if !self.commit(Service::Order, decided.decision)? {
-                self.record(TraceEvent::TimerFired {
-                    order_id: order_id.clone(),
-                    outcome: DeliveryOutcome::Crashed,
-                });
-                return Ok(());
-            }
+        }
+        let committed = self.commit(Service::Order, batch.finish())?;
+        for (order_id, outcome) in due.into_iter().zip(outcomes) {
             self.record(TraceEvent::TimerFired {
-                order_id: order_id.clone(),
-                outcome,
+                order_id,
+                outcome: if committed {
+                    outcome
+                } else {
+                    DeliveryOutcome::Crashed
+                },
             });
         }
         Ok(())
+    }
+}
+
+/// The trace event of one delivery.
+fn delivered(
+    consumer: Service,
+    delivery: &crate::broker::Delivery,
+    outcome: DeliveryOutcome,
+) -> TraceEvent {
+    let envelope = &delivery.envelope;
+    TraceEvent::Delivered {
+        consumer,
+        partition: delivery.partition,
+        offset: delivery.offset,
+        message_id: envelope.message_id,
+        message_type: Cow::Borrowed(envelope.message_type()),
+        order_id: envelope.order_id.clone(),
+        outcome,
     }
 }
 

@@ -1,7 +1,8 @@
 //! Proof that the simulator bites: each deliberately broken variant of a
 //! handler, which lives only here, is caught within a bounded number of seeds.
 
-use saldo_domain::decision::{Decided, Decision, Row, Snapshot};
+use saldo_domain::batch::Commit;
+use saldo_domain::decision::{Decided, Row, Snapshot};
 use saldo_domain::messages::{Envelope, Payload, Service};
 use saldo_domain::payment::PaymentState;
 use saldo_domain::{ConsumeError, MessageOutcome, Rules, decide_message};
@@ -157,13 +158,12 @@ fn refund_twice(
 }
 
 /// Writes the outbox in its own transaction, before the business change.
-fn outbox_outside_transaction(mut decision: Decision) -> Vec<Decision> {
-    let outbox = Decision {
-        outbox: std::mem::take(&mut decision.outbox),
-        outbox_service: decision.outbox_service.take(),
-        ..Decision::default()
+fn outbox_outside_transaction(mut commit: Commit) -> Vec<Commit> {
+    let outbox = Commit {
+        outbox: std::mem::take(&mut commit.outbox),
+        ..Commit::default()
     };
-    vec![outbox, decision]
+    vec![outbox, commit]
 }
 
 fn broken(decide_message: saldo_sim::sim::DecideMessage) -> Handlers {
