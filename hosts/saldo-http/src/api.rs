@@ -30,9 +30,9 @@ use saldo_types::{Currency, CustomerId, Money, OrderId, Sku, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::backend::{Backend, ExecuteFailure, execute};
 use crate::context::{JsonBody, RequestContext, observe, random_id};
 use crate::problem::Problem;
+use saldo_engine::{ExecuteFailure, Store, Unavailable, execute, read};
 
 /// The header naming a request's idempotency key.
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -57,11 +57,11 @@ pub trait Check: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct Api {
     /// Serves `/orders` when set.
-    pub order: Option<Arc<dyn Backend>>,
+    pub order: Option<Arc<dyn Store>>,
     /// Serves `/wallets` when set.
-    pub payment: Option<Arc<dyn Backend>>,
+    pub payment: Option<Arc<dyn Store>>,
     /// Serves `/stock` when set.
-    pub inventory: Option<Arc<dyn Backend>>,
+    pub inventory: Option<Arc<dyn Store>>,
     /// The deciders' configuration.
     pub rules: Arc<Rules>,
     /// Extra readiness checks (the broker).
@@ -246,7 +246,7 @@ fn store_problem<E>(failure: ExecuteFailure<E>, reject: impl FnOnce(E) -> Proble
     }
 }
 
-fn backend(backend: &Option<Arc<dyn Backend>>) -> &dyn Backend {
+fn backend(backend: &Option<Arc<dyn Store>>) -> &dyn Store {
     // Routes are only registered when their backend is configured.
     backend
         .as_deref()
@@ -391,13 +391,15 @@ fn idempotency_key_in_flight(detail: String, retry_after_ms: u64) -> Problem {
 /// `GET /orders/{order_id}`: the order with its saga history.
 async fn get_order(State(api): Shared, Path(order_id): Path<String>) -> Result<Response, Problem> {
     let order_id = parse_field("order_id", OrderId::new(order_id))?;
-    let snapshot = backend(&api.order)
-        .load(&ReadSet {
+    let snapshot = read(
+        backend(&api.order),
+        &ReadSet {
             rows: vec![RowKey::Order(order_id.clone())],
             ..ReadSet::default()
-        })
-        .await
-        .map_err(|error| Problem::unavailable(error.to_string()))?;
+        },
+    )
+    .await
+    .map_err(|error| Problem::unavailable(error.to_string()))?;
     let (_, row) = snapshot.order(&order_id);
     let row = row.ok_or_else(|| {
         Problem::not_found(
@@ -483,14 +485,16 @@ fn top_up_problem(error: TopUpError) -> Problem {
 async fn get_wallet(State(api): Shared, Path(customer): Path<String>) -> Result<Response, Problem> {
     let customer = parse_field("customer", CustomerId::new(customer))?;
     let store = backend(&api.payment);
-    let unavailable = |error: crate::backend::Unavailable| Problem::unavailable(error.to_string());
-    let snapshot = store
-        .load(&ReadSet {
+    let unavailable = |error: Unavailable| Problem::unavailable(error.to_string());
+    let snapshot = read(
+        store,
+        &ReadSet {
             rows: vec![RowKey::Wallet(customer.clone())],
             ..ReadSet::default()
-        })
-        .await
-        .map_err(unavailable)?;
+        },
+    )
+    .await
+    .map_err(unavailable)?;
     let wallet = snapshot.wallet(&customer).1.cloned().ok_or_else(|| {
         Problem::not_found(
             "wallet_not_found",
@@ -498,13 +502,15 @@ async fn get_wallet(State(api): Shared, Path(customer): Path<String>) -> Result<
         )
     })?;
     let account_id = wallet.account();
-    let snapshot = store
-        .load(&ReadSet {
+    let snapshot = read(
+        store,
+        &ReadSet {
             rows: vec![RowKey::Account(account_id.clone())],
             ..ReadSet::default()
-        })
-        .await
-        .map_err(unavailable)?;
+        },
+    )
+    .await
+    .map_err(unavailable)?;
     let account = snapshot.account(&account_id).1.cloned();
     let entries = store
         .entries_of(&account_id, WALLET_ENTRIES_MAX)
@@ -608,13 +614,15 @@ fn set_stock_problem(error: SetStockError) -> Problem {
 /// `GET /stock/{sku}`.
 async fn get_stock(State(api): Shared, Path(sku): Path<String>) -> Result<Response, Problem> {
     let sku = parse_field("sku", Sku::new(sku))?;
-    let snapshot = backend(&api.inventory)
-        .load(&ReadSet {
+    let snapshot = read(
+        backend(&api.inventory),
+        &ReadSet {
             rows: vec![RowKey::Stock(sku.clone())],
             ..ReadSet::default()
-        })
-        .await
-        .map_err(|error| Problem::unavailable(error.to_string()))?;
+        },
+    )
+    .await
+    .map_err(|error| Problem::unavailable(error.to_string()))?;
     let row = snapshot
         .stock(&sku)
         .1

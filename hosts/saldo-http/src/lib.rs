@@ -1,9 +1,8 @@
 //! Saldo's HTTP edge.
 //!
 //! - [`api`]: the REST API (orders, wallets, stock, health, readiness,
-//!   metrics, the OpenAPI document) over any [`backend::Backend`].
-//! - [`backend`]: the in-memory store of `saldo dev` and PostgreSQL behind
-//!   one trait, and [`backend::execute`], the load-decide-commit rhythm.
+//!   metrics, the OpenAPI document) over any [`saldo_engine::Store`],
+//!   deciding through [`saldo_engine::execute`].
 //! - [`gateway`]: the optional layer of API keys (stored hashed, compared in
 //!   constant time), per-key token-bucket rate limits and request checks.
 //! - [`proxy`]: `saldo gateway`'s routing of each resource to its service.
@@ -15,7 +14,6 @@
 //! writes nothing). Responses are sent only after the commit.
 
 pub mod api;
-pub mod backend;
 pub mod context;
 pub mod gateway;
 pub mod problem;

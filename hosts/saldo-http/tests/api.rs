@@ -9,8 +9,8 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use saldo_domain::messages::Service;
+use saldo_engine::{MemoryBackend, Store};
 use saldo_http::api::Api;
-use saldo_http::backend::{Backend, MemoryBackend};
 use saldo_http::gateway::{Gateway, hash_key, parse_keys, to_hex};
 use saldo_types::Timestamp;
 use serde_json::{Value, json};
@@ -20,7 +20,7 @@ fn clock() -> Timestamp {
     Timestamp::from_unix_ms(1_800_000_000_000)
 }
 
-fn api_over(backend: Arc<dyn Backend>) -> Router {
+fn api_over(backend: Arc<dyn Store>) -> Router {
     let mut api = Api::new(clock);
     api.order = Some(backend.clone());
     api.payment = Some(backend.clone());

@@ -1,23 +1,27 @@
 //! The consumer runner: at-least-once delivery, exactly-once effects.
 
+use std::sync::Arc;
 use std::time::Duration;
-use tracing::Instrument;
 
+use async_trait::async_trait;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use saldo_domain::messages::{Envelope, Service};
-use saldo_domain::{MessageOutcome, Rules, decide_message, message_read_set};
-use saldo_postgres::{PgExecuteError, PgStore};
+use saldo_domain::Rules;
+use saldo_domain::messages::Service;
+use saldo_engine::{
+    BACKOFF_INITIAL, DeadLetter, DeadLetterSink, Deliverer, DeliveryError, Handled, Incoming, Store,
+};
 
-use crate::{topics, wall_clock};
+use crate::topics;
 
-/// Attempts for one message before it is dead-lettered.
-pub const ATTEMPTS_MAX: u32 = 5;
-/// Backoff before the second attempt; it doubles each time.
-pub const BACKOFF_INITIAL: Duration = Duration::from_millis(50);
+/// The most messages taken from one poll and decided as one batch.
+pub const POLL_BATCH_MAX: usize = 128;
+/// How long a poll waits for more messages once it has one: a batch closes
+/// after this even when it is not full, so a lone message waits at most this.
+pub const POLL_LINGER: Duration = Duration::from_millis(2);
 
 /// The consumer configuration Saldo relies on: offsets are stored by hand
 /// after the database commit and committed by librdkafka in the background
@@ -42,72 +46,130 @@ pub fn config(bootstrap_servers: &str, group: &str) -> ClientConfig {
     config
 }
 
-/// What happened to one message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Handled {
-    /// Decided and committed (or recognised as a duplicate).
-    Done(MessageOutcome),
-    /// Could not be handled; sent to the dead-letter topic and table.
-    DeadLettered(String),
-}
-
 /// Why the runner stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
     /// Kafka failed in a way the runner cannot carry on from.
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    /// A delivery could not finish (a dead letter could not be recorded).
+    #[error(transparent)]
+    Delivery(#[from] DeliveryError),
 }
 
-/// Consumes one service's topic.
-pub struct ConsumerRunner {
-    service: Service,
-    consumer: StreamConsumer,
+/// Dead letters go to the dead-letter topic, with why in a header.
+pub struct DeadLetterTopic {
     producer: FutureProducer,
-    store: PgStore,
-    rules: Rules,
+}
+
+impl DeadLetterTopic {
+    /// Dead letters through `producer`.
+    pub fn new(producer: FutureProducer) -> DeadLetterTopic {
+        DeadLetterTopic { producer }
+    }
+}
+
+#[async_trait]
+impl DeadLetterSink for DeadLetterTopic {
+    async fn publish(&self, consumer: Service, letter: &DeadLetter) -> Result<(), String> {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "saldo-error",
+                value: Some(letter.error.as_str()),
+            })
+            .insert(Header {
+                key: "saldo-consumer",
+                value: Some(consumer.name()),
+            })
+            .insert(Header {
+                key: "saldo-origin",
+                value: Some(letter.origin.as_str()),
+            });
+        let record = FutureRecord::to(topics::DEAD_LETTERS)
+            .key(letter.key.as_str())
+            .payload(letter.payload.as_slice())
+            .headers(headers);
+        self.producer
+            .send(record, crate::producer::DELIVERY_TIMEOUT)
+            .await
+            .map(drop)
+            .map_err(|(error, _)| error.to_string())
+    }
+}
+
+/// Consumes one service's topic in batches through the engine.
+pub struct ConsumerRunner {
+    consumer: StreamConsumer,
+    deliverer: Deliverer,
 }
 
 impl ConsumerRunner {
-    /// A runner for `service` in consumer group `group`.
+    /// A runner for `service` in consumer group `group`; it stops waiting
+    /// for the store once `stop` turns true.
     pub fn new(
         bootstrap_servers: &str,
         group: &str,
         service: Service,
-        store: PgStore,
-        rules: Rules,
+        store: Arc<dyn Store>,
+        rules: Arc<Rules>,
+        stop: tokio::sync::watch::Receiver<bool>,
     ) -> Result<ConsumerRunner, RunnerError> {
         let consumer: StreamConsumer = config(bootstrap_servers, group).create()?;
         consumer.subscribe(&[topics::consumed_by(service)])?;
-        let producer = crate::producer::create(bootstrap_servers)?;
+        let sink = Arc::new(DeadLetterTopic::new(crate::producer::create(
+            bootstrap_servers,
+        )?));
         Ok(ConsumerRunner {
-            service,
             consumer,
-            producer,
-            store,
-            rules,
+            deliverer: Deliverer::new(service, store, rules, sink, stop),
         })
     }
 
-    /// Consumes until `stop` resolves, then commits the stored offsets.
-    pub async fn run(self, stop: impl std::future::Future<Output = ()>) -> Result<(), RunnerError> {
-        tokio::pin!(stop);
+    /// Consumes until `stop` turns true, then commits the stored offsets.
+    /// Each poll takes up to [`POLL_BATCH_MAX`] messages, lingering at most
+    /// [`POLL_LINGER`] for more; their offsets are stored only after the
+    /// engine committed (or dead-lettered) every one of them.
+    pub async fn run(
+        self,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), RunnerError> {
+        let service = self.deliverer.service();
         loop {
-            let message = tokio::select! {
+            let first = tokio::select! {
                 message = self.consumer.recv() => message,
-                () = &mut stop => break,
+                _ = stop.wait_for(|stopped| *stopped) => break,
             };
-            match message {
-                Ok(message) => {
-                    self.handle(&message).await;
-                    // Only now, after the database commit (or the dead letter),
-                    // may the offset move past this message.
-                    self.consumer.store_offset_from_message(&message)?;
-                }
+            let first = match first {
+                Ok(message) => message,
                 Err(error) => {
-                    tracing::warn!(service = %self.service, %error, "receive failed");
+                    tracing::warn!(%service, %error, "receive failed");
                     tokio::time::sleep(BACKOFF_INITIAL).await;
+                    continue;
                 }
+            };
+            let mut messages = vec![first];
+            let linger = tokio::time::Instant::now() + POLL_LINGER;
+            while messages.len() < POLL_BATCH_MAX {
+                match tokio::time::timeout_at(linger, self.consumer.recv()).await {
+                    Ok(Ok(message)) => messages.push(message),
+                    Ok(Err(error)) => {
+                        tracing::warn!(%service, %error, "receive failed");
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            let incoming: Vec<Incoming> = messages.iter().map(incoming).collect();
+            match self.deliverer.handle(&incoming).await {
+                Ok(_) => {
+                    // Only now, after the database commit (or the dead
+                    // letter), may the offsets move past these messages.
+                    for message in &messages {
+                        self.consumer.store_offset_from_message(message)?;
+                    }
+                }
+                Err(DeliveryError::Stopped) => break,
+                Err(error) => return Err(error.into()),
             }
         }
         // Graceful shutdown: stop taking work (done) and commit what was done.
@@ -119,7 +181,7 @@ impl ConsumerRunner {
             Ok(())
             | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
             Err(error) => tracing::warn!(
-                service = %self.service,
+                %service,
                 %error,
                 "final offset commit failed; messages since the last commit will be redelivered"
             ),
@@ -127,154 +189,25 @@ impl ConsumerRunner {
         Ok(())
     }
 
-    /// Handles one message: decode, decide and commit with bounded retries,
-    /// or dead-letter it.
-    pub async fn handle(&self, message: &BorrowedMessage<'_>) -> Handled {
-        let bytes = message.payload().unwrap_or_default();
-        let envelope = match Envelope::decode(bytes) {
-            Ok(envelope) => envelope,
-            Err(error) => {
-                return self
-                    .dead_letter(message, None, format!("undecodable: {error}"))
-                    .await;
-            }
-        };
-        // The request's correlation id and trace follow the message into
-        // this service's logs, as they followed it into the outbox row, the
-        // Kafka headers and (for payments) the ledger entry's memo.
-        let span = tracing::info_span!(
-            "message",
-            consumer = %self.service,
-            message_type = envelope.message_type(),
-            message_id = %envelope.message_id.to_hex(),
-            order_id = %envelope.order_id,
-            correlation_id = %envelope.correlation_id,
-            traceparent = %envelope.traceparent.as_str(),
-        );
-        self.decide_and_commit(message, envelope)
-            .instrument(span)
-            .await
-    }
-
-    async fn decide_and_commit(
-        &self,
-        message: &BorrowedMessage<'_>,
-        envelope: Envelope,
-    ) -> Handled {
-        let read_set = message_read_set(self.service, &envelope);
-        let mut backoff = BACKOFF_INITIAL;
-        let mut last_error = String::new();
-        for attempt in 1..=ATTEMPTS_MAX {
-            let now = wall_clock();
-            let result = self
-                .store
-                .execute(&read_set, now, |snapshot| {
-                    decide_message(&self.rules, self.service, snapshot, &envelope, now)
-                })
-                .await;
-            match result {
-                Ok(outcome) => {
-                    metrics::counter!("saldo_messages_handled_total", "service" => self.service.name(), "outcome" => outcome_name(&outcome)).increment(1);
-                    tracing::debug!(outcome = outcome_name(&outcome), "handled");
-                    return Handled::Done(outcome);
-                }
-                // A refusal is deterministic: retrying cannot help.
-                Err(PgExecuteError::Rejected(refusal)) => {
-                    return self
-                        .dead_letter(message, Some(&envelope), refusal.to_string())
-                        .await;
-                }
-                Err(error) => last_error = format!("attempt {attempt}: {error}"),
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = backoff.saturating_mul(2);
-        }
-        self.dead_letter(message, Some(&envelope), last_error).await
-    }
-
-    /// Sends a message to the dead-letter topic and records it in the
-    /// service's dead-letter table; retried until both succeed, so nothing
-    /// is lost.
-    async fn dead_letter(
-        &self,
-        message: &BorrowedMessage<'_>,
-        envelope: Option<&Envelope>,
-        error: String,
-    ) -> Handled {
-        let payload = message.payload().unwrap_or_default();
-        let key = message
-            .key()
-            .map(|key| String::from_utf8_lossy(key).into_owned())
-            .unwrap_or_default();
-        let origin = format!(
-            "{}/{}/{}",
-            message.topic(),
-            message.partition(),
-            message.offset()
-        );
-        let consumer = self.service.name();
-        loop {
-            let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: "saldo-error",
-                    value: Some(error.as_str()),
-                })
-                .insert(Header {
-                    key: "saldo-consumer",
-                    value: Some(consumer),
-                })
-                .insert(Header {
-                    key: "saldo-origin",
-                    value: Some(origin.as_str()),
-                });
-            let record = FutureRecord::to(topics::DEAD_LETTERS)
-                .key(key.as_str())
-                .payload(payload)
-                .headers(headers);
-            let sent = self
-                .producer
-                .send(record, crate::producer::DELIVERY_TIMEOUT)
-                .await
-                .map_err(|(error, _)| error.to_string());
-            let schema = saldo_postgres::schema(self.service);
-            let sql = format!(
-                "INSERT INTO {schema}.dead_letters (message_id, message_type, order_id, error, payload, received_at) VALUES ($1, $2, $3, $4, $5, now())"
-            );
-            let recorded = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(envelope.map(|envelope| envelope.message_id.to_hex()))
-                .bind(envelope.map(|envelope| envelope.message_type()))
-                .bind(envelope.map(|envelope| envelope.order_id.as_str().to_owned()))
-                .bind(&error)
-                .bind(payload)
-                .execute(self.store.pool())
-                .await
-                .map_err(|error| error.to_string());
-            match (sent, recorded) {
-                (Ok(_), Ok(_)) => {
-                    metrics::counter!("saldo_dead_letters_total", "service" => consumer)
-                        .increment(1);
-                    tracing::error!(alert = true, consumer, origin, error, "dead-lettered");
-                    return Handled::DeadLettered(error);
-                }
-                (sent, recorded) => {
-                    tracing::warn!(
-                        consumer,
-                        origin,
-                        ?sent,
-                        ?recorded,
-                        "dead-lettering failed; retrying"
-                    );
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-        }
+    /// Handles one message (decode, decide, commit or dead-letter) without
+    /// storing its offset; for tests and tools.
+    pub async fn handle(&self, message: &BorrowedMessage<'_>) -> Result<Handled, RunnerError> {
+        let mut handled = self.deliverer.handle(&[incoming(message)]).await?;
+        Ok(handled.pop().expect("one message, one result"))
     }
 }
 
-fn outcome_name(outcome: &MessageOutcome) -> &'static str {
-    match outcome {
-        MessageOutcome::Applied => "applied",
-        MessageOutcome::Duplicate => "duplicate",
-        MessageOutcome::Ignored(_) => "ignored",
-    }
+/// A Kafka message as the engine takes it.
+fn incoming(message: &BorrowedMessage<'_>) -> Incoming {
+    let origin = format!(
+        "{}/{}/{}",
+        message.topic(),
+        message.partition(),
+        message.offset()
+    );
+    let key = message
+        .key()
+        .map(|key| String::from_utf8_lossy(key).into_owned())
+        .unwrap_or_default();
+    Incoming::decode(origin, key, message.payload().unwrap_or_default().to_vec())
 }

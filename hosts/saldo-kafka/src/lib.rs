@@ -9,11 +9,11 @@
 //!   run and each order's messages still leave in order), publishes, waits
 //!   for the broker's acknowledgement, then marks rows published; published
 //!   rows are deleted after a retention period.
-//! - [`consumer`]: the consumer runner. It decides each message through the
-//!   rhythm on PostgreSQL (the inbox receipt commits with the effect), stores
-//!   the offset only after that commit, retries a bounded number of times
-//!   with backoff, and sends what cannot be handled to the dead-letter topic
-//!   and table, then carries on.
+//! - [`consumer`]: the consumer runner. It takes a batch per poll (a bounded
+//!   count, a linger of at most 2 ms) and hands it to the engine's
+//!   `Deliverer` (decide in order, commit once, the retry and poison policy,
+//!   dead letters to the topic here and the table in the store), then
+//!   stores the offsets: only after that commit.
 //!
 //! Point it at any Kafka with `bootstrap.servers`; the tests use librdkafka's
 //! mock cluster, which speaks the real protocol.
@@ -23,12 +23,4 @@ pub mod producer;
 pub mod publisher;
 pub mod topics;
 
-use saldo_types::Timestamp;
-
-/// The wall clock, as the sdk's timestamp (hosts own the clock).
-pub fn wall_clock() -> Timestamp {
-    let elapsed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Timestamp::from_unix_ms(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
-}
+pub use saldo_engine::wall_clock;

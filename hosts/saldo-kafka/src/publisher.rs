@@ -18,6 +18,9 @@ pub const BATCH_MAX: i64 = 500;
 /// Batches handed to the producer and not yet marked, at most.
 pub const WINDOW: usize = 3;
 
+/// The pause after a failed round before the next attempt.
+pub const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
 /// How long published rows are kept before deletion.
 pub const RETENTION: Duration = Duration::from_secs(3_600);
 
@@ -72,6 +75,7 @@ struct Batch {
 /// [`OutboxPublisher::round`] in a loop.
 pub struct OutboxPublisher {
     service: Service,
+    database_url: String,
     connection: PgConnection,
     producer: FutureProducer,
     lanes: Vec<i32>,
@@ -91,6 +95,7 @@ impl OutboxPublisher {
         let connection = PgConnection::connect(database_url).await?;
         Ok(OutboxPublisher {
             service,
+            database_url: database_url.to_owned(),
             connection,
             producer,
             lanes: Vec::new(),
@@ -268,6 +273,31 @@ impl OutboxPublisher {
         Ok(deleted.rows_affected())
     }
 
+    /// After a failed round: if the database connection is gone (the server
+    /// restarted, an operator terminated the backend, the network dropped),
+    /// opens a new one. The advisory locks died with the old connection, so
+    /// the lanes are claimed again, and batches in flight are forgotten:
+    /// their rows are still unpublished and go out again (consumers' inboxes
+    /// absorb the repeats).
+    async fn recover(&mut self) {
+        if self.connection.ping().await.is_ok() {
+            return;
+        }
+        match PgConnection::connect(&self.database_url).await {
+            Ok(connection) => {
+                tracing::info!(service = %self.service, "reconnected to the database; claiming lanes again");
+                self.connection = connection;
+                self.lanes.clear();
+                self.in_flight.clear();
+                // Claim the lanes on the next round.
+                self.rounds = 0;
+            }
+            Err(error) => {
+                tracing::warn!(service = %self.service, %error, "cannot reconnect to the database yet");
+            }
+        }
+    }
+
     /// Publishes until `stop` resolves, pausing `idle` between empty rounds.
     pub async fn run(
         mut self,
@@ -285,7 +315,8 @@ impl OutboxPublisher {
                 Ok(_) => idle,
                 Err(error) => {
                     tracing::warn!(service = %self.service, %error, "publish round failed");
-                    idle.max(Duration::from_millis(200))
+                    self.recover().await;
+                    idle.max(RETRY_PAUSE)
                 }
             };
             if !wait.is_zero() {

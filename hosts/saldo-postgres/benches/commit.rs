@@ -15,9 +15,10 @@ use saldo_domain::messages::{Envelope, OrderLine, Payload, SCHEMA_VERSION, Trace
 use saldo_domain::order::{PlaceOrder, decide_place_order, place_order_read_set};
 use saldo_domain::payment::{TopUp, decide_top_up, top_up_read_set};
 use saldo_domain::{Rules, decide_message, message_read_set};
+use saldo_engine::ExecuteFailure;
 use saldo_idempotency::IdempotencyKey;
+use saldo_postgres::PgStore;
 use saldo_postgres::testing::TestDatabase;
-use saldo_postgres::{PgExecuteError, PgStore};
 use saldo_types::{CorrelationId, Currency, CustomerId, Id128, Money, OrderId, Sku, Timestamp};
 
 const CLIENTS: usize = 16;
@@ -69,13 +70,12 @@ async fn one_decision(store: &PgStore, rules: &Rules, workload: Workload, id: u6
                     correlation_id: CorrelationId::new(format!("bench-{id}")).expect("valid"),
                     traceparent: Traceparent::root(Id128::derive("bench", &[&id.to_be_bytes()])),
                 };
-                store
-                    .execute(&place_order_read_set(&request), NOW, |s| {
-                        decide_place_order(&rules.order_saga, s, &request, NOW)
-                    })
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                saldo_engine::execute(store, &place_order_read_set(&request), NOW, |s| {
+                    decide_place_order(&rules.order_saga, s, &request, NOW)
+                })
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
             }
             Workload::Inventory | Workload::Payment => {
                 let payload = match workload {
@@ -93,13 +93,12 @@ async fn one_decision(store: &PgStore, rules: &Rules, workload: Workload, id: u6
                 };
                 let message = envelope(id, payload);
                 let consumer = message.payload.consumer().expect("consumed");
-                store
-                    .execute(&message_read_set(consumer, &message), NOW, |s| {
-                        decide_message(rules, consumer, s, &message, NOW)
-                    })
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                saldo_engine::execute(store, &message_read_set(consumer, &message), NOW, |s| {
+                    decide_message(rules, consumer, s, &message, NOW)
+                })
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
             }
         };
         match result {
@@ -200,12 +199,11 @@ fn main() {
                 on_hand: 1_000_000,
                 unit_price: eur(1),
             };
-            store
-                .execute(&set_stock_read_set(&request), NOW, |s| {
-                    decide_set_stock(s, &request)
-                })
-                .await
-                .expect("stock");
+            saldo_engine::execute(&store, &set_stock_read_set(&request), NOW, |s| {
+                decide_set_stock(s, &request)
+            })
+            .await
+            .expect("stock");
         }
         for index in 0..WALLETS {
             let request = TopUp {
@@ -216,14 +214,13 @@ fn main() {
                 traceparent: Traceparent::root(Id128::derive("setup", &[&index.to_be_bytes()])),
             };
             let policy = rules.payment;
-            match store
-                .execute(&top_up_read_set(&request), NOW, |s| {
-                    decide_top_up(&policy, s, &request, NOW)
-                })
-                .await
+            match saldo_engine::execute(&store, &top_up_read_set(&request), NOW, |s| {
+                decide_top_up(&policy, s, &request, NOW)
+            })
+            .await
             {
                 Ok(_) => {}
-                Err(PgExecuteError::Conflict(_)) => panic!("setup conflicted"),
+                Err(ExecuteFailure::Conflict(_)) => panic!("setup conflicted"),
                 Err(other) => panic!("setup failed: {other}"),
             }
         }

@@ -15,10 +15,9 @@
 mod migrate;
 pub mod reconcile;
 mod store;
+mod tables;
 pub mod testing;
 
 pub use migrate::{AppliedMigration, MIGRATOR, migrate};
 pub use saldo_domain::store::CommitError;
-pub use store::{
-    ACQUIRE_TIMEOUT, Dump, PgCommitError, PgExecuteError, PgStore, StoreError, schema,
-};
+pub use store::{ACQUIRE_TIMEOUT, Dump, PgCommitError, PgStore, StoreError, schema};

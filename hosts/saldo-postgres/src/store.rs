@@ -1,21 +1,22 @@
 //! Load and commit on PostgreSQL.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
 
+use saldo_domain::batch::{BatchReadSet, Commit, Increment, Loaded};
 use saldo_domain::decision::{
-    Decided, Decision, InboxReceipt, ReadSet, Row, RowKey, RowSet, Snapshot, Version, Versioned,
-    Write,
+    IdempotencyWrite, InboxReceipt, ReadSet, Row, RowKey, Snapshot, Version, Versioned, Write,
 };
-use saldo_domain::inventory::{ReservationState, StockRow};
 use saldo_domain::messages::{Envelope, Service};
-use saldo_domain::order::{OrderRow, OrderStatus};
-use saldo_domain::payment::PaymentState;
-use saldo_domain::store::{CommitError, DECIDE_ATTEMPTS_MAX};
-use saldo_idempotency::{Fingerprint, IdempotencyRecord};
-use saldo_ledger::{Account, AccountId, ChainHash, Entry, Posting, PostingId, Side};
-use saldo_types::{Currency, Id128, Money, OrderId, Timestamp};
+use saldo_domain::store::CommitError;
+use saldo_idempotency::{Fingerprint, IdempotencyKey, IdempotencyRecord};
+use saldo_ledger::{AccountId, ChainHash, Entry, Posting, PostingId, Side};
+use saldo_types::{Currency, Id128, OrderId, Timestamp};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row as _, Transaction};
+
+use saldo_engine::{CommitFailure, DeadLetter, Unavailable};
+
+use crate::tables;
 
 /// A failure of the database itself, or stored data that does not read back.
 #[derive(Debug, thiserror::Error)]
@@ -29,20 +30,6 @@ pub enum StoreError {
     /// A stored row does not decode to the sdk's type.
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
-}
-
-/// Why [`PgStore::execute`] did not produce an answer.
-#[derive(Debug, thiserror::Error)]
-pub enum PgExecuteError<E> {
-    /// The decider refused the input.
-    #[error(transparent)]
-    Rejected(E),
-    /// Conflicts persisted through every attempt; try again later.
-    #[error("still conflicting after {DECIDE_ATTEMPTS_MAX} attempts: {0}")]
-    Conflict(CommitError),
-    /// The database failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
 }
 
 /// Why a commit failed.
@@ -89,51 +76,23 @@ pub(crate) fn unix_ms(column: &str) -> String {
     format!("(extract(epoch from {column}) * 1000)::bigint")
 }
 
-fn to_i64(value: u64, what: &str) -> Result<i64, StoreError> {
+pub(crate) fn to_i64(value: u64, what: &str) -> Result<i64, StoreError> {
     i64::try_from(value).map_err(|_| corrupt(format!("{what} {value} does not fit in bigint")))
 }
 
-fn to_u64(value: i64, what: &str) -> Result<u64, StoreError> {
+pub(crate) fn to_u64(value: i64, what: &str) -> Result<u64, StoreError> {
     u64::try_from(value).map_err(|_| corrupt(format!("{what} {value} is negative")))
 }
 
-fn json<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string(value).expect("sdk rows always serialise")
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T, StoreError> {
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(
+    text: &str,
+    what: &str,
+) -> Result<T, StoreError> {
     serde_json::from_str(text).map_err(|error| corrupt(format!("{what}: {error}")))
 }
 
-fn currency(code: &str) -> Result<Currency, StoreError> {
+pub(crate) fn currency(code: &str) -> Result<Currency, StoreError> {
     Currency::from_code(code.trim()).map_err(corrupt)
-}
-
-fn account_kind(id: &AccountId) -> &'static str {
-    match id {
-        AccountId::Wallet { .. } => "wallet",
-        AccountId::MerchantRevenue { .. } => "merchant_revenue",
-        AccountId::Funding { .. } => "funding",
-    }
-}
-
-fn reservation_state(state: ReservationState) -> &'static str {
-    match state {
-        ReservationState::Held => "held",
-        ReservationState::Committed => "committed",
-        ReservationState::Released => "released",
-        ReservationState::Rejected { .. } => "rejected",
-        ReservationState::Cancelled => "cancelled",
-    }
-}
-
-fn payment_state(state: PaymentState) -> &'static str {
-    match state {
-        PaymentState::Captured { .. } => "captured",
-        PaymentState::Failed { .. } => "failed",
-        PaymentState::Refunded { .. } => "refunded",
-        PaymentState::CancelledBeforeCharge => "cancelled_before_charge",
-    }
 }
 
 /// Everything a store holds, in a canonical order: what the contract tests
@@ -186,16 +145,17 @@ impl PgStore {
         &self.pool
     }
 
-    /// Loads what a decider asked for.
+    /// Loads what one decider asked for.
     pub async fn load(&self, read_set: &ReadSet) -> Result<Snapshot, StoreError> {
+        let loaded = self.load_batch(&BatchReadSet::of([read_set])).await?;
+        Ok(loaded.view(read_set))
+    }
+
+    /// Loads what a batch needs: one query per table it names.
+    pub async fn load_batch(&self, read_set: &BatchReadSet) -> Result<Loaded, StoreError> {
         let mut connection = self.pool.acquire().await?;
-        let mut rows = RowSet::default();
-        for key in &read_set.rows {
-            if let Some(row) = load_row(&mut connection, key).await? {
-                rows.insert(key.clone(), row);
-            }
-        }
-        let mut postings = std::collections::BTreeMap::new();
+        let rows = tables::load_rows(&mut connection, &read_set.rows).await?;
+        let mut postings = BTreeMap::new();
         if !read_set.postings.is_empty() {
             let ids: Vec<String> = read_set.postings.iter().map(Id128::to_hex).collect();
             let found = sqlx::query(
@@ -209,53 +169,63 @@ impl PgStore {
                 postings.insert(posting.id, posting);
             }
         }
-        let inbox = match &read_set.inbox {
-            Some((consumer, message_id)) => {
-                let sql = format!(
-                    "SELECT fingerprint, {} FROM {}.inbox WHERE message_id = $1",
-                    unix_ms("received_at"),
-                    schema(*consumer)
-                );
-                let found = dynamic(sql)
-                    .bind(message_id.to_hex())
-                    .fetch_optional(&mut *connection)
-                    .await?;
-                match found {
-                    Some(row) => Some(InboxReceipt {
-                        consumer: *consumer,
-                        message_id: *message_id,
-                        fingerprint: fingerprint_from(row.try_get::<Vec<u8>, _>(0)?)?,
-                        received_at: Timestamp::from_unix_ms(to_u64(
-                            row.try_get(1)?,
-                            "received_at",
-                        )?),
-                    }),
-                    None => None,
-                }
+        let mut inbox = BTreeMap::new();
+        for service in Service::ALL {
+            let ids: Vec<String> = read_set
+                .inbox
+                .iter()
+                .filter(|(consumer, _)| *consumer == service)
+                .map(|(_, message_id)| message_id.to_hex())
+                .collect();
+            if ids.is_empty() {
+                continue;
             }
-            None => None,
-        };
-        let idempotency = match &read_set.idempotency {
-            Some((service, key)) => {
-                let sql = format!(
-                    "SELECT version, record::text FROM {}.idempotency_keys WHERE key = $1",
-                    schema(*service)
-                );
-                let found = dynamic(sql)
-                    .bind(key.as_str())
-                    .fetch_optional(&mut *connection)
-                    .await?;
-                match found {
-                    Some(row) => Some(Versioned {
-                        version: to_u64(row.try_get(0)?, "version")?,
-                        value: from_json(row.try_get::<&str, _>(1)?, "idempotency record")?,
-                    }),
-                    None => None,
-                }
+            let sql = format!(
+                "SELECT message_id, fingerprint, {} FROM {}.inbox WHERE message_id = ANY($1)",
+                unix_ms("received_at"),
+                schema(service)
+            );
+            for row in dynamic(sql).bind(&ids).fetch_all(&mut *connection).await? {
+                let message_id = Id128::from_hex(row.try_get::<&str, _>(0)?).map_err(corrupt)?;
+                let receipt = InboxReceipt {
+                    consumer: service,
+                    message_id,
+                    fingerprint: fingerprint_from(row.try_get::<Vec<u8>, _>(1)?)?,
+                    received_at: Timestamp::from_unix_ms(to_u64(row.try_get(2)?, "received_at")?),
+                };
+                inbox.insert((service, message_id), receipt);
             }
-            None => None,
-        };
-        Ok(Snapshot {
+        }
+        let mut idempotency = BTreeMap::new();
+        for service in Service::ALL {
+            let keys: Vec<&IdempotencyKey> = read_set
+                .idempotency
+                .iter()
+                .filter(|(owner, _)| *owner == service)
+                .map(|(_, key)| key)
+                .collect();
+            if keys.is_empty() {
+                continue;
+            }
+            let texts: Vec<&str> = keys.iter().map(|key| key.as_str()).collect();
+            let sql = format!(
+                "SELECT key, version, record::text FROM {}.idempotency_keys WHERE key = ANY($1)",
+                schema(service)
+            );
+            for row in dynamic(sql)
+                .bind(&texts)
+                .fetch_all(&mut *connection)
+                .await?
+            {
+                let key = IdempotencyKey::new(row.try_get::<String, _>(0)?).map_err(corrupt)?;
+                let record = Versioned {
+                    version: to_u64(row.try_get(1)?, "version")?,
+                    value: from_json(row.try_get::<&str, _>(2)?, "idempotency record")?,
+                };
+                idempotency.insert((service, key), record);
+            }
+        }
+        Ok(Loaded {
             rows,
             postings,
             inbox,
@@ -263,15 +233,21 @@ impl PgStore {
         })
     }
 
-    /// Applies a decision in one transaction; any conflict rolls all of it back.
-    pub async fn commit(&self, decision: Decision, now: Timestamp) -> Result<(), PgCommitError> {
-        if decision.is_empty() {
+    /// Applies a decision, or a batch's merged decisions, in one
+    /// transaction; any conflict rolls all of it back.
+    pub async fn commit(
+        &self,
+        commit: impl Into<Commit>,
+        now: Timestamp,
+    ) -> Result<(), PgCommitError> {
+        let commit = commit.into();
+        if commit.is_empty() {
             return Ok(());
         }
         let mut transaction = self.pool.begin().await?;
-        match apply(&mut transaction, decision, now).await {
+        match apply(&mut transaction, commit, now).await {
             Ok(()) => {
-                transaction.commit().await?;
+                transaction.commit().await.map_err(aborted_or_failed)?;
                 Ok(())
             }
             Err(error) => {
@@ -281,56 +257,15 @@ impl PgStore {
         }
     }
 
-    /// The rhythm: load, decide, commit; on a conflict decide again from
-    /// fresh state, at most [`DECIDE_ATTEMPTS_MAX`] times.
-    pub async fn execute<R, E>(
-        &self,
-        read_set: &ReadSet,
-        now: Timestamp,
-        mut decide: impl FnMut(&Snapshot) -> Result<Decided<R>, E>,
-    ) -> Result<R, PgExecuteError<E>> {
-        let mut last_conflict = None;
-        for _ in 0..DECIDE_ATTEMPTS_MAX {
-            let snapshot = self.load(read_set).await?;
-            let decided = decide(&snapshot).map_err(PgExecuteError::Rejected)?;
-            match self.commit(decided.decision, now).await {
-                Ok(()) => return Ok(decided.reply),
-                Err(PgCommitError::Conflict(conflict)) => last_conflict = Some(conflict),
-                Err(PgCommitError::Store(error)) => return Err(PgExecuteError::Store(error)),
-            }
-        }
-        Err(PgExecuteError::Conflict(
-            last_conflict.expect("at least one attempt ran"),
-        ))
-    }
-
     /// Everything stored, in canonical order.
     pub async fn dump(&self) -> Result<Dump, StoreError> {
         let mut connection = self.pool.acquire().await?;
-        let mut keys: Vec<RowKey> = Vec::new();
-        for (sql, make) in [
-            ("SELECT order_id FROM orders.orders", RowKind::Order),
-            ("SELECT sku FROM inventory.stock", RowKind::Stock),
-            (
-                "SELECT order_id FROM inventory.reservations",
-                RowKind::Reservation,
-            ),
-            ("SELECT order_id FROM payment.payments", RowKind::Payment),
-            ("SELECT customer_id FROM payment.wallets", RowKind::Wallet),
-            ("SELECT account_id FROM payment.accounts", RowKind::Account),
-        ] {
-            for id in sqlx::query_scalar::<_, String>(sql)
-                .fetch_all(&mut *connection)
-                .await?
-            {
-                keys.push(make.key(&id)?);
-            }
-        }
-        keys.sort();
+        let keys = tables::all_keys(&mut connection).await?;
+        let mut loaded = tables::load_rows(&mut connection, &keys).await?;
         let mut rows = Vec::with_capacity(keys.len());
         for key in keys {
-            let versioned = load_row(&mut connection, &key)
-                .await?
+            let versioned = loaded
+                .remove(&key)
                 .ok_or_else(|| corrupt(format!("{key:?} vanished")))?;
             rows.push((key, versioned.version, versioned.value));
         }
@@ -448,29 +383,6 @@ impl PgStore {
     }
 }
 
-#[derive(Clone, Copy)]
-enum RowKind {
-    Order,
-    Stock,
-    Reservation,
-    Payment,
-    Wallet,
-    Account,
-}
-
-impl RowKind {
-    fn key(self, id: &str) -> Result<RowKey, StoreError> {
-        Ok(match self {
-            RowKind::Order => RowKey::Order(id.parse().map_err(corrupt)?),
-            RowKind::Stock => RowKey::Stock(id.parse().map_err(corrupt)?),
-            RowKind::Reservation => RowKey::Reservation(id.parse().map_err(corrupt)?),
-            RowKind::Payment => RowKey::Payment(id.parse().map_err(corrupt)?),
-            RowKind::Wallet => RowKey::Wallet(id.parse().map_err(corrupt)?),
-            RowKind::Account => RowKey::Account(id.parse().map_err(corrupt)?),
-        })
-    }
-}
-
 fn fingerprint_from(bytes: Vec<u8>) -> Result<Fingerprint, StoreError> {
     let array: [u8; 32] = bytes
         .try_into()
@@ -485,186 +397,254 @@ fn hash_from(bytes: Vec<u8>) -> Result<ChainHash, StoreError> {
     Ok(ChainHash(array))
 }
 
-async fn load_row(
-    connection: &mut sqlx::PgConnection,
-    key: &RowKey,
-) -> Result<Option<Versioned<Row>>, StoreError> {
-    let row = match key {
-        RowKey::Order(id) => {
-            sqlx::query("SELECT version, body::text FROM orders.orders WHERE order_id = $1")
-                .bind(id.as_str())
-                .fetch_optional(&mut *connection)
-                .await?
-        }
-        RowKey::Stock(sku) => {
-            let found = sqlx::query("SELECT version, on_hand, reserved, unit_price_minor, currency FROM inventory.stock WHERE sku = $1")
-                .bind(sku.as_str())
-                .fetch_optional(&mut *connection)
-                .await?;
-            return found
-                .map(|row| {
-                    let unit_price =
-                        Money::from_minor(row.try_get(3)?, currency(row.try_get::<&str, _>(4)?)?);
-                    Ok(Versioned {
-                        version: to_u64(row.try_get(0)?, "version")?,
-                        value: Row::Stock(StockRow {
-                            sku: sku.clone(),
-                            on_hand: to_u64(row.try_get(1)?, "on_hand")?,
-                            reserved: to_u64(row.try_get(2)?, "reserved")?,
-                            unit_price,
-                        }),
-                    })
-                })
-                .transpose();
-        }
-        RowKey::Reservation(id) => {
-            sqlx::query(
-                "SELECT version, body::text FROM inventory.reservations WHERE order_id = $1",
-            )
-            .bind(id.as_str())
-            .fetch_optional(&mut *connection)
-            .await?
-        }
-        RowKey::Payment(id) => {
-            sqlx::query("SELECT version, body::text FROM payment.payments WHERE order_id = $1")
-                .bind(id.as_str())
-                .fetch_optional(&mut *connection)
-                .await?
-        }
-        RowKey::Wallet(customer) => {
-            sqlx::query("SELECT version, body::text FROM payment.wallets WHERE customer_id = $1")
-                .bind(customer.as_str())
-                .fetch_optional(&mut *connection)
-                .await?
-        }
-        RowKey::Account(id) => {
-            let found = sqlx::query("SELECT version, balance_minor, held_minor FROM payment.accounts WHERE account_id = $1")
-                .bind(id.to_string())
-                .fetch_optional(&mut *connection)
-                .await?;
-            return found
-                .map(|row| {
-                    let currency = id.currency();
-                    Ok(Versioned {
-                        version: to_u64(row.try_get(0)?, "version")?,
-                        value: Row::Account(Account {
-                            id: id.clone(),
-                            balance: Money::from_minor(row.try_get(1)?, currency),
-                            held: Money::from_minor(row.try_get(2)?, currency),
-                        }),
-                    })
-                })
-                .transpose();
-        }
-    };
-    let Some(row) = row else { return Ok(None) };
-    let version = to_u64(row.try_get(0)?, "version")?;
-    let body: &str = row.try_get(1)?;
-    let value = match key {
-        RowKey::Order(_) => Row::Order(Arc::new(from_json::<OrderRow>(body, "order")?)),
-        RowKey::Reservation(_) => Row::Reservation(from_json(body, "reservation")?),
-        RowKey::Payment(_) => Row::Payment(from_json(body, "payment")?),
-        RowKey::Wallet(_) => Row::Wallet(from_json(body, "wallet")?),
-        RowKey::Stock(_) | RowKey::Account(_) => unreachable!("returned above"),
-    };
-    if value.key() != *key {
-        return Err(corrupt(format!(
-            "row under {key:?} holds {:?}",
-            value.key()
-        )));
-    }
-    Ok(Some(Versioned { version, value }))
-}
-
+/// Rolls a commit's statements out in one transaction: rows, increments,
+/// inbox receipts, idempotency records, ledger entries, outbox rows; one
+/// multi-row statement per table and kind of write.
 async fn apply(
     transaction: &mut Transaction<'_, Postgres>,
-    decision: Decision,
+    commit: Commit,
     now: Timestamp,
 ) -> Result<(), PgCommitError> {
-    let now_ms = to_i64(now.unix_ms(), "now")?;
-    for write in &decision.writes {
-        write_row(transaction, write).await?;
+    write_rows(transaction, &commit.writes).await?;
+    apply_increments(transaction, &commit.increments).await?;
+    insert_inbox(transaction, &commit.inbox).await?;
+    write_idempotency(transaction, &commit.idempotency).await?;
+    if !commit.postings.is_empty() {
+        seal_postings(transaction, commit.postings, now).await?;
     }
-    if let Some(receipt) = &decision.inbox {
-        let sql = format!(
-            "INSERT INTO {}.inbox (message_id, fingerprint, received_at) VALUES ($1, $2, {}) ON CONFLICT (message_id) DO NOTHING",
-            schema(receipt.consumer),
-            at(3)
-        );
-        let inserted = dynamic(sql)
-            .bind(receipt.message_id.to_hex())
-            .bind(receipt.fingerprint.as_bytes().to_vec())
-            .bind(to_i64(receipt.received_at.unix_ms(), "received_at")?)
-            .execute(&mut **transaction)
-            .await?;
-        if inserted.rows_affected() == 0 {
-            return Err(PgCommitError::Conflict(CommitError::InboxConflict {
-                consumer: receipt.consumer,
-                message_id: receipt.message_id,
-            }));
-        }
-    }
-    if let Some(write) = &decision.idempotency {
-        let table = format!("{}.idempotency_keys", schema(write.service));
-        let record = json(&write.record);
-        let expires = to_i64(write.record.expires_at.unix_ms(), "expires_at")?;
-        let affected = if write.expected == 0 {
-            let sql = format!(
-                "INSERT INTO {table} (key, version, record, expires_at) VALUES ($1, 1, $2::jsonb, {}) ON CONFLICT (key) DO NOTHING",
-                at(3)
-            );
-            dynamic(sql)
-                .bind(write.key.as_str())
-                .bind(&record)
-                .bind(expires)
-                .execute(&mut **transaction)
-                .await?
-        } else {
-            let sql = format!(
-                "UPDATE {table} SET version = version + 1, record = $2::jsonb, expires_at = {} WHERE key = $1 AND version = $4",
-                at(3)
-            );
-            dynamic(sql)
-                .bind(write.key.as_str())
-                .bind(&record)
-                .bind(expires)
-                .bind(to_i64(write.expected, "version")?)
-                .execute(&mut **transaction)
-                .await?
-        };
-        if affected.rows_affected() == 0 {
-            return Err(PgCommitError::Conflict(CommitError::IdempotencyConflict {
-                key: write.key.as_str().to_owned(),
-            }));
-        }
-    }
-    if !decision.postings.is_empty() {
-        seal_postings(transaction, decision.postings, now).await?;
-    }
-    if let Some(service) = decision.outbox_service {
-        let sql = format!(
-            "INSERT INTO {}.outbox (message_id, order_id, message_type, correlation_id, traceparent, envelope, created_at) VALUES ($1, $2, $3, $4, $5, $6, {})",
-            schema(service),
-            at(7)
-        );
-        for envelope in &decision.outbox {
-            dynamic(sql.clone())
-                .bind(envelope.message_id.to_hex())
-                .bind(envelope.order_id.as_str())
-                .bind(envelope.message_type())
-                .bind(envelope.correlation_id.as_str())
-                .bind(envelope.traceparent.as_str())
-                .bind(envelope.encode())
-                .bind(now_ms)
-                .execute(&mut **transaction)
-                .await?;
+    insert_outbox(transaction, &commit.outbox, now).await?;
+    Ok(())
+}
+
+/// Runs a statement over a JSON array of records; returns the first
+/// column of every row it returns (the keys it wrote).
+async fn run_records(
+    transaction: &mut Transaction<'_, Postgres>,
+    sql: String,
+    records: Vec<serde_json::Value>,
+) -> Result<BTreeSet<String>, PgCommitError> {
+    let written: Vec<String> = dynamic_scalar(sql)
+        .bind(serde_json::Value::Array(records))
+        .fetch_all(&mut **transaction)
+        .await
+        .map_err(aborted_or_failed)?;
+    Ok(written.into_iter().collect())
+}
+
+/// Inserts (expected version 0) and updates (version check) rows, per table.
+async fn write_rows(
+    transaction: &mut Transaction<'_, Postgres>,
+    writes: &[Write],
+) -> Result<(), PgCommitError> {
+    for (table, writes) in tables::by_table(writes, |write| write.row.key()) {
+        let (inserts, updates): (Vec<&Write>, Vec<&Write>) =
+            writes.into_iter().partition(|write| write.expected == 0);
+        for (sql, group) in [(table.insert_sql(), inserts), (table.update_sql(), updates)] {
+            if group.is_empty() {
+                continue;
+            }
+            let records = group
+                .iter()
+                .map(|write| tables::record(write))
+                .collect::<Result<Vec<_>, _>>()?;
+            let written = run_records(transaction, sql, records).await?;
+            if let Some(missed) = group
+                .iter()
+                .find(|write| !written.contains(&tables::key_text(&write.row.key())))
+            {
+                let key = missed.row.key();
+                let found: Option<i64> = dynamic_scalar(table.versions_sql())
+                    .bind(vec![tables::key_text(&key)])
+                    .fetch_optional(&mut **transaction)
+                    .await
+                    .map_err(aborted_or_failed)?;
+                return Err(PgCommitError::Conflict(CommitError::VersionConflict {
+                    key,
+                    expected: missed.expected,
+                    found: found.map_or(Ok(0), |version| to_u64(version, "version"))?,
+                }));
+            }
         }
     }
     Ok(())
 }
 
+/// Applies increments to the accounts that many inputs move at once,
+/// opening an account on first use; no version check (they commute).
+async fn apply_increments(
+    transaction: &mut Transaction<'_, Postgres>,
+    increments: &[Increment],
+) -> Result<(), PgCommitError> {
+    if increments.is_empty() {
+        return Ok(());
+    }
+    let records: Vec<serde_json::Value> = increments
+        .iter()
+        .map(|increment| {
+            serde_json::json!({
+                "account_id": increment.account.to_string(),
+                "balance_minor": increment.balance_minor,
+                "held_minor": increment.held_minor,
+                "kind": tables::account_kind(&increment.account),
+                "currency": increment.account.currency().code(),
+            })
+        })
+        .collect();
+    let sql = "INSERT INTO payment.accounts AS a (account_id, version, balance_minor, held_minor, kind, currency) \
+               SELECT u.account_id, 1, u.balance_minor, u.held_minor, u.kind, u.currency \
+               FROM jsonb_to_recordset($1::jsonb) AS u(account_id text, balance_minor bigint, held_minor bigint, kind text, currency text) \
+               ON CONFLICT (account_id) DO UPDATE SET version = a.version + 1, \
+               balance_minor = a.balance_minor + excluded.balance_minor, held_minor = a.held_minor + excluded.held_minor \
+               RETURNING account_id";
+    run_records(transaction, sql.to_owned(), records).await?;
+    Ok(())
+}
+
+/// Inserts inbox receipts, per consumer; one that exists is a conflict.
+async fn insert_inbox(
+    transaction: &mut Transaction<'_, Postgres>,
+    receipts: &[InboxReceipt],
+) -> Result<(), PgCommitError> {
+    for service in Service::ALL {
+        let group: Vec<&InboxReceipt> = receipts
+            .iter()
+            .filter(|receipt| receipt.consumer == service)
+            .collect();
+        if group.is_empty() {
+            continue;
+        }
+        let records = group
+            .iter()
+            .map(|receipt| {
+                Ok(serde_json::json!({
+                    "message_id": receipt.message_id.to_hex(),
+                    "fingerprint": hex(receipt.fingerprint.as_bytes()),
+                    "received_at": to_i64(receipt.received_at.unix_ms(), "received_at")?,
+                }))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let sql = format!(
+            "INSERT INTO {}.inbox (message_id, fingerprint, received_at) \
+             SELECT u.message_id, decode(u.fingerprint, 'hex'), timestamptz 'epoch' + u.received_at * interval '1 millisecond' \
+             FROM jsonb_to_recordset($1::jsonb) AS u(message_id text, fingerprint text, received_at bigint) \
+             ON CONFLICT (message_id) DO NOTHING RETURNING message_id",
+            schema(service)
+        );
+        let written = run_records(transaction, sql, records).await?;
+        if let Some(missed) = group
+            .iter()
+            .find(|receipt| !written.contains(&receipt.message_id.to_hex()))
+        {
+            return Err(PgCommitError::Conflict(CommitError::InboxConflict {
+                consumer: missed.consumer,
+                message_id: missed.message_id,
+            }));
+        }
+    }
+    Ok(())
+}
+
+/// Inserts new and updates known idempotency records, per service.
+async fn write_idempotency(
+    transaction: &mut Transaction<'_, Postgres>,
+    writes: &[IdempotencyWrite],
+) -> Result<(), PgCommitError> {
+    for service in Service::ALL {
+        let (inserts, updates): (Vec<&IdempotencyWrite>, Vec<&IdempotencyWrite>) = writes
+            .iter()
+            .filter(|write| write.service == service)
+            .partition(|write| write.expected == 0);
+        let table = format!("{}.idempotency_keys", schema(service));
+        let shape = "u(key text, expected bigint, record jsonb, expires_at bigint)";
+        let expires = "timestamptz 'epoch' + u.expires_at * interval '1 millisecond'";
+        let statements = [
+            (
+                format!(
+                    "INSERT INTO {table} (key, version, record, expires_at) SELECT u.key, 1, u.record, {expires} \
+                     FROM jsonb_to_recordset($1::jsonb) AS {shape} ON CONFLICT (key) DO NOTHING RETURNING key"
+                ),
+                inserts,
+            ),
+            (
+                format!(
+                    "UPDATE {table} AS t SET version = t.version + 1, record = u.record, expires_at = {expires} \
+                     FROM jsonb_to_recordset($1::jsonb) AS {shape} WHERE t.key = u.key AND t.version = u.expected RETURNING t.key"
+                ),
+                updates,
+            ),
+        ];
+        for (sql, group) in statements {
+            if group.is_empty() {
+                continue;
+            }
+            let records = group
+                .iter()
+                .map(|write| {
+                    Ok(serde_json::json!({
+                        "key": write.key.as_str(),
+                        "expected": to_i64(write.expected, "version")?,
+                        "record": write.record,
+                        "expires_at": to_i64(write.record.expires_at.unix_ms(), "expires_at")?,
+                    }))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            let written = run_records(transaction, sql, records).await?;
+            if let Some(missed) = group
+                .iter()
+                .find(|write| !written.contains(write.key.as_str()))
+            {
+                return Err(PgCommitError::Conflict(CommitError::IdempotencyConflict {
+                    key: missed.key.as_str().to_owned(),
+                }));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Inserts outbox rows, per service, in commit order (their sequence).
+async fn insert_outbox(
+    transaction: &mut Transaction<'_, Postgres>,
+    outbox: &[(Service, Envelope)],
+    now: Timestamp,
+) -> Result<(), PgCommitError> {
+    let now_ms = to_i64(now.unix_ms(), "now")?;
+    for service in Service::ALL {
+        let records: Vec<serde_json::Value> = outbox
+            .iter()
+            .filter(|(owner, _)| *owner == service)
+            .map(|(_, envelope)| {
+                serde_json::json!({
+                    "message_id": envelope.message_id.to_hex(),
+                    "order_id": envelope.order_id.as_str(),
+                    "message_type": envelope.message_type(),
+                    "correlation_id": envelope.correlation_id.as_str(),
+                    "traceparent": envelope.traceparent.as_str(),
+                    "envelope": hex(&envelope.encode()),
+                    "created_at": now_ms,
+                })
+            })
+            .collect();
+        if records.is_empty() {
+            continue;
+        }
+        let sql = format!(
+            "INSERT INTO {}.outbox (message_id, order_id, message_type, correlation_id, traceparent, envelope, created_at) \
+             SELECT u.message_id, u.order_id, u.message_type, u.correlation_id, u.traceparent, decode(u.envelope, 'hex'), \
+             timestamptz 'epoch' + u.created_at * interval '1 millisecond' \
+             FROM ROWS FROM (jsonb_to_recordset($1::jsonb) AS (message_id text, order_id text, message_type text, \
+             correlation_id text, traceparent text, envelope text, created_at bigint)) WITH ORDINALITY \
+             AS u(message_id, order_id, message_type, correlation_id, traceparent, envelope, created_at, position) \
+             ORDER BY u.position RETURNING message_id",
+            schema(service)
+        );
+        run_records(transaction, sql, records).await?;
+    }
+    Ok(())
+}
+
 /// Seals postings after the chain head, which is locked for the rest of the
-/// transaction so concurrent payments queue for their place in the chain.
+/// transaction: one head update per commit, however many entries it seals.
 async fn seal_postings(
     transaction: &mut Transaction<'_, Postgres>,
     postings: Vec<Posting>,
@@ -672,63 +652,68 @@ async fn seal_postings(
 ) -> Result<(), PgCommitError> {
     let head = sqlx::query("SELECT sequence, hash FROM payment.chain_head WHERE id = 1 FOR UPDATE")
         .fetch_one(&mut **transaction)
-        .await?;
+        .await
+        .map_err(aborted_or_failed)?;
     let mut sequence = to_u64(head.try_get(0)?, "chain sequence")?;
     let mut previous = hash_from(head.try_get::<Vec<u8>, _>(1)?)?;
+    let ids: Vec<String> = postings.iter().map(|posting| posting.id.to_hex()).collect();
+    let existing: Option<String> = sqlx::query_scalar(
+        "SELECT posting_id FROM payment.ledger_entries WHERE posting_id = ANY($1) LIMIT 1",
+    )
+    .bind(&ids)
+    .fetch_optional(&mut **transaction)
+    .await?;
+    if let Some(existing) = existing {
+        let id = Id128::from_hex(&existing).map_err(corrupt)?;
+        return Err(PgCommitError::Conflict(CommitError::PostingConflict(id)));
+    }
+    let mut entries = Vec::with_capacity(postings.len());
+    let mut legs = Vec::new();
     for posting in postings {
-        let exists: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM payment.ledger_entries WHERE posting_id = $1)",
-        )
-        .bind(posting.id.to_hex())
-        .fetch_one(&mut **transaction)
-        .await?;
-        if exists {
-            return Err(PgCommitError::Conflict(CommitError::PostingConflict(
-                posting.id,
-            )));
-        }
         sequence += 1;
         let entry = Entry::seal_at(sequence, previous, posting, now);
-        let sql = format!(
-            "INSERT INTO payment.ledger_entries (sequence, posting_id, recorded_at, reverses, order_id, purpose, correlation_id, traceparent, posting, previous_hash, hash) \
-             VALUES ($1, $2, {}, $4, $5, $6, $7, $8, $9::jsonb, $10, $11)",
-            at(3)
-        );
+        let sequence_column = to_i64(entry.sequence, "sequence")?;
         let memo = &entry.posting.memo;
-        dynamic(sql)
-            .bind(to_i64(entry.sequence, "sequence")?)
-            .bind(entry.posting.id.to_hex())
-            .bind(to_i64(entry.recorded_at.unix_ms(), "recorded_at")?)
-            .bind(entry.posting.reverses.map(|id: PostingId| id.to_hex()))
-            .bind(memo.order_id.as_ref().map(|id| id.as_str().to_owned()))
-            .bind(&memo.purpose)
-            .bind(
-                memo.correlation_id
-                    .as_ref()
-                    .map(|id| id.as_str().to_owned()),
-            )
-            .bind(memo.traceparent.clone())
-            .bind(json(&entry.posting))
-            .bind(entry.previous_hash.0.to_vec())
-            .bind(entry.hash.0.to_vec())
-            .execute(&mut **transaction)
-            .await?;
+        entries.push(serde_json::json!({
+            "sequence": sequence_column,
+            "posting_id": entry.posting.id.to_hex(),
+            "recorded_at": to_i64(entry.recorded_at.unix_ms(), "recorded_at")?,
+            "reverses": entry.posting.reverses.map(|id: PostingId| id.to_hex()),
+            "order_id": memo.order_id.as_ref().map(|id| id.as_str()),
+            "purpose": memo.purpose,
+            "correlation_id": memo.correlation_id.as_ref().map(|id| id.as_str()),
+            "traceparent": memo.traceparent,
+            "posting": entry.posting,
+            "previous_hash": hex(&entry.previous_hash.0),
+            "hash": hex(&entry.hash.0),
+        }));
         for (index, leg) in entry.posting.legs.iter().enumerate() {
-            sqlx::query("INSERT INTO payment.ledger_legs (sequence, leg, account_id, side, amount_minor, currency) VALUES ($1, $2, $3, $4, $5, $6)")
-                .bind(to_i64(entry.sequence, "sequence")?)
-                .bind(i16::try_from(index).map_err(|_| corrupt("too many legs"))?)
-                .bind(leg.account.to_string())
-                .bind(match leg.side {
+            legs.push(serde_json::json!({
+                "sequence": sequence_column,
+                "leg": index,
+                "account_id": leg.account.to_string(),
+                "side": match leg.side {
                     Side::Debit => "debit",
                     Side::Credit => "credit",
-                })
-                .bind(leg.amount.amount_minor())
-                .bind(leg.amount.currency().code())
-                .execute(&mut **transaction)
-                .await?;
+                },
+                "amount_minor": leg.amount.amount_minor(),
+                "currency": leg.amount.currency().code(),
+            }));
         }
         previous = entry.hash;
     }
+    let insert_entries = "INSERT INTO payment.ledger_entries (sequence, posting_id, recorded_at, reverses, order_id, purpose, correlation_id, traceparent, posting, previous_hash, hash) \
+        SELECT u.sequence, u.posting_id, timestamptz 'epoch' + u.recorded_at * interval '1 millisecond', u.reverses, u.order_id, u.purpose, \
+        u.correlation_id, u.traceparent, u.posting, decode(u.previous_hash, 'hex'), decode(u.hash, 'hex') \
+        FROM jsonb_to_recordset($1::jsonb) AS u(sequence bigint, posting_id text, recorded_at bigint, reverses text, order_id text, \
+        purpose text, correlation_id text, traceparent text, posting jsonb, previous_hash text, hash text) \
+        ORDER BY u.sequence RETURNING posting_id";
+    run_records(transaction, insert_entries.to_owned(), entries).await?;
+    let insert_legs = "INSERT INTO payment.ledger_legs (sequence, leg, account_id, side, amount_minor, currency) \
+        SELECT u.sequence, u.leg, u.account_id, u.side, u.amount_minor, u.currency \
+        FROM jsonb_to_recordset($1::jsonb) AS u(sequence bigint, leg smallint, account_id text, side text, amount_minor bigint, currency text) \
+        RETURNING account_id";
+    run_records(transaction, insert_legs.to_owned(), legs).await?;
     sqlx::query("UPDATE payment.chain_head SET sequence = $1, hash = $2 WHERE id = 1")
         .bind(to_i64(sequence, "sequence")?)
         .bind(previous.0.to_vec())
@@ -737,159 +722,31 @@ async fn seal_postings(
     Ok(())
 }
 
-/// Inserts (expected version 0) or updates (version check) one row.
-async fn write_row(
-    transaction: &mut Transaction<'_, Postgres>,
-    write: &Write,
-) -> Result<(), PgCommitError> {
-    let expected = to_i64(write.expected, "version")?;
-    let insert = write.expected == 0;
-    let result = match &write.row {
-        Row::Order(order) => {
-            let (status, reason) = match order.status() {
-                OrderStatus::Pending => ("PENDING", None),
-                OrderStatus::Confirmed => ("CONFIRMED", None),
-                OrderStatus::Cancelled(reason) => (
-                    "CANCELLED",
-                    Some(json(&reason).trim_matches('"').to_owned()),
-                ),
-            };
-            let awaiting = order.saga.awaiting().name().to_owned();
-            let deadline = order
-                .deadline()
-                .map(|deadline| to_i64(deadline.unix_ms(), "deadline"))
-                .transpose()?;
-            let deadline_sql = format!("CASE WHEN $7::bigint IS NULL THEN NULL ELSE {} END", at(7));
-            let query = if insert {
-                let sql = format!(
-                    "INSERT INTO orders.orders (order_id, version, amount_minor, status, cancel_reason, awaiting, deadline_at, body, updated_at, customer_id, currency, created_at) \
-                     VALUES ($1, $2 + 1, $3, $4, $5, $6, {deadline_sql}, $8::jsonb, {}, $10, $11, {}) ON CONFLICT (order_id) DO NOTHING",
-                    at(9),
-                    at(12)
-                );
-                order_query(sql, order, expected, status, reason, awaiting, deadline)?
-                    .bind(order.customer.as_str().to_owned())
-                    .bind(order.currency.code().to_owned())
-                    .bind(to_i64(order.created_at.unix_ms(), "created_at")?)
-            } else {
-                let sql = format!(
-                    "UPDATE orders.orders SET version = $2 + 1, amount_minor = $3, status = $4, cancel_reason = $5, awaiting = $6, \
-                     deadline_at = {deadline_sql}, body = $8::jsonb, updated_at = {} WHERE order_id = $1 AND version = $2",
-                    at(9)
-                );
-                order_query(sql, order, expected, status, reason, awaiting, deadline)?
-            };
-            query.execute(&mut **transaction).await?
-        }
-        Row::Stock(stock) => {
-            let sql = if insert {
-                "INSERT INTO inventory.stock (sku, version, on_hand, reserved, unit_price_minor, currency) VALUES ($1, $2 + 1, $3, $4, $5, $6) ON CONFLICT (sku) DO NOTHING"
-            } else {
-                "UPDATE inventory.stock SET version = $2 + 1, on_hand = $3, reserved = $4, unit_price_minor = $5, currency = $6 WHERE sku = $1 AND version = $2"
-            };
-            sqlx::query(sql)
-                .bind(stock.sku.as_str())
-                .bind(expected)
-                .bind(to_i64(stock.on_hand, "on_hand")?)
-                .bind(to_i64(stock.reserved, "reserved")?)
-                .bind(stock.unit_price.amount_minor())
-                .bind(stock.unit_price.currency().code())
-                .execute(&mut **transaction)
-                .await?
-        }
-        Row::Reservation(reservation) => {
-            let sql = if insert {
-                format!(
-                    "INSERT INTO inventory.reservations (order_id, version, state, body, updated_at) VALUES ($1, $2 + 1, $3, $4::jsonb, {}) ON CONFLICT (order_id) DO NOTHING",
-                    at(5)
-                )
-            } else {
-                format!(
-                    "UPDATE inventory.reservations SET version = $2 + 1, state = $3, body = $4::jsonb, updated_at = {} WHERE order_id = $1 AND version = $2",
-                    at(5)
-                )
-            };
-            dynamic(sql)
-                .bind(reservation.order_id.as_str())
-                .bind(expected)
-                .bind(reservation_state(reservation.state))
-                .bind(json(reservation))
-                .bind(to_i64(reservation.updated_at.unix_ms(), "updated_at")?)
-                .execute(&mut **transaction)
-                .await?
-        }
-        Row::Payment(payment) => {
-            let sql = if insert {
-                format!(
-                    "INSERT INTO payment.payments (order_id, version, customer_id, amount_minor, currency, state, body, updated_at) VALUES ($1, $2 + 1, $3, $4, $5, $6, $7::jsonb, {}) ON CONFLICT (order_id) DO NOTHING",
-                    at(8)
-                )
-            } else {
-                format!(
-                    "UPDATE payment.payments SET version = $2 + 1, customer_id = $3, amount_minor = $4, currency = $5, state = $6, body = $7::jsonb, updated_at = {} WHERE order_id = $1 AND version = $2",
-                    at(8)
-                )
-            };
-            dynamic(sql)
-                .bind(payment.order_id.as_str())
-                .bind(expected)
-                .bind(payment.customer.as_str())
-                .bind(payment.amount.amount_minor())
-                .bind(payment.amount.currency().code())
-                .bind(payment_state(payment.state))
-                .bind(json(payment))
-                .bind(to_i64(payment.updated_at.unix_ms(), "updated_at")?)
-                .execute(&mut **transaction)
-                .await?
-        }
-        Row::Wallet(wallet) => {
-            let sql = if insert {
-                "INSERT INTO payment.wallets (customer_id, version, currency, body) VALUES ($1, $2 + 1, $3, $4::jsonb) ON CONFLICT (customer_id) DO NOTHING"
-            } else {
-                "UPDATE payment.wallets SET version = $2 + 1, currency = $3, body = $4::jsonb WHERE customer_id = $1 AND version = $2"
-            };
-            sqlx::query(sql)
-                .bind(wallet.customer.as_str())
-                .bind(expected)
-                .bind(wallet.currency.code())
-                .bind(json(wallet))
-                .execute(&mut **transaction)
-                .await?
-        }
-        Row::Account(account) => {
-            if insert {
-                sqlx::query(
-                    "INSERT INTO payment.accounts (account_id, version, balance_minor, held_minor, kind, currency) VALUES ($1, $2 + 1, $3, $4, $5, $6) ON CONFLICT (account_id) DO NOTHING",
-                )
-                .bind(account.id.to_string())
-                .bind(expected)
-                .bind(account.balance.amount_minor())
-                .bind(account.held.amount_minor())
-                .bind(account_kind(&account.id))
-                .bind(account.id.currency().code())
-                .execute(&mut **transaction)
-                .await?
-            } else {
-                sqlx::query("UPDATE payment.accounts SET version = $2 + 1, balance_minor = $3, held_minor = $4 WHERE account_id = $1 AND version = $2")
-                    .bind(account.id.to_string())
-                    .bind(expected)
-                    .bind(account.balance.amount_minor())
-                    .bind(account.held.amount_minor())
-                    .execute(&mut **transaction)
-                    .await?
-            }
-        }
-    };
-    if result.rows_affected() == 1 {
-        return Ok(());
+/// Lower-case hexadecimal, as PostgreSQL's `decode(text, 'hex')` reads it.
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
     }
-    let key = write.row.key();
-    let found = current_version(transaction, &key).await?;
-    Err(PgCommitError::Conflict(CommitError::VersionConflict {
-        key,
-        expected: write.expected,
-        found,
-    }))
+    text
+}
+
+/// A deadlock between concurrent commits, a serialisation failure or a key
+/// inserted concurrently aborts the transaction: that is a conflict (decide
+/// again), not a failure of the database.
+fn aborted_or_failed(error: sqlx::Error) -> PgCommitError {
+    const DEADLOCK: &str = "40P01";
+    const SERIALIZATION_FAILURE: &str = "40001";
+    const UNIQUE_VIOLATION: &str = "23505";
+    if let sqlx::Error::Database(database) = &error
+        && let Some(code) = database.code()
+        && [DEADLOCK, SERIALIZATION_FAILURE, UNIQUE_VIOLATION].contains(&code.as_ref())
+    {
+        return PgCommitError::Conflict(CommitError::Aborted(database.message().to_owned()));
+    }
+    PgCommitError::Store(StoreError::Database(error))
 }
 
 type PgQuery = sqlx::query::Query<'static, Postgres, sqlx::postgres::PgArguments>;
@@ -912,65 +769,6 @@ where
     sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
 }
 
-/// The parameters an order insert and update share, $1 to $9.
-fn order_query(
-    sql: String,
-    order: &OrderRow,
-    expected: i64,
-    status: &'static str,
-    reason: Option<String>,
-    awaiting: String,
-    deadline: Option<i64>,
-) -> Result<PgQuery, StoreError> {
-    Ok(dynamic(sql)
-        .bind(order.order_id.as_str().to_owned())
-        .bind(expected)
-        .bind(order.amount.map(|amount| amount.amount_minor()))
-        .bind(status)
-        .bind(reason)
-        .bind(awaiting)
-        .bind(deadline)
-        .bind(json(order))
-        .bind(to_i64(order.updated_at.unix_ms(), "updated_at")?))
-}
-
-async fn current_version(
-    transaction: &mut Transaction<'_, Postgres>,
-    key: &RowKey,
-) -> Result<Version, PgCommitError> {
-    let (sql, id) = match key {
-        RowKey::Order(id) => (
-            "SELECT version FROM orders.orders WHERE order_id = $1",
-            id.as_str().to_owned(),
-        ),
-        RowKey::Stock(sku) => (
-            "SELECT version FROM inventory.stock WHERE sku = $1",
-            sku.as_str().to_owned(),
-        ),
-        RowKey::Reservation(id) => (
-            "SELECT version FROM inventory.reservations WHERE order_id = $1",
-            id.as_str().to_owned(),
-        ),
-        RowKey::Payment(id) => (
-            "SELECT version FROM payment.payments WHERE order_id = $1",
-            id.as_str().to_owned(),
-        ),
-        RowKey::Wallet(id) => (
-            "SELECT version FROM payment.wallets WHERE customer_id = $1",
-            id.as_str().to_owned(),
-        ),
-        RowKey::Account(id) => (
-            "SELECT version FROM payment.accounts WHERE account_id = $1",
-            id.to_string(),
-        ),
-    };
-    let version: Option<i64> = sqlx::query_scalar(sql)
-        .bind(id)
-        .fetch_optional(&mut **transaction)
-        .await?;
-    Ok(version.map_or(Ok(0), |version| to_u64(version, "version"))?)
-}
-
 /// Decodes a row of `sequence, recorded_at (unix ms), posting, previous_hash, hash`.
 fn entry_from(row: &sqlx::postgres::PgRow) -> Result<Entry, StoreError> {
     Ok(Entry {
@@ -980,4 +778,70 @@ fn entry_from(row: &sqlx::postgres::PgRow) -> Result<Entry, StoreError> {
         previous_hash: hash_from(row.try_get::<Vec<u8>, _>(3)?)?,
         hash: hash_from(row.try_get::<Vec<u8>, _>(4)?)?,
     })
+}
+
+/// PostgreSQL behind the engine's storage port.
+#[async_trait::async_trait]
+impl saldo_engine::Store for PgStore {
+    async fn load(&self, read_set: &BatchReadSet) -> Result<Loaded, Unavailable> {
+        self.load_batch(read_set).await.map_err(unavailable)
+    }
+
+    async fn commit(&self, commit: Commit, now: Timestamp) -> Result<(), CommitFailure> {
+        PgStore::commit(self, commit, now)
+            .await
+            .map_err(|error| match error {
+                PgCommitError::Conflict(conflict) => CommitFailure::Conflict(conflict),
+                PgCommitError::Store(error) => unavailable(error).into(),
+            })
+    }
+
+    async fn due_timers(&self, now: Timestamp, limit: usize) -> Result<Vec<OrderId>, Unavailable> {
+        self.due_orders(now, i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn entries_of(
+        &self,
+        account: &AccountId,
+        limit: usize,
+    ) -> Result<Vec<Entry>, Unavailable> {
+        PgStore::entries_of(self, account, limit)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn record_dead_letter(
+        &self,
+        consumer: Service,
+        letter: &DeadLetter,
+    ) -> Result<(), Unavailable> {
+        let sql = format!(
+            "INSERT INTO {}.dead_letters (message_id, message_type, order_id, error, payload, received_at) VALUES ($1, $2, $3, $4, $5, now())",
+            schema(consumer)
+        );
+        dynamic(sql)
+            .bind(letter.message_id.map(|id| id.to_hex()))
+            .bind(letter.message_type)
+            .bind(letter.order_id.as_deref())
+            .bind(&letter.error)
+            .bind(&letter.payload)
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(|error| unavailable(StoreError::Database(error)))
+    }
+
+    async fn ready(&self) -> Result<(), Unavailable> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(|error| unavailable(StoreError::Database(error)))
+    }
+}
+
+fn unavailable(error: StoreError) -> Unavailable {
+    Unavailable(error.to_string())
 }

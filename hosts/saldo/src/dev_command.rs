@@ -15,22 +15,26 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use saldo_domain::Rules;
 use saldo_domain::inventory::{SetStock, decide_set_stock, set_stock_read_set};
 use saldo_domain::messages::{Service, Traceparent};
-use saldo_domain::order::{deadline_read_set, decide_deadline};
 use saldo_domain::payment::{TopUp, decide_top_up, top_up_read_set};
-use saldo_domain::{Rules, decide_message, message_read_set};
+use saldo_engine::{
+    DeadLetter, DeadLetterSink, Deliverer, Incoming, MemoryBackend, Store, execute, timers,
+    wall_clock,
+};
 use saldo_http::api::Api;
-use saldo_http::backend::{Backend, ExecuteFailure, MemoryBackend, execute};
 use saldo_http::gateway::{Gateway, parse_keys};
 use saldo_idempotency::IdempotencyKey;
-use saldo_kafka::wall_clock;
 use saldo_types::{CorrelationId, Currency, CustomerId, Id128, Money, Sku};
 
 use crate::service_command::{runtime, shutdown};
 
-/// The most outbox rows the bus takes from one outbox per round.
-pub const BUS_BATCH_MAX: usize = 256;
+/// The most outbox rows the bus takes from one outbox per round; they are
+/// delivered to their consumers in batches of the engine's size.
+pub const BUS_BATCH_MAX: usize = 128;
+/// The longest the bus sleeps when nothing is due; a commit wakes it sooner.
+pub const BUS_IDLE_MAX: Duration = Duration::from_secs(1);
 
 /// Arguments of `saldo dev`.
 #[derive(Debug, Args)]
@@ -125,71 +129,99 @@ async fn seed(backend: &MemoryBackend, rules: &Rules) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Delivers every committed outbox row to its consumer and fires due
-/// deadlines, until nothing is left to do; returns whether it did anything.
-async fn drain(backend: &MemoryBackend, rules: &Rules) -> bool {
-    let mut progressed = false;
-    for service in Service::ALL {
-        let rows = backend.lock().outbox_pending(service, BUS_BATCH_MAX);
-        let mut delivered = Vec::with_capacity(rows.len());
-        for row in rows {
-            let envelope = &row.envelope;
-            if let Some(consumer) = envelope.payload.consumer() {
-                let now = wall_clock();
-                let result = execute(
-                    backend,
-                    &message_read_set(consumer, envelope),
-                    now,
-                    |snapshot| decide_message(rules, consumer, snapshot, envelope, now),
-                )
-                .await;
-                match result {
-                    Ok(outcome) => {
-                        tracing::debug!(%consumer, message_type = envelope.message_type(), order_id = %envelope.order_id, correlation_id = %envelope.correlation_id, ?outcome, "delivered");
-                    }
-                    Err(ExecuteFailure::Rejected(refusal)) => {
-                        // The production consumer dead-letters this; here the
-                        // log line is the dead letter.
-                        tracing::error!(alert = true, %consumer, message_type = envelope.message_type(), order_id = %envelope.order_id, %refusal, "dead-lettered");
-                        metrics::counter!("saldo_dead_letters_total", "service" => consumer.name())
-                            .increment(1);
-                    }
-                    // Contention: stop here and retry this row next round, so
-                    // that the outbox's order is kept.
-                    Err(ExecuteFailure::Conflict(_) | ExecuteFailure::Unavailable(_)) => break,
-                }
-            }
-            delivered.push(row.sequence);
-        }
-        progressed |= !delivered.is_empty();
-        backend.lock().mark_published(service, &delivered);
+/// In dev mode a dead letter is its log line (the engine writes it as an
+/// alert) and its entry in the in-memory store.
+struct LoggedDeadLetters;
+
+#[async_trait::async_trait]
+impl DeadLetterSink for LoggedDeadLetters {
+    async fn publish(&self, _consumer: Service, _letter: &DeadLetter) -> Result<(), String> {
+        Ok(())
     }
-    let now = wall_clock();
-    let due = backend.lock().due_timers(now, BUS_BATCH_MAX);
-    for order_id in due {
-        progressed = true;
-        let result = execute(backend, &deadline_read_set(&order_id), now, |snapshot| {
-            Ok::<_, ()>(decide_deadline(&rules.order_saga, snapshot, &order_id, now))
-        })
-        .await;
-        if let Err(error) = result {
-            tracing::warn!(%order_id, ?error, "deadline not handled; retrying");
-        }
-    }
-    progressed
 }
 
-/// The bus: drains after every commit and at the next deadline.
-async fn run_bus(backend: MemoryBackend, rules: Arc<Rules>) {
-    loop {
-        // Registered before draining, so a commit during the drain still wakes us.
-        let committed = backend.committed().notified();
-        while drain(&backend, &rules).await {}
-        let next_timer = backend.lock().next_timer();
-        let wait_ms = next_timer.map_or(1_000, |at| at.ms_since(wall_clock()).clamp(1, 1_000));
-        tokio::select! {
-            () = committed => {}
-            () = tokio::time::sleep(Duration::from_millis(wait_ms)) => {}
+/// One deliverer per consuming service, all on the shared store.
+struct Bus {
+    backend: MemoryBackend,
+    rules: Arc<Rules>,
+    deliverers: Vec<Deliverer>,
+}
+
+impl Bus {
+    fn new(
+        backend: MemoryBackend,
+        rules: Arc<Rules>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Bus {
+        let store: Arc<dyn Store> = Arc::new(backend.clone());
+        let deliverers = Service::ALL
+            .into_iter()
+            .map(|service| {
+                Deliverer::new(
+                    service,
+                    store.clone(),
+                    rules.clone(),
+                    Arc::new(LoggedDeadLetters),
+                    stop.clone(),
+                )
+            })
+            .collect();
+        Bus {
+            backend,
+            rules,
+            deliverers,
+        }
+    }
+
+    /// Delivers the committed outbox rows of every service to their
+    /// consumers, in outbox order, through the engine, marks them
+    /// published, and fires due deadlines; returns whether it did anything.
+    async fn drain(&self) -> anyhow::Result<bool> {
+        let mut progressed = false;
+        for service in Service::ALL {
+            let rows = self.backend.lock().outbox_pending(service, BUS_BATCH_MAX);
+            if rows.is_empty() {
+                continue;
+            }
+            for deliverer in &self.deliverers {
+                let batch: Vec<Incoming> = rows
+                    .iter()
+                    .filter(|row| row.envelope.payload.consumer() == Some(deliverer.service()))
+                    .map(|row| {
+                        Incoming::decoded(
+                            format!("{service}.outbox/{}", row.sequence),
+                            (*row.envelope).clone(),
+                        )
+                    })
+                    .collect();
+                if !batch.is_empty() {
+                    deliverer.handle(&batch).await?;
+                }
+            }
+            let sequences: Vec<u64> = rows.iter().map(|row| row.sequence).collect();
+            self.backend.lock().mark_published(service, &sequences);
+            progressed = true;
+        }
+        let fired = timers::fire_due(&self.backend, &self.rules).await?;
+        Ok(progressed || fired.fired > 0)
+    }
+
+    /// Drains after every commit and at the next deadline, until stopped.
+    async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {
+        loop {
+            // Registered before draining, so a commit during the drain still wakes us.
+            let committed = self.backend.committed().notified();
+            while self.drain().await? {}
+            let next_timer = self.backend.lock().next_timer();
+            let wait_ms = next_timer.map_or(BUS_IDLE_MAX.as_millis() as u64, |at| {
+                at.ms_since(wall_clock())
+                    .clamp(1, BUS_IDLE_MAX.as_millis() as u64)
+            });
+            tokio::select! {
+                () = committed => {}
+                () = tokio::time::sleep(Duration::from_millis(wait_ms)) => {}
+                _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
+            }
         }
     }
 }
@@ -213,7 +245,7 @@ pub fn run(args: &DevArgs) -> anyhow::Result<ExitCode> {
         let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
             .install_recorder()
             .context("cannot install the metrics recorder")?;
-        let shared: Arc<dyn Backend> = Arc::new(backend.clone());
+        let shared: Arc<dyn Store> = Arc::new(backend.clone());
         let mut api = Api::new(wall_clock);
         api.order = Some(shared.clone());
         api.payment = Some(shared.clone());
@@ -231,12 +263,21 @@ pub fn run(args: &DevArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let address = listener.local_addr().context("local address")?;
-        let bus = tokio::spawn(run_bus(backend, rules));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut bus = tokio::spawn(Bus::new(backend, rules, stopped.clone()).run(stopped));
         print_banner(address, args.no_seed, args.keys.is_some());
-        saldo_http::serve(listener, router, shutdown())
-            .await
-            .context("serving HTTP")?;
-        bus.abort();
+        let server = saldo_http::serve(listener, router, shutdown());
+        // The bus never stops by itself: if it does, the process must not
+        // carry on accepting orders that nothing delivers.
+        tokio::select! {
+            served = server => served.context("serving HTTP")?,
+            ended = &mut bus => {
+                ended.context("the bus")?.context("the bus")?;
+                anyhow::bail!("the bus stopped");
+            }
+        }
+        stop.send_replace(true);
+        bus.await.context("the bus")?.context("the bus")?;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })

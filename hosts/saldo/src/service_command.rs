@@ -10,17 +10,20 @@ use anyhow::{Context, bail};
 use clap::Args;
 use saldo_domain::Rules;
 use saldo_domain::messages::Service;
-use saldo_domain::order::{deadline_read_set, decide_deadline};
+use saldo_engine::{Store, timers, wall_clock};
 use saldo_kafka::consumer::ConsumerRunner;
 use saldo_kafka::publisher::OutboxPublisher;
-use saldo_kafka::{topics, wall_clock};
-use saldo_postgres::{PgExecuteError, PgStore};
+use saldo_kafka::topics;
+use saldo_postgres::PgStore;
 use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use saldo_http::api::{Api, Check};
-use saldo_http::backend::Backend;
+
+/// Database connections per service process: the consumer's batches, the
+/// timers and the HTTP API share them.
+pub const CONNECTIONS_MAX: u32 = 8;
 
 /// Where a service finds its database and the broker.
 #[derive(Debug, Args)]
@@ -111,7 +114,7 @@ async fn serve_api(
     metrics: Option<PrometheusHandle>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
-    let backend: Arc<dyn Backend> = Arc::new(store);
+    let backend: Arc<dyn Store> = Arc::new(store);
     let mut api = Api::new(wall_clock);
     match service {
         Service::Order => api.order = Some(backend),
@@ -197,27 +200,33 @@ pub(crate) async fn shutdown() {
     }
 }
 
-/// Runs a service's consumer (and, for the order service, its deadline timers).
+/// Runs a service's consumer (and, for the order service, its deadline
+/// timers). If either stops by itself, the process exits with an error so
+/// that its supervisor restarts it: a service that consumes nothing must
+/// not look alive.
 pub fn run_consumer(service: Service, args: &ServiceArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
-        let store = PgStore::connect(&args.database_url, 8)
+        let store = PgStore::connect(&args.database_url, CONNECTIONS_MAX)
             .await
             .context("cannot connect to the database")?;
         prepare_topics(args).await;
         let metrics = serve_metrics(args).await?;
         let group = format!("{}-{}", args.group_prefix, service.name());
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let shared: Arc<dyn Store> = Arc::new(store.clone());
+        let rules = Arc::new(Rules::default());
         let runner = ConsumerRunner::new(
             &args.kafka_bootstrap,
             &group,
             service,
-            store.clone(),
-            Rules::default(),
+            shared.clone(),
+            rules.clone(),
+            stopped.clone(),
         )
         .context("cannot create the Kafka consumer")?;
         tracing::info!(%service, group, topic = topics::consumed_by(service), "consuming");
-        let (stop, _) = tokio::sync::watch::channel(false);
-        let stopped = |stop: &tokio::sync::watch::Sender<bool>| {
-            let mut receiver = stop.subscribe();
+        let until_stopped = |stopped: &tokio::sync::watch::Receiver<bool>| {
+            let mut receiver = stopped.clone();
             async move {
                 let _ = receiver.wait_for(|stopped| *stopped).await;
             }
@@ -227,19 +236,38 @@ pub fn run_consumer(service: Service, args: &ServiceArgs) -> anyhow::Result<Exit
                 serve_api(
                     service,
                     address,
-                    store.clone(),
+                    store,
                     args,
                     metrics,
-                    stopped(&stop),
+                    until_stopped(&stopped),
                 )
                 .await?,
             ),
             None => None,
         };
-        let consumer = tokio::spawn(runner.run(stopped(&stop)));
-        let timers = (service == Service::Order)
-            .then(|| tokio::spawn(fire_deadlines(store, stopped(&stop))));
-        shutdown().await;
+        let mut consumer = tokio::spawn(runner.run(stopped.clone()));
+        let mut deadlines = tokio::spawn({
+            let (store, rules, stopped) = (shared, rules, stopped.clone());
+            async move {
+                if service == Service::Order {
+                    timers::run(store, rules, stopped).await;
+                } else {
+                    let mut stopped = stopped;
+                    let _ = stopped.wait_for(|stopped| *stopped).await;
+                }
+            }
+        });
+        tokio::select! {
+            () = shutdown() => {}
+            ended = &mut consumer => {
+                ended.context("consumer task")?.context("consumer")?;
+                bail!("the consumer stopped by itself");
+            }
+            ended = &mut deadlines => {
+                ended.context("timer task")?;
+                bail!("the deadline timers stopped by themselves");
+            }
+        }
         tracing::info!(%service, "stopping: finishing requests and messages in flight");
         stop.send_replace(true);
         if let Some(http) = http {
@@ -249,47 +277,9 @@ pub fn run_consumer(service: Service, args: &ServiceArgs) -> anyhow::Result<Exit
             .await
             .context("consumer task")?
             .context("consumer")?;
-        if let Some(timers) = timers {
-            timers.await.context("timer task")?;
-        }
+        deadlines.await.context("timer task")?;
         Ok(ExitCode::SUCCESS)
     })
-}
-
-/// Handles due saga deadlines until `stop` resolves.
-async fn fire_deadlines(store: PgStore, stop: impl std::future::Future<Output = ()>) {
-    tokio::pin!(stop);
-    let rules = Rules::default();
-    loop {
-        let now = wall_clock();
-        match store.due_orders(now, 100).await {
-            Ok(due) => {
-                for order_id in due {
-                    let result = store
-                        .execute(&deadline_read_set(&order_id), now, |snapshot| {
-                            Ok::<_, ()>(decide_deadline(
-                                &rules.order_saga,
-                                snapshot,
-                                &order_id,
-                                now,
-                            ))
-                        })
-                        .await;
-                    match result {
-                        Ok(_) | Err(PgExecuteError::Conflict(_)) => {}
-                        Err(error) => {
-                            tracing::warn!(%order_id, ?error, "deadline not handled; retrying")
-                        }
-                    }
-                }
-            }
-            Err(error) => tracing::warn!(%error, "cannot read due deadlines"),
-        }
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(250)) => {}
-            () = &mut stop => return,
-        }
-    }
 }
 
 /// Runs one service's outbox publisher.

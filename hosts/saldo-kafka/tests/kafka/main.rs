@@ -86,11 +86,12 @@ impl Setup {
             &self.servers(),
             &format!("saldo-{}", service.name()),
             service,
-            self.store(),
-            Rules::default(),
+            std::sync::Arc::new(self.store()),
+            std::sync::Arc::new(Rules::default()),
+            self.stop.subscribe(),
         )
         .expect("consumer");
-        let stopped = self.stopped();
+        let stopped = self.stop.subscribe();
         self.tasks.push(tokio::spawn(async move {
             runner.run(stopped).await.expect("consumer stops cleanly")
         }));
@@ -148,24 +149,22 @@ async fn seed(store: &PgStore) {
             correlation_id: CorrelationId::new("seed").expect("valid"),
             traceparent: Traceparent::root(Id128::derive("seed", &[customer.as_bytes()])),
         };
-        store
-            .execute(&top_up_read_set(&request), now, |s| {
-                decide_top_up(&rules.payment, s, &request, now)
-            })
-            .await
-            .expect("top-up");
+        saldo_engine::execute(store, &top_up_read_set(&request), now, |s| {
+            decide_top_up(&rules.payment, s, &request, now)
+        })
+        .await
+        .expect("top-up");
     }
     let request = SetStock {
         sku: Sku::new("apple").expect("valid"),
         on_hand: 6,
         unit_price: eur(200),
     };
-    store
-        .execute(&set_stock_read_set(&request), now, |s| {
-            decide_set_stock(s, &request)
-        })
-        .await
-        .expect("stock");
+    saldo_engine::execute(store, &set_stock_read_set(&request), now, |s| {
+        decide_set_stock(s, &request)
+    })
+    .await
+    .expect("stock");
 }
 
 async fn place(store: &PgStore, order: &str, customer: &str, quantity: u32) {
@@ -183,12 +182,11 @@ async fn place(store: &PgStore, order: &str, customer: &str, quantity: u32) {
         correlation_id: CorrelationId::new(format!("c-{order}")).expect("valid"),
         traceparent: Traceparent::root(Id128::derive("test", &[order.as_bytes()])),
     };
-    store
-        .execute(&place_order_read_set(&request), now, |s| {
-            decide_place_order(&rules.order_saga, s, &request, now)
-        })
-        .await
-        .expect("placed");
+    saldo_engine::execute(store, &place_order_read_set(&request), now, |s| {
+        decide_place_order(&rules.order_saga, s, &request, now)
+    })
+    .await
+    .expect("placed");
 }
 
 async fn statuses(store: &PgStore) -> BTreeMap<String, String> {
@@ -612,5 +610,44 @@ async fn published_rows_are_removed_after_the_retention_period() {
         .await,
         2
     );
+    setup.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn terminated_database_connections_are_replaced_and_nothing_is_dead_lettered() {
+    // Proves the engine survives its database: every connection of the
+    // publishers, consumers and pools is terminated (pg_terminate_backend)
+    // twice mid-flow; the publishers reconnect and claim their lanes again,
+    // the consumers keep their messages until the store answers, and every
+    // order still ends with nothing dead-lettered.
+    let mut setup = Setup::new().await;
+    let store = setup.store();
+    seed(&store).await;
+    setup.start_platform().await;
+    place(&store, "o1", "alice", 1).await;
+    wait_for(
+        &store,
+        "SELECT count(*) FROM orders.orders WHERE status <> 'PENDING'",
+        1,
+        Duration::from_secs(60),
+    )
+    .await;
+    let terminate = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND pid <> pg_backend_pid()";
+    for round in 0..2 {
+        let terminated = scalar(&store, terminate).await;
+        assert!(terminated > 0, "round {round}: some connections were open");
+        place(&store, &format!("t{round}a"), "alice", 1).await;
+        place(&store, &format!("t{round}b"), "alice", 1).await;
+    }
+    wait_for(
+        &store,
+        "SELECT count(*) FROM orders.orders WHERE status <> 'PENDING'",
+        5,
+        Duration::from_secs(60),
+    )
+    .await;
+    check_invariants(&store).await;
+    assert_eq!(scalar(&store, "SELECT (SELECT count(*) FROM orders.dead_letters) + (SELECT count(*) FROM inventory.dead_letters) + (SELECT count(*) FROM payment.dead_letters)").await, 0);
     setup.stop().await;
 }

@@ -1,8 +1,6 @@
 //! The two backends behind one interface, and a driver that runs whole
 //! flows on either.
 
-use std::sync::Mutex;
-
 use saldo_domain::decision::{Decided, Decision, ReadSet, Snapshot};
 use saldo_domain::inventory::{SetStock, decide_set_stock, set_stock_read_set};
 use saldo_domain::messages::{Envelope, OrderLine, Service, Traceparent};
@@ -10,13 +8,14 @@ use saldo_domain::order::{
     OrderAccepted, PlaceOrder, PlaceOrderError, decide_place_order, place_order_read_set,
 };
 use saldo_domain::payment::{TopUp, TopUpApplied, TopUpError, decide_top_up, top_up_read_set};
-use saldo_domain::store::{CommitError, DECIDE_ATTEMPTS_MAX};
+use saldo_domain::store::CommitError;
 use saldo_domain::{
     ConsumeError, MemoryStore, MessageOutcome, Rules, decide_message, message_read_set,
 };
+use saldo_engine::{CommitFailure, ExecuteFailure, MemoryBackend, Store};
 use saldo_idempotency::IdempotencyKey;
+use saldo_postgres::Dump;
 use saldo_postgres::testing::TestDatabase;
-use saldo_postgres::{Dump, PgExecuteError};
 use saldo_types::{CorrelationId, Currency, CustomerId, Id128, Money, OrderId, Sku, Timestamp};
 
 pub const NOW: Timestamp = Timestamp::from_unix_ms(1_767_225_600_000);
@@ -40,60 +39,55 @@ pub enum Kind {
 }
 
 pub enum Backend {
-    Memory(Mutex<MemoryStore>),
+    Memory(MemoryBackend),
     Postgres(TestDatabase),
 }
 
 impl Backend {
     pub async fn new(kind: Kind) -> Backend {
         match kind {
-            Kind::Memory => Backend::Memory(Mutex::new(MemoryStore::new())),
+            Kind::Memory => Backend::Memory(MemoryBackend::new()),
             Kind::Postgres => Backend::Postgres(TestDatabase::create().await),
         }
     }
 
-    pub async fn load(&self, read_set: &ReadSet) -> Snapshot {
+    /// The engine's storage port, on either backend.
+    pub fn store(&self) -> &dyn Store {
         match self {
-            Backend::Memory(store) => store.lock().expect("not poisoned").load(read_set),
-            Backend::Postgres(database) => database.store.load(read_set).await.expect("loads"),
+            Backend::Memory(store) => store,
+            Backend::Postgres(database) => &database.store,
         }
+    }
+
+    pub async fn load(&self, read_set: &ReadSet) -> Snapshot {
+        saldo_engine::read(self.store(), read_set)
+            .await
+            .expect("loads")
     }
 
     pub async fn commit(&self, decision: Decision, now: Timestamp) -> Result<(), CommitError> {
-        match self {
-            Backend::Memory(store) => store.lock().expect("not poisoned").commit(decision, now),
-            Backend::Postgres(database) => match database.store.commit(decision, now).await {
-                Ok(()) => Ok(()),
-                Err(saldo_postgres::PgCommitError::Conflict(conflict)) => Err(conflict),
-                Err(saldo_postgres::PgCommitError::Store(error)) => {
-                    panic!("database failure: {error}")
-                }
-            },
+        match self.store().commit(decision.into(), now).await {
+            Ok(()) => Ok(()),
+            Err(CommitFailure::Conflict(conflict)) => Err(conflict),
+            Err(CommitFailure::Unavailable(error)) => panic!("database failure: {error}"),
         }
     }
 
-    /// The rhythm, on either backend.
-    pub async fn execute<R, E>(
+    /// The rhythm, on either backend: the engine's one re-decide loop.
+    pub async fn execute<R: Send, E: Send>(
         &self,
         read_set: &ReadSet,
         now: Timestamp,
-        mut decide: impl FnMut(&Snapshot) -> Result<Decided<R>, E>,
+        decide: impl FnMut(&Snapshot) -> Result<Decided<R>, E> + Send,
     ) -> Result<R, Outcome<E>> {
-        let mut last = None;
-        for _ in 0..DECIDE_ATTEMPTS_MAX {
-            let snapshot = self.load(read_set).await;
-            let decided = decide(&snapshot).map_err(Outcome::Rejected)?;
-            match self.commit(decided.decision, now).await {
-                Ok(()) => return Ok(decided.reply),
-                Err(conflict) => last = Some(conflict),
-            }
-        }
-        Err(Outcome::Conflict(last.expect("attempted")))
+        saldo_engine::execute(self.store(), read_set, now, decide)
+            .await
+            .map_err(Outcome::from)
     }
 
     pub async fn dump(&self) -> Dump {
         match self {
-            Backend::Memory(store) => memory_dump(&store.lock().expect("not poisoned")),
+            Backend::Memory(store) => memory_dump(&store.lock()),
             Backend::Postgres(database) => database.store.dump().await.expect("dumps"),
         }
     }
@@ -106,12 +100,12 @@ pub enum Outcome<E> {
     Conflict(CommitError),
 }
 
-impl<E> From<PgExecuteError<E>> for Outcome<E> {
-    fn from(error: PgExecuteError<E>) -> Self {
+impl<E> From<ExecuteFailure<E>> for Outcome<E> {
+    fn from(error: ExecuteFailure<E>) -> Self {
         match error {
-            PgExecuteError::Rejected(error) => Outcome::Rejected(error),
-            PgExecuteError::Conflict(conflict) => Outcome::Conflict(conflict),
-            PgExecuteError::Store(error) => panic!("database failure: {error}"),
+            ExecuteFailure::Rejected(error) => Outcome::Rejected(error),
+            ExecuteFailure::Conflict(conflict) => Outcome::Conflict(conflict),
+            ExecuteFailure::Unavailable(error) => panic!("database failure: {error}"),
         }
     }
 }

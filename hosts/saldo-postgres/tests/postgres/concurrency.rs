@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use saldo_domain::messages::{Envelope, Payload, SCHEMA_VERSION, Service, Traceparent};
 use saldo_domain::payment::{TopUp, decide_top_up, top_up_read_set};
 use saldo_domain::{MessageOutcome, Rules, decide_message, message_read_set};
+use saldo_engine::ExecuteFailure;
 use saldo_idempotency::IdempotencyKey;
-use saldo_postgres::{PgExecuteError, PgStore};
+use saldo_postgres::PgStore;
 use saldo_types::{CorrelationId, CustomerId, Id128, OrderId};
 use sqlx::Row as _;
 
@@ -47,14 +48,13 @@ async fn deliver_until_decided(
     let consumer = envelope.payload.consumer().expect("consumed");
     let read_set = message_read_set(consumer, envelope);
     for _ in 0..RACES_MAX {
-        match store
-            .execute(&read_set, NOW, |snapshot| {
-                decide_message(rules, consumer, snapshot, envelope, NOW)
-            })
-            .await
+        match saldo_engine::execute(store, &read_set, NOW, |snapshot| {
+            decide_message(rules, consumer, snapshot, envelope, NOW)
+        })
+        .await
         {
             Ok(outcome) => return outcome,
-            Err(PgExecuteError::Conflict(_)) => tokio::task::yield_now().await,
+            Err(ExecuteFailure::Conflict(_)) => tokio::task::yield_now().await,
             Err(other) => panic!("delivery failed: {other}"),
         }
     }
@@ -263,14 +263,13 @@ async fn concurrent_top_ups_and_payments_keep_the_balance_equal_to_its_entries()
                 traceparent: Traceparent::root(Id128::derive("test", &[&[index]])),
             };
             for _ in 0..RACES_MAX {
-                match store
-                    .execute(&top_up_read_set(&request), NOW, |snapshot| {
-                        decide_top_up(&policy, snapshot, &request, NOW)
-                    })
-                    .await
+                match saldo_engine::execute(&store, &top_up_read_set(&request), NOW, |snapshot| {
+                    decide_top_up(&policy, snapshot, &request, NOW)
+                })
+                .await
                 {
                     Ok(_) => return true,
-                    Err(PgExecuteError::Conflict(_)) => tokio::task::yield_now().await,
+                    Err(ExecuteFailure::Conflict(_)) => tokio::task::yield_now().await,
                     Err(other) => panic!("top-up failed: {other}"),
                 }
             }
