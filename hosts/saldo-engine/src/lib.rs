@@ -19,13 +19,19 @@
 //!   `saldo dev`'s bus hand it their messages and acknowledge after it.
 //! - [`timers`] fires due saga deadlines in batches, for the order service
 //!   and for `saldo dev`.
+//! - [`GroupCommit`] gathers concurrent HTTP requests of one kind into
+//!   shared transactions, each request with its own answer.
+//! - [`OutboxSource`] is the outbox's port: what a publisher claims, marks
+//!   and waits for.
 //! - [`wall_clock`]: hosts own the clock; the sdk takes time as a parameter.
 //!
 //! The engine owns no business rule: every decision is the sdk's. It knows
 //! no SQL and no Kafka: adapters meet here and in the binary only.
 
 mod delivery;
+mod group;
 mod memory;
+mod outbox;
 mod run;
 mod store;
 pub mod timers;
@@ -34,7 +40,9 @@ pub use delivery::{
     ATTEMPTS_MAX, BACKOFF_INITIAL, BACKOFF_MAX, DEAD_LETTER_ATTEMPTS_MAX, DeadLetter,
     DeadLetterSink, Deliverer, DeliveryError, Handled, Incoming, outcome_name,
 };
+pub use group::{Decider, GROUP_COMMIT_MAX, GROUP_COMMIT_WORKERS, GROUP_QUEUE_MAX, GroupCommit};
 pub use memory::{DEAD_LETTERS_KEPT_MAX, MemoryBackend};
+pub use outbox::{OutboxRecord, OutboxSource};
 pub use run::{BATCH_REDECIDE_MAX, ExecuteFailure, InputFailure, execute, execute_batch, read};
 pub use store::{CommitFailure, Store, Unavailable};
 

@@ -2,8 +2,9 @@
 //!
 //! Handlers only translate: JSON and headers into the sdk's requests, the
 //! sdk's answers and refusals into JSON and problems. Every rule about
-//! money, stock and saga state is decided by `saldo-domain` through
-//! [`execute`], which commits all of a decision or none of it.
+//! money, stock and saga state is decided by `saldo-domain`; writes go
+//! through the engine's [`GroupCommit`], which gathers concurrent requests
+//! into one transaction and commits all of each decision or none of it.
 
 use std::sync::Arc;
 
@@ -21,9 +22,10 @@ use saldo_domain::inventory::{
 };
 use saldo_domain::messages::OrderLine;
 use saldo_domain::order::{
-    OrderRequestError, PlaceOrder, PlaceOrderError, decide_place_order, place_order_read_set,
+    OrderAccepted, OrderRequestError, PlaceOrder, PlaceOrderError, decide_place_order,
+    place_order_read_set,
 };
-use saldo_domain::payment::{TopUp, TopUpError, decide_top_up, top_up_read_set};
+use saldo_domain::payment::{TopUp, TopUpApplied, TopUpError, decide_top_up, top_up_read_set};
 use saldo_idempotency::IdempotencyKey;
 use saldo_ledger::{AccountId, Entry};
 use saldo_types::{Currency, CustomerId, Money, OrderId, Sku, Timestamp};
@@ -32,7 +34,7 @@ use serde_json::{Value, json};
 
 use crate::context::{JsonBody, RequestContext, observe, random_id};
 use crate::problem::Problem;
-use saldo_engine::{ExecuteFailure, Store, Unavailable, execute, read};
+use saldo_engine::{Decider, ExecuteFailure, GroupCommit, Store, Unavailable, read};
 
 /// The header naming a request's idempotency key.
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -111,15 +113,73 @@ impl Api {
         if self.inventory.is_some() {
             router = router.route("/stock/{sku}", get(get_stock).put(put_stock));
         }
+        let served = Served::start(self);
         router
             .fallback(route_not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(axum::middleware::from_fn(observe))
-            .with_state(Arc::new(self))
+            .with_state(Arc::new(served))
     }
 }
 
-type Shared = State<Arc<Api>>;
+/// An API being served: its configuration and the group committers of its
+/// writes (started with the router, on the current runtime).
+struct Served {
+    api: Api,
+    place_order: Option<GroupCommit<PlaceOrder, OrderAccepted, PlaceOrderError>>,
+    top_up: Option<GroupCommit<TopUp, TopUpApplied, TopUpError>>,
+    set_stock: Option<GroupCommit<SetStock, StockRow, SetStockError>>,
+}
+
+impl Served {
+    fn start(api: Api) -> Served {
+        let clock = api.clock;
+        let place_order = api.order.clone().map(|store| {
+            let rules = api.rules.clone();
+            let decide: Arc<Decider<PlaceOrder, OrderAccepted, PlaceOrderError>> =
+                Arc::new(move |request, snapshot, now| {
+                    decide_place_order(&rules.order_saga, snapshot, request, now)
+                });
+            GroupCommit::start(store, clock, place_order_read_set, decide)
+        });
+        let top_up = api.payment.clone().map(|store| {
+            let rules = api.rules.clone();
+            let decide: Arc<Decider<TopUp, TopUpApplied, TopUpError>> =
+                Arc::new(move |request, snapshot, now| {
+                    decide_top_up(&rules.payment, snapshot, request, now)
+                });
+            GroupCommit::start(store, clock, top_up_read_set, decide)
+        });
+        let set_stock = api.inventory.clone().map(|store| {
+            let decide: Arc<Decider<SetStock, StockRow, SetStockError>> =
+                Arc::new(|request, snapshot, _now| decide_set_stock(snapshot, request));
+            GroupCommit::start(store, clock, set_stock_read_set, decide)
+        });
+        Served {
+            api,
+            place_order,
+            top_up,
+            set_stock,
+        }
+    }
+}
+
+impl std::ops::Deref for Served {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+fn committer<T>(committer: &Option<T>) -> &T {
+    // Routes are only registered when their store is configured.
+    committer
+        .as_ref()
+        .expect("a write route is served only with its store")
+}
+
+type Shared = State<Arc<Served>>;
 
 /// 404 for a path no route serves.
 pub async fn route_not_found() -> Problem {
@@ -306,15 +366,10 @@ async fn post_order(
         correlation_id: context.correlation_id,
         traceparent: context.traceparent,
     };
-    let now = (api.clock)();
-    let accepted = execute(
-        backend(&api.order),
-        &place_order_read_set(&request),
-        now,
-        |snapshot| decide_place_order(&api.rules.order_saga, snapshot, &request, now),
-    )
-    .await
-    .map_err(|failure| store_problem(failure, place_order_problem))?;
+    let accepted = committer(&api.place_order)
+        .submit(request)
+        .await
+        .map_err(|failure| store_problem(failure, place_order_problem))?;
     if !accepted.replayed {
         metrics::counter!("saldo_orders_placed_total").increment(1);
         tracing::info!(order_id = %accepted.order_id, "order placed");
@@ -434,15 +489,10 @@ async fn post_top_up(
         correlation_id: context.correlation_id,
         traceparent: context.traceparent,
     };
-    let now = (api.clock)();
-    let applied = execute(
-        backend(&api.payment),
-        &top_up_read_set(&request),
-        now,
-        |snapshot| decide_top_up(&api.rules.payment, snapshot, &request, now),
-    )
-    .await
-    .map_err(|failure| store_problem(failure, top_up_problem))?;
+    let applied = committer(&api.top_up)
+        .submit(request)
+        .await
+        .map_err(|failure| store_problem(failure, top_up_problem))?;
     let location = format!("/wallets/{}", applied.customer);
     Ok(created(
         location,
@@ -572,15 +622,10 @@ async fn put_stock(
         on_hand: body.on_hand,
         unit_price: Money::from_minor(body.unit_price_minor, currency("currency", &body.currency)?),
     };
-    let now = (api.clock)();
-    let row = execute(
-        backend(&api.inventory),
-        &set_stock_read_set(&request),
-        now,
-        |snapshot| decide_set_stock(snapshot, &request),
-    )
-    .await
-    .map_err(|failure| store_problem(failure, set_stock_problem))?;
+    let row = committer(&api.set_stock)
+        .submit(request)
+        .await
+        .map_err(|failure| store_problem(failure, set_stock_problem))?;
     Ok(axum::Json(stock_view(&row)).into_response())
 }
 
