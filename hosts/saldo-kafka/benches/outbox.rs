@@ -125,7 +125,7 @@ fn main() {
             pool.execute("VACUUM ANALYZE").await.expect("analyses");
             let broker = cluster();
             let producer = saldo_kafka::producer::create(&broker.bootstrap_servers()).expect("producer");
-            let mut publisher = OutboxPublisher::connect(database.url(), Service::Inventory, producer).await.expect("publisher");
+            let mut publisher = OutboxPublisher::new(Box::new(saldo_postgres::PgOutbox::connect(database.url(), Service::Inventory).await.expect("outbox")), producer);
             let started = Instant::now();
             let mut published = 0;
             while published < ROWS as usize {
@@ -158,7 +158,7 @@ fn main() {
         // The same publisher warms up and then runs: a second one would wait
         // for the first connection's lane locks to be released.
         let producer = saldo_kafka::producer::create(&servers).expect("producer");
-        let mut publisher = OutboxPublisher::connect(database.url(), Service::Inventory, producer).await.expect("publisher");
+        let mut publisher = OutboxPublisher::new(Box::new(saldo_postgres::PgOutbox::connect(database.url(), Service::Inventory).await.expect("outbox")), producer);
         while publisher.round().await.expect("round").published == 0 {}
         loop {
             let message = tokio::time::timeout(Duration::from_secs(60), reader.recv()).await.expect("the reader joins").expect("message");

@@ -6,7 +6,8 @@ use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
-use saldo_domain::messages::Envelope;
+use saldo_domain::messages::{Envelope, SCHEMA_VERSION};
+use saldo_engine::OutboxRecord;
 
 use crate::topics;
 
@@ -35,16 +36,32 @@ pub fn create(bootstrap_servers: &str) -> Result<FutureProducer, KafkaError> {
 
 /// The Kafka headers of an envelope.
 pub fn headers(envelope: &Envelope) -> OwnedHeaders {
-    let message_id = envelope.message_id.to_hex();
-    let version = envelope.schema_version.to_string();
+    header_set(
+        &envelope.message_id.to_hex(),
+        envelope.message_type(),
+        envelope.schema_version,
+        envelope.correlation_id.as_str(),
+        envelope.traceparent.as_str(),
+    )
+}
+
+/// The headers every Saldo message carries, from their values.
+fn header_set(
+    message_id: &str,
+    message_type: &str,
+    schema_version: u16,
+    correlation_id: &str,
+    traceparent: &str,
+) -> OwnedHeaders {
+    let version = schema_version.to_string();
     OwnedHeaders::new()
         .insert(Header {
             key: "saldo-message-id",
-            value: Some(message_id.as_str()),
+            value: Some(message_id),
         })
         .insert(Header {
             key: "saldo-message-type",
-            value: Some(envelope.message_type()),
+            value: Some(message_type),
         })
         .insert(Header {
             key: "saldo-schema-version",
@@ -52,11 +69,11 @@ pub fn headers(envelope: &Envelope) -> OwnedHeaders {
         })
         .insert(Header {
             key: "saldo-correlation-id",
-            value: Some(envelope.correlation_id.as_str()),
+            value: Some(correlation_id),
         })
         .insert(Header {
             key: "traceparent",
-            value: Some(envelope.traceparent.as_str()),
+            value: Some(traceparent),
         })
 }
 
@@ -84,6 +101,29 @@ pub fn enqueue_encoded(
         .payload(encoded)
         .headers(headers(envelope));
     producer.send_result(record).map_err(|(error, _)| error)
+}
+
+/// Hands one outbox row to the producer's queue without waiting, routed,
+/// keyed and given its headers from the row's columns; the stored envelope
+/// bytes go out as they are.
+pub fn enqueue_record(
+    producer: &FutureProducer,
+    topic: &str,
+    record: &OutboxRecord,
+) -> Result<DeliveryFuture, KafkaError> {
+    // Outbox rows hold envelopes of the schema version this build writes.
+    let headers = header_set(
+        &record.message_id,
+        &record.message_type,
+        SCHEMA_VERSION,
+        &record.correlation_id,
+        &record.traceparent,
+    );
+    let message = FutureRecord::to(topic)
+        .key(record.order_id.as_str())
+        .payload(record.envelope.as_slice())
+        .headers(headers);
+    producer.send_result(message).map_err(|(error, _)| error)
 }
 
 /// Waits for an enqueued message's acknowledgement.

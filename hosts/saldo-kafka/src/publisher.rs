@@ -1,53 +1,42 @@
-//! The transactional-outbox publisher.
+//! The transactional-outbox publisher, over the engine's outbox port.
 
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use rdkafka::producer::FutureProducer;
-use saldo_domain::messages::{Envelope, Service};
-use saldo_postgres::schema;
-use sqlx::{Connection, PgConnection, Row as _};
-
-/// Outbox lanes per service: an order always maps to one lane, and each lane
-/// is published by at most one publisher at a time.
-pub const LANES: i32 = 16;
+use saldo_domain::messages::Service;
+use saldo_engine::{OutboxSource, Unavailable};
 
 /// The most rows one batch claims.
-pub const BATCH_MAX: i64 = 500;
+pub const BATCH_MAX: usize = 500;
 
 /// Batches handed to the producer and not yet marked, at most.
 pub const WINDOW: usize = 3;
 
+/// Every this many rounds the publisher tries to take lanes that no other
+/// publisher holds, and refreshes the backlog gauge.
+pub const LANE_CLAIM_EVERY: u64 = 16;
+
+/// Every this many rounds the publisher deletes rows past their retention.
+pub const RETENTION_EVERY: u64 = 256;
+
 /// The pause after a failed round before the next attempt.
 pub const RETRY_PAUSE: Duration = Duration::from_millis(200);
-
-/// How long published rows are kept before deletion.
-pub const RETENTION: Duration = Duration::from_secs(3_600);
 
 /// Why a publishing round failed (it is retried; nothing is lost).
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    /// The database failed.
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
-    /// A stored envelope did not decode.
-    #[error("outbox row {sequence} is unreadable: {error}")]
-    Unreadable {
+    /// The outbox's store failed.
+    #[error(transparent)]
+    Store(#[from] Unavailable),
+    /// A row names a message type the catalogue does not have.
+    #[error("outbox row {sequence} is unroutable: {error}")]
+    Unroutable {
         /// The row.
         sequence: i64,
         /// Why.
         error: String,
     },
-}
-
-fn lock_class(service: Service) -> i32 {
-    // A fixed namespace for Saldo's advisory locks, one per service.
-    0x5a1d_0000
-        + match service {
-            Service::Order => 1,
-            Service::Inventory => 2,
-            Service::Payment => 3,
-        }
 }
 
 /// What one round did.
@@ -72,59 +61,37 @@ struct Batch {
 }
 
 /// Publishes one service's outbox. Keep one per process and call
-/// [`OutboxPublisher::round`] in a loop.
+/// [`OutboxPublisher::round`] in a loop (or [`OutboxPublisher::run`]).
 pub struct OutboxPublisher {
     service: Service,
-    database_url: String,
-    connection: PgConnection,
+    source: Box<dyn OutboxSource>,
     producer: FutureProducer,
-    lanes: Vec<i32>,
+    lanes: usize,
     rounds: u64,
     in_flight: std::collections::VecDeque<Batch>,
 }
 
 impl OutboxPublisher {
-    /// A publisher on its own database connection (it holds advisory locks
-    /// on it; if the process dies, the connection and its locks go with it
-    /// and another publisher takes the lanes over).
-    pub async fn connect(
-        database_url: &str,
-        service: Service,
-        producer: FutureProducer,
-    ) -> Result<OutboxPublisher, PublishError> {
-        let connection = PgConnection::connect(database_url).await?;
-        Ok(OutboxPublisher {
-            service,
-            database_url: database_url.to_owned(),
-            connection,
+    /// A publisher of `source`'s rows through `producer`.
+    pub fn new(source: Box<dyn OutboxSource>, producer: FutureProducer) -> OutboxPublisher {
+        OutboxPublisher {
+            service: source.service(),
+            source,
             producer,
-            lanes: Vec::new(),
+            lanes: 0,
             rounds: 0,
             in_flight: std::collections::VecDeque::new(),
-        })
-    }
-
-    /// The lanes held now.
-    pub fn lanes(&self) -> &[i32] {
-        &self.lanes
-    }
-
-    /// Tries to take every lane not yet held (another publisher may hold it).
-    async fn claim_lanes(&mut self) -> Result<(), PublishError> {
-        for lane in 0..LANES {
-            if self.lanes.contains(&lane) {
-                continue;
-            }
-            let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
-                .bind(lock_class(self.service))
-                .bind(lane)
-                .fetch_one(&mut self.connection)
-                .await?;
-            if taken {
-                self.lanes.push(lane);
-            }
         }
-        Ok(())
+    }
+
+    /// How many lanes it holds now.
+    pub fn lanes(&self) -> usize {
+        self.lanes
+    }
+
+    /// Deletes rows published longer ago than the outbox's retention.
+    pub async fn apply_retention(&mut self) -> Result<u64, PublishError> {
+        Ok(self.source.apply_retention().await?)
     }
 
     /// One step of the pipeline: claims the next [`BATCH_MAX`] unpublished
@@ -139,43 +106,29 @@ impl OutboxPublisher {
     /// overtake each other; they are claimed and published again.
     pub async fn round(&mut self) -> Result<Round, PublishError> {
         self.rounds += 1;
-        if self.rounds % 16 == 1 {
-            self.claim_lanes().await?;
+        if self.rounds % LANE_CLAIM_EVERY == 1 {
+            self.lanes = self.source.claim_lanes().await?;
         }
-        if self.lanes.is_empty() {
+        if self.lanes == 0 {
             return Ok(Round::default());
         }
-        let schema = schema(self.service);
         let in_flight: Vec<i64> = self
             .in_flight
             .iter()
             .flat_map(|batch| batch.rows.iter().map(|(sequence, _)| *sequence))
             .collect();
-        let sql = format!(
-            "SELECT sequence, envelope, (extract(epoch from now() - created_at) * 1000)::bigint FROM {schema}.outbox \
-             WHERE published_at IS NULL AND ((hashtext(order_id) & 2147483647) % {LANES}) = ANY($1) \
-             AND NOT (sequence = ANY($3)) ORDER BY sequence LIMIT $2"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&self.lanes)
-            .bind(BATCH_MAX)
-            .bind(&in_flight)
-            .fetch_all(&mut self.connection)
-            .await?;
+        let records = self.source.claim(BATCH_MAX, &in_flight).await?;
         let mut batch = Batch::default();
-        for row in &rows {
-            let sequence: i64 = row.try_get(0)?;
-            let bytes: Vec<u8> = row.try_get(1)?;
-            let envelope = Envelope::decode(&bytes).map_err(|error| PublishError::Unreadable {
-                sequence,
-                error: error.to_string(),
+        for record in &records {
+            let topic = crate::topics::topic_of_type(&record.message_type).map_err(|error| {
+                PublishError::Unroutable {
+                    sequence: record.sequence,
+                    error: error.to_string(),
+                }
             })?;
-            let age_ms: i64 = row.try_get(2)?;
-            // The row holds the envelope's wire form: decoding it checks it
-            // and yields the key and headers; the bytes go out unchanged.
-            match crate::producer::enqueue_encoded(&self.producer, &envelope, &bytes) {
+            match crate::producer::enqueue_record(&self.producer, topic, record) {
                 Ok(delivery) => {
-                    batch.rows.push((sequence, age_ms));
+                    batch.rows.push((record.sequence, record.age_ms));
                     batch.deliveries.push(delivery);
                 }
                 // The producer's queue is full or closed: the rest of the
@@ -191,7 +144,7 @@ impl OutboxPublisher {
             self.in_flight.push_back(batch);
         }
         let mut round = Round {
-            lanes: self.lanes.len(),
+            lanes: self.lanes,
             ..Round::default()
         };
         while self.in_flight.len() >= WINDOW || (!found && !self.in_flight.is_empty()) {
@@ -212,16 +165,13 @@ impl OutboxPublisher {
             }
         }
         round.in_flight = self.in_flight.iter().map(|batch| batch.rows.len()).sum();
-        if self.rounds.is_multiple_of(256) {
-            self.apply_retention().await?;
+        if self.rounds.is_multiple_of(RETENTION_EVERY) {
+            self.source.apply_retention().await?;
         }
         // The backlog gauge costs a count of the unpublished rows: refresh it
         // every few rounds, not on the hot path of every one.
-        if self.rounds % 16 == 1 {
-            let sql = format!("SELECT count(*) FROM {schema}.outbox WHERE published_at IS NULL");
-            let backlog: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                .fetch_one(&mut self.connection)
-                .await?;
+        if self.rounds % LANE_CLAIM_EVERY == 1 {
+            let backlog = self.source.backlog().await?;
             metrics::gauge!("saldo_outbox_backlog", "service" => self.service.name())
                 .set(backlog as f64);
         }
@@ -248,57 +198,25 @@ impl OutboxPublisher {
                 .record(*age_ms as f64);
         }
         if !published.is_empty() {
-            let sql = format!(
-                "UPDATE {}.outbox SET published_at = now() WHERE sequence = ANY($1)",
-                schema(self.service)
-            );
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(&published)
-                .execute(&mut self.connection)
-                .await?;
+            self.source.mark_published(&published).await?;
         }
         Ok((published.len(), batch.rows.len() - published.len()))
     }
 
-    /// Deletes rows published longer than [`RETENTION`] ago.
-    pub async fn apply_retention(&mut self) -> Result<u64, PublishError> {
-        let sql = format!(
-            "DELETE FROM {}.outbox WHERE published_at < now() - $1::bigint * interval '1 second'",
-            schema(self.service)
-        );
-        let deleted = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(RETENTION.as_secs() as i64)
-            .execute(&mut self.connection)
-            .await?;
-        Ok(deleted.rows_affected())
-    }
-
-    /// After a failed round: if the database connection is gone (the server
-    /// restarted, an operator terminated the backend, the network dropped),
-    /// opens a new one. The advisory locks died with the old connection, so
-    /// the lanes are claimed again, and batches in flight are forgotten:
-    /// their rows are still unpublished and go out again (consumers' inboxes
-    /// absorb the repeats).
+    /// After a failed round: if the store's connection was replaced, the
+    /// lanes it held are gone, so they are claimed again on the next round;
+    /// batches in flight are forgotten (their rows are still unpublished
+    /// and go out again, and consumers' inboxes absorb the repeats).
     async fn recover(&mut self) {
-        if self.connection.ping().await.is_ok() {
-            return;
-        }
-        match PgConnection::connect(&self.database_url).await {
-            Ok(connection) => {
-                tracing::info!(service = %self.service, "reconnected to the database; claiming lanes again");
-                self.connection = connection;
-                self.lanes.clear();
-                self.in_flight.clear();
-                // Claim the lanes on the next round.
-                self.rounds = 0;
-            }
-            Err(error) => {
-                tracing::warn!(service = %self.service, %error, "cannot reconnect to the database yet");
-            }
+        if self.source.recover().await {
+            self.lanes = 0;
+            self.in_flight.clear();
+            self.rounds = 0;
         }
     }
 
-    /// Publishes until `stop` resolves, pausing `idle` between empty rounds.
+    /// Publishes until `stop` resolves; between empty rounds it waits for a
+    /// commit's notification, at most `idle`.
     pub async fn run(
         mut self,
         idle: Duration,
@@ -310,19 +228,23 @@ impl OutboxPublisher {
                 round = self.round() => round,
                 () = &mut stop => return Ok(()),
             };
-            let wait = match round {
-                Ok(round) if round.published > 0 || round.in_flight > 0 => Duration::ZERO,
-                Ok(_) => idle,
+            match round {
+                Ok(round) if round.published > 0 || round.in_flight > 0 => {}
+                // Nothing to do: wait for a commit to announce rows, or at
+                // most `idle` (a missed notification costs no more).
+                Ok(_) => {
+                    tokio::select! {
+                        () = self.source.wait_for_rows(idle) => {}
+                        () = &mut stop => return Ok(()),
+                    }
+                }
                 Err(error) => {
                     tracing::warn!(service = %self.service, %error, "publish round failed");
                     self.recover().await;
-                    idle.max(RETRY_PAUSE)
-                }
-            };
-            if !wait.is_zero() {
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
-                    () = &mut stop => return Ok(()),
+                    tokio::select! {
+                        () = tokio::time::sleep(idle.max(RETRY_PAUSE)) => {}
+                        () = &mut stop => return Ok(()),
+                    }
                 }
             }
         }

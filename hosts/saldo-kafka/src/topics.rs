@@ -18,7 +18,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
-use saldo_domain::messages::{Payload, Service};
+use saldo_domain::messages::{Payload, Service, UnknownMessageType, consumer_of_type};
 
 /// Partitions per topic unless configured otherwise.
 pub const PARTITIONS_DEFAULT: i32 = 8;
@@ -41,6 +41,14 @@ pub fn topic_of(payload: &Payload) -> &'static str {
         Some(service) => consumed_by(service),
         None => "saldo.order.events",
     }
+}
+
+/// The topic of a message named by its type, as an outbox row names it.
+pub fn topic_of_type(message_type: &str) -> Result<&'static str, UnknownMessageType> {
+    Ok(match consumer_of_type(message_type)? {
+        Some(service) => consumed_by(service),
+        None => "saldo.order.events",
+    })
 }
 
 /// Every topic Saldo uses.

@@ -13,11 +13,13 @@
 //! `payment`); [`migrate`] applies the migrations under `migrations/`.
 
 mod migrate;
+pub mod outbox;
 pub mod reconcile;
 mod store;
 mod tables;
 pub mod testing;
 
 pub use migrate::{AppliedMigration, MIGRATOR, migrate};
+pub use outbox::{LANES, PgOutbox, RETENTION, outbox_channel};
 pub use saldo_domain::store::CommitError;
 pub use store::{ACQUIRE_TIMEOUT, Dump, PgCommitError, PgStore, StoreError, schema};

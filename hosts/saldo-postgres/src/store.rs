@@ -639,6 +639,13 @@ async fn insert_outbox(
             schema(service)
         );
         run_records(transaction, sql, records).await?;
+        // Wakes the service's publishers when the transaction commits
+        // (notifications are transactional; repeats within one are merged).
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(crate::outbox::outbox_channel(service))
+            .execute(&mut **transaction)
+            .await
+            .map_err(aborted_or_failed)?;
     }
     Ok(())
 }

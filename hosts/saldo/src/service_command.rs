@@ -14,12 +14,16 @@ use saldo_engine::{Store, timers, wall_clock};
 use saldo_kafka::consumer::ConsumerRunner;
 use saldo_kafka::publisher::OutboxPublisher;
 use saldo_kafka::topics;
-use saldo_postgres::PgStore;
+use saldo_postgres::{PgOutbox, PgStore};
 use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use saldo_http::api::{Api, Check};
+
+/// The longest a publisher waits between empty rounds: commits wake it at
+/// once through their notification, so this only bounds a missed one.
+pub const PUBLISHER_IDLE_MAX: Duration = Duration::from_millis(250);
 
 /// Database connections per service process: the consumer's batches, the
 /// timers and the HTTP API share them.
@@ -231,7 +235,7 @@ pub fn run_consumer(service: Service, args: &ServiceArgs) -> anyhow::Result<Exit
                 let _ = receiver.wait_for(|stopped| *stopped).await;
             }
         };
-        let http = match args.http_address {
+        let mut http = match args.http_address {
             Some(address) => Some(
                 serve_api(
                     service,
@@ -257,8 +261,18 @@ pub fn run_consumer(service: Service, args: &ServiceArgs) -> anyhow::Result<Exit
                 }
             }
         });
+        let http_ended = async {
+            match &mut http {
+                Some(server) => server.await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = shutdown() => {}
+            ended = http_ended => {
+                ended.context("HTTP task")?.context("HTTP server")?;
+                bail!("the HTTP server stopped by itself");
+            }
             ended = &mut consumer => {
                 ended.context("consumer task")?.context("consumer")?;
                 bail!("the consumer stopped by itself");
@@ -294,13 +308,13 @@ pub fn run_outbox(args: &OutboxArgs) -> anyhow::Result<ExitCode> {
         serve_metrics(&args.connection).await?;
         let producer = saldo_kafka::producer::create(&args.connection.kafka_bootstrap)
             .context("cannot create the Kafka producer")?;
-        let publisher =
-            OutboxPublisher::connect(&args.connection.database_url, args.service, producer)
-                .await
-                .context("cannot connect to the database")?;
+        let outbox = PgOutbox::connect(&args.connection.database_url, args.service)
+            .await
+            .context("cannot connect to the database")?;
+        let publisher = OutboxPublisher::new(Box::new(outbox), producer);
         tracing::info!(service = %args.service, "publishing the outbox");
         publisher
-            .run(Duration::from_millis(20), shutdown())
+            .run(PUBLISHER_IDLE_MAX, shutdown())
             .await
             .context("publisher")?;
         tracing::info!("stopped");
@@ -308,9 +322,14 @@ pub fn run_outbox(args: &OutboxArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The mock cluster's name for every broker it runs.
+const ALL_BROKERS: i32 = -1;
+
 /// Runs librdkafka's mock cluster with Saldo's topics until SIGTERM/SIGINT.
 /// It speaks the Kafka protocol on loopback; its first line on stdout is
-/// `bootstrap HOST:PORT`.
+/// `bootstrap HOST:PORT`. SIGUSR1 takes the broker down (connections are
+/// refused, nothing is lost) and SIGUSR2 brings it back: an outage for
+/// tests and drills.
 pub fn run_broker(args: &BrokerArgs) -> anyhow::Result<ExitCode> {
     if args.partitions < 1 {
         bail!("--partitions must be at least 1");
@@ -328,7 +347,26 @@ pub fn run_broker(args: &BrokerArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("runtime")?;
-    runtime.block_on(shutdown());
+    runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut down = signal(SignalKind::user_defined1()).context("SIGUSR1")?;
+        let mut up = signal(SignalKind::user_defined2()).context("SIGUSR2")?;
+        let stop = shutdown();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => return Ok::<_, anyhow::Error>(()),
+                _ = down.recv() => {
+                    cluster.broker_down(ALL_BROKERS).context("cannot take the broker down")?;
+                    tracing::info!("broker down (SIGUSR1)");
+                }
+                _ = up.recv() => {
+                    cluster.broker_up(ALL_BROKERS).context("cannot bring the broker up")?;
+                    tracing::info!("broker up (SIGUSR2)");
+                }
+            }
+        }
+    })?;
     drop(cluster);
     Ok(ExitCode::SUCCESS)
 }

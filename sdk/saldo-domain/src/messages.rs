@@ -215,6 +215,25 @@ impl Payload {
     }
 }
 
+/// A message type name that is not in the catalogue.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a message type")]
+pub struct UnknownMessageType(pub String);
+
+/// The consumer of messages of the type named `message_type` (as
+/// [`Payload::message_type`] names it), or `None` for events that only
+/// leave the platform: how a publisher routes a row without decoding it.
+pub fn consumer_of_type(message_type: &str) -> Result<Option<Service>, UnknownMessageType> {
+    match message_type {
+        "ReserveStock" | "ReleaseStock" | "CommitStock" => Ok(Some(Service::Inventory)),
+        "ChargePayment" | "RefundPayment" => Ok(Some(Service::Payment)),
+        "StockReserved" | "StockRejected" | "StockReleased" | "StockCommitted"
+        | "PaymentSucceeded" | "PaymentFailed" | "PaymentRefunded" => Ok(Some(Service::Order)),
+        "OrderConfirmed" | "OrderCancelled" => Ok(None),
+        other => Err(UnknownMessageType(other.to_owned())),
+    }
+}
+
 impl Payload {
     /// Appends the payload's canonical binary form (type tag, then fields in
     /// declaration order; strings length-prefixed, numbers big-endian). The
@@ -496,4 +515,60 @@ pub enum DecodeError {
     /// Not valid JSON, or fields missing, extra or invalid.
     #[error("malformed message: {0}")]
     Malformed(String),
+}
+
+#[cfg(test)]
+mod routing_tests {
+    use saldo_types::{Currency, CustomerId, Money};
+
+    use super::*;
+    use crate::order::CancelReason;
+
+    #[test]
+    fn every_payload_is_routed_by_its_type_name_as_by_itself() {
+        // Proves a publisher routing a row by its message_type column sends
+        // it where the decoded payload would go, for every message type.
+        let money = Money::from_minor(100, Currency::EUR);
+        let customer = CustomerId::new("c").expect("valid");
+        let payloads = [
+            Payload::ReserveStock {
+                lines: Vec::new(),
+                currency: Currency::EUR,
+            },
+            Payload::ReleaseStock { lines: Vec::new() },
+            Payload::CommitStock { lines: Vec::new() },
+            Payload::ChargePayment {
+                customer: customer.clone(),
+                amount: money,
+            },
+            Payload::RefundPayment {
+                customer,
+                amount: money,
+            },
+            Payload::StockReserved { amount: money },
+            Payload::StockRejected {
+                reason: StockRejection::OutOfStock,
+            },
+            Payload::StockReleased,
+            Payload::StockCommitted,
+            Payload::PaymentSucceeded { amount: money },
+            Payload::PaymentFailed {
+                reason: PaymentFailure::InsufficientFunds,
+            },
+            Payload::PaymentRefunded,
+            Payload::OrderConfirmed,
+            Payload::OrderCancelled {
+                reason: CancelReason::OutOfStock,
+            },
+        ];
+        for payload in payloads {
+            assert_eq!(
+                consumer_of_type(payload.message_type()),
+                Ok(payload.consumer()),
+                "{}",
+                payload.message_type()
+            );
+        }
+        assert!(consumer_of_type("Teleport").is_err());
+    }
 }

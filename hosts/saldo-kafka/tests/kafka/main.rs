@@ -69,9 +69,14 @@ impl Setup {
 
     async fn start_publisher(&mut self, service: Service) {
         let producer = saldo_kafka::producer::create(&self.servers()).expect("producer");
-        let publisher = OutboxPublisher::connect(self.database.url(), service, producer)
-            .await
-            .expect("publisher");
+        let publisher = OutboxPublisher::new(
+            Box::new(
+                saldo_postgres::PgOutbox::connect(self.database.url(), service)
+                    .await
+                    .expect("outbox"),
+            ),
+            producer,
+        );
         let stopped = self.stopped();
         self.tasks.push(tokio::spawn(async move {
             publisher
@@ -593,10 +598,14 @@ async fn published_rows_are_removed_after_the_retention_period() {
         .expect("ages");
     sqlx::query("UPDATE inventory.outbox SET published_at = now() WHERE sequence = (SELECT max(sequence) FROM inventory.outbox)").execute(store.pool()).await.expect("marks");
     let producer = saldo_kafka::producer::create(&setup.servers()).expect("producer");
-    let mut publisher =
-        OutboxPublisher::connect(setup.database.url(), Service::Inventory, producer)
-            .await
-            .expect("publisher");
+    let mut publisher = OutboxPublisher::new(
+        Box::new(
+            saldo_postgres::PgOutbox::connect(setup.database.url(), Service::Inventory)
+                .await
+                .expect("outbox"),
+        ),
+        producer,
+    );
     assert_eq!(publisher.apply_retention().await.expect("deletes"), 3);
     assert_eq!(
         scalar(&store, "SELECT count(*) FROM inventory.outbox").await,

@@ -1,0 +1,226 @@
+//! The outbox of one service, as a publisher sees it (the engine's
+//! [`OutboxSource`]): lanes held by advisory locks, rows claimed in outbox
+//! order, marks, retention, and commits announced by `NOTIFY`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use saldo_domain::messages::Service;
+use saldo_engine::{OutboxRecord, OutboxSource, Unavailable};
+use sqlx::postgres::PgListener;
+use sqlx::{Connection, PgConnection, Row as _};
+
+use crate::store::schema;
+
+/// Outbox lanes per service: an order always maps to one lane, and each lane
+/// is published by at most one publisher at a time.
+pub const LANES: i32 = 16;
+
+/// How long published rows are kept before deletion.
+pub const RETENTION: Duration = Duration::from_secs(3_600);
+
+/// The channel a commit notifies when it adds rows to `service`'s outbox.
+pub fn outbox_channel(service: Service) -> String {
+    format!("saldo_outbox_{}", schema(service))
+}
+
+fn lock_class(service: Service) -> i32 {
+    // A fixed namespace for Saldo's advisory locks, one per service.
+    0x5a1d_0000
+        + match service {
+            Service::Order => 1,
+            Service::Inventory => 2,
+            Service::Payment => 3,
+        }
+}
+
+fn unavailable(error: sqlx::Error) -> Unavailable {
+    Unavailable(format!("database: {error}"))
+}
+
+/// One publisher's view of a service's outbox in PostgreSQL. It holds its
+/// lanes' advisory locks on its own connection: if the process dies, the
+/// connection and its locks go with it and another publisher takes the
+/// lanes over.
+pub struct PgOutbox {
+    service: Service,
+    database_url: String,
+    connection: PgConnection,
+    listener: Option<PgListener>,
+    lanes: Vec<i32>,
+}
+
+impl PgOutbox {
+    /// Connects, and listens for commits to the outbox.
+    pub async fn connect(database_url: &str, service: Service) -> Result<PgOutbox, Unavailable> {
+        let connection = PgConnection::connect(database_url)
+            .await
+            .map_err(unavailable)?;
+        let mut outbox = PgOutbox {
+            service,
+            database_url: database_url.to_owned(),
+            connection,
+            listener: None,
+            lanes: Vec::new(),
+        };
+        outbox.listen().await;
+        Ok(outbox)
+    }
+
+    /// Listens for the outbox's channel. Without a listener the publisher
+    /// still finds every row, only up to its idle pause later.
+    async fn listen(&mut self) {
+        let channel = outbox_channel(self.service);
+        let listener = match PgListener::connect(&self.database_url).await {
+            Ok(mut listener) => match listener.listen(&channel).await {
+                Ok(()) => Some(listener),
+                Err(error) => {
+                    tracing::warn!(%channel, %error, "cannot listen; polling instead");
+                    None
+                }
+            },
+            Err(error) => {
+                tracing::warn!(%channel, %error, "cannot listen; polling instead");
+                None
+            }
+        };
+        self.listener = listener;
+    }
+}
+
+#[async_trait]
+impl OutboxSource for PgOutbox {
+    fn service(&self) -> Service {
+        self.service
+    }
+
+    async fn claim_lanes(&mut self) -> Result<usize, Unavailable> {
+        for lane in 0..LANES {
+            if self.lanes.contains(&lane) {
+                continue;
+            }
+            let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+                .bind(lock_class(self.service))
+                .bind(lane)
+                .fetch_one(&mut self.connection)
+                .await
+                .map_err(unavailable)?;
+            if taken {
+                self.lanes.push(lane);
+            }
+        }
+        Ok(self.lanes.len())
+    }
+
+    async fn claim(
+        &mut self,
+        limit: usize,
+        in_flight: &[i64],
+    ) -> Result<Vec<OutboxRecord>, Unavailable> {
+        if self.lanes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT sequence, message_id, order_id, message_type, correlation_id, traceparent, envelope, \
+             (extract(epoch from now() - created_at) * 1000)::bigint FROM {}.outbox \
+             WHERE published_at IS NULL AND ((hashtext(order_id) & 2147483647) % {LANES}) = ANY($1) \
+             AND NOT (sequence = ANY($3)) ORDER BY sequence LIMIT $2",
+            schema(self.service)
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&self.lanes)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(in_flight)
+            .fetch_all(&mut self.connection)
+            .await
+            .map_err(unavailable)?;
+        rows.iter()
+            .map(|row| {
+                Ok(OutboxRecord {
+                    sequence: row.try_get(0)?,
+                    message_id: row.try_get(1)?,
+                    order_id: row.try_get(2)?,
+                    message_type: row.try_get(3)?,
+                    correlation_id: row.try_get(4)?,
+                    traceparent: row.try_get(5)?,
+                    envelope: row.try_get(6)?,
+                    age_ms: row.try_get(7)?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(unavailable)
+    }
+
+    async fn mark_published(&mut self, sequences: &[i64]) -> Result<(), Unavailable> {
+        let sql = format!(
+            "UPDATE {}.outbox SET published_at = now() WHERE sequence = ANY($1)",
+            schema(self.service)
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(sequences)
+            .execute(&mut self.connection)
+            .await
+            .map(drop)
+            .map_err(unavailable)
+    }
+
+    async fn apply_retention(&mut self) -> Result<u64, Unavailable> {
+        let sql = format!(
+            "DELETE FROM {}.outbox WHERE published_at < now() - $1::bigint * interval '1 second'",
+            schema(self.service)
+        );
+        let retention_seconds = i64::try_from(RETENTION.as_secs()).unwrap_or(i64::MAX);
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(retention_seconds)
+            .execute(&mut self.connection)
+            .await
+            .map(|done| done.rows_affected())
+            .map_err(unavailable)
+    }
+
+    async fn backlog(&mut self) -> Result<i64, Unavailable> {
+        let sql = format!(
+            "SELECT count(*) FROM {}.outbox WHERE published_at IS NULL",
+            schema(self.service)
+        );
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&mut self.connection)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn wait_for_rows(&mut self, idle: Duration) {
+        match &mut self.listener {
+            // A lost listening connection reconnects inside `recv`; the
+            // notifications it missed are covered by the idle bound.
+            Some(listener) => {
+                if let Ok(Err(error)) = tokio::time::timeout(idle, listener.recv()).await {
+                    tracing::warn!(service = %self.service, %error, "listening failed");
+                    tokio::time::sleep(idle).await;
+                }
+            }
+            None => tokio::time::sleep(idle).await,
+        }
+    }
+
+    async fn recover(&mut self) -> bool {
+        if self.connection.ping().await.is_ok() {
+            return false;
+        }
+        match PgConnection::connect(&self.database_url).await {
+            Ok(connection) => {
+                tracing::info!(service = %self.service, "reconnected to the database; claiming lanes again");
+                self.connection = connection;
+                self.lanes.clear();
+                if self.listener.is_none() {
+                    self.listen().await;
+                }
+                true
+            }
+            Err(error) => {
+                tracing::warn!(service = %self.service, %error, "cannot reconnect to the database yet");
+                false
+            }
+        }
+    }
+}
