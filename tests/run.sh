@@ -93,7 +93,12 @@ cargo run --locked -q -p saldo-examples --example wallet_ledger
 cargo run --locked -q -p saldo-examples --example order_flow
 
 step "tests"
-cargo nextest run --workspace --locked --profile ci
+# The test that restarts the machine's PostgreSQL runs on its own, after
+# the others: nothing else may be using the database at that moment.
+alone='test(restarts_of_postgresql)'
+cargo nextest run --workspace --locked --profile ci -E "not $alone"
+step "tests that restart PostgreSQL"
+cargo nextest run --workspace --locked --profile ci -E "$alone"
 
 step "browser: Chromium, the harness page, Playwright"
 # Debian's Chromium and ChromeDriver (never a browser a test tool downloads),
