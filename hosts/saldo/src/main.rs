@@ -3,6 +3,7 @@
 mod config;
 mod dev_command;
 mod gateway_command;
+mod load_command;
 mod migrate_command;
 mod reconcile_command;
 mod service_command;
@@ -53,6 +54,8 @@ enum Command {
     Gateway(gateway_command::GatewayArgs),
     /// Issue an API key for the gateway (printed once; only its hash is stored).
     ApiKey(gateway_command::ApiKeyArgs),
+    /// Place orders over HTTP and report how fast they end, for benchmarks.
+    Load(load_command::LoadArgs),
 }
 
 /// Help and version go to stdout as clap renders them; a bad argument is one
@@ -138,6 +141,7 @@ fn main() -> ExitCode {
         }
         Command::Outbox(args) => service_command::run_outbox(&args),
         Command::Broker(args) => service_command::run_broker(&args),
+        Command::Load(args) => load_command::run(&args),
     };
     match result {
         Ok(code) => code,
