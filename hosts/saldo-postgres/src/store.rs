@@ -397,22 +397,24 @@ fn hash_from(bytes: Vec<u8>) -> Result<ChainHash, StoreError> {
     Ok(ChainHash(array))
 }
 
-/// Rolls a commit's statements out in one transaction: rows, increments,
-/// inbox receipts, idempotency records, ledger entries, outbox rows; one
-/// multi-row statement per table and kind of write.
+/// Rolls a commit's statements out in one transaction, one multi-row
+/// statement per table and kind of write. The rows every payment shares
+/// come last: the increments of the shared accounts and the chain head
+/// are locked until the commit, so everything else is done before them
+/// and concurrent payments queue only for the last few statements.
 async fn apply(
     transaction: &mut Transaction<'_, Postgres>,
     commit: Commit,
     now: Timestamp,
 ) -> Result<(), PgCommitError> {
     write_rows(transaction, &commit.writes).await?;
-    apply_increments(transaction, &commit.increments).await?;
     insert_inbox(transaction, &commit.inbox).await?;
     write_idempotency(transaction, &commit.idempotency).await?;
+    insert_outbox(transaction, &commit.outbox, now).await?;
+    apply_increments(transaction, &commit.increments).await?;
     if !commit.postings.is_empty() {
         seal_postings(transaction, commit.postings, now).await?;
     }
-    insert_outbox(transaction, &commit.outbox, now).await?;
     Ok(())
 }
 

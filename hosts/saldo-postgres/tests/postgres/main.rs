@@ -5,4 +5,5 @@ mod concurrency;
 mod contract;
 mod ledger;
 mod migrations;
+mod outbox;
 mod reconcile;
