@@ -212,6 +212,9 @@ impl Deliverer {
                         handled[index] =
                             Some(self.dead_letter(incoming, refusal.to_string()).await?);
                     }
+                    Err(InputFailure::Refused(reason)) => {
+                        handled[index] = Some(self.dead_letter(incoming, reason).await?);
+                    }
                     Err(InputFailure::Conflict(conflict)) => {
                         conflicts[index] += 1;
                         if conflicts[index] >= ATTEMPTS_MAX {

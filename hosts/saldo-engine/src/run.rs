@@ -27,6 +27,10 @@ pub enum InputFailure<E> {
     /// The store failed.
     #[error(transparent)]
     Unavailable(#[from] Unavailable),
+    /// The store refused this input's commit for a reason that deciding it
+    /// again cannot change: a poison input, not an outage.
+    #[error("the store refused the commit: {0}")]
+    Refused(String),
 }
 
 /// Why [`execute`] gave no answer.
@@ -34,8 +38,9 @@ pub type ExecuteFailure<E> = InputFailure<E>;
 
 /// Decides `inputs` in order and commits them in as few transactions as
 /// contention allows: first all together; after [`BATCH_REDECIDE_MAX`]
-/// conflicting attempts the batch is split in halves, down to single
-/// inputs, each of which gets [`DECIDE_ATTEMPTS_MAX`] attempts. Every
+/// conflicting attempts (or at once, when the store refuses the commit
+/// outright) the batch is split in halves, down to single inputs, each of
+/// which gets [`DECIDE_ATTEMPTS_MAX`] attempts. Every
 /// attempt decides from freshly loaded state. Returns one result per input,
 /// in input order; a refused input changes nothing and does not stop the
 /// others.
@@ -64,31 +69,38 @@ where
         } else {
             BATCH_REDECIDE_MAX
         };
-        let mut last_conflict = None;
+        let mut unsettled = None;
         for _ in 0..attempts {
             match attempt(store, inputs, &read_sets, range.clone(), now, &mut decide).await {
                 Ok(replies) => {
                     for (index, reply) in range.clone().zip(replies) {
                         results[index] = Some(reply.map_err(InputFailure::Rejected));
                     }
-                    last_conflict = None;
+                    unsettled = None;
                     break;
                 }
-                Err(CommitFailure::Conflict(conflict)) => last_conflict = Some(conflict),
+                Err(CommitFailure::Conflict(conflict)) => {
+                    unsettled = Some(InputFailure::Conflict(conflict));
+                }
                 Err(CommitFailure::Unavailable(unavailable)) => {
                     for index in range.clone() {
                         results[index] = Some(Err(InputFailure::Unavailable(unavailable.clone())));
                     }
-                    last_conflict = None;
+                    unsettled = None;
+                    break;
+                }
+                // Deciding again cannot help; splitting finds the input.
+                Err(CommitFailure::Refused(reason)) => {
+                    unsettled = Some(InputFailure::Refused(reason));
                     break;
                 }
             }
         }
-        let Some(conflict) = last_conflict else {
+        let Some(failure) = unsettled else {
             continue;
         };
         if range.len() == 1 {
-            results[range.start] = Some(Err(InputFailure::Conflict(conflict)));
+            results[range.start] = Some(Err(failure));
         } else {
             let middle = range.start + range.len() / 2;
             pending.push_front(middle..range.end);

@@ -24,6 +24,11 @@ pub enum CommitFailure {
     /// The store failed.
     #[error(transparent)]
     Unavailable(#[from] Unavailable),
+    /// The store refused this commit for a reason that deciding again
+    /// cannot change (a constraint, a value out of range). A batch with
+    /// such an input is split until the input stands alone.
+    #[error("the store refused the commit: {0}")]
+    Refused(String),
 }
 
 /// One place where Saldo's tables live: PostgreSQL in production, memory in

@@ -303,6 +303,15 @@ fn store_problem<E>(failure: ExecuteFailure<E>, reject: impl FnOnce(E) -> Proble
         )
         .retry_after_ms(1_000),
         ExecuteFailure::Unavailable(error) => Problem::unavailable(error.to_string()),
+        ExecuteFailure::Refused(reason) => {
+            tracing::error!(alert = true, %reason, "the store refused a decided commit");
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "commit_refused",
+                "The request was decided but could not be stored; nothing was written",
+                "the store refused the commit; operators have the details",
+            )
+        }
     }
 }
 

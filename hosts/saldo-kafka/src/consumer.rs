@@ -165,7 +165,12 @@ impl ConsumerRunner {
                     // Only now, after the database commit (or the dead
                     // letter), may the offsets move past these messages.
                     for message in &messages {
-                        self.consumer.store_offset_from_message(message)?;
+                        // A rebalance during the batch may have given the
+                        // partition to another member: it will deliver the
+                        // message again and its inbox absorbs it.
+                        if let Err(error) = self.consumer.store_offset_from_message(message) {
+                            tracing::warn!(%service, %error, topic = message.topic(), partition = message.partition(), "offset not stored; the partition's new owner redelivers");
+                        }
                     }
                 }
                 Err(DeliveryError::Stopped) => break,

@@ -118,14 +118,23 @@ impl OutboxPublisher {
             .flat_map(|batch| batch.rows.iter().map(|(sequence, _)| *sequence))
             .collect();
         let records = self.source.claim(BATCH_MAX, &in_flight).await?;
+        // Every row is routed before any is sent, so an unroutable row
+        // (a message type this build does not know) fails the round before
+        // anything of it reaches the broker, instead of re-sending the rows
+        // ahead of it on every retry.
+        let topics = records
+            .iter()
+            .map(|record| {
+                crate::topics::topic_of_type(&record.message_type).map_err(|error| {
+                    PublishError::Unroutable {
+                        sequence: record.sequence,
+                        error: error.to_string(),
+                    }
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let mut batch = Batch::default();
-        for record in &records {
-            let topic = crate::topics::topic_of_type(&record.message_type).map_err(|error| {
-                PublishError::Unroutable {
-                    sequence: record.sequence,
-                    error: error.to_string(),
-                }
-            })?;
+        for (record, topic) in records.iter().zip(topics) {
             match crate::producer::enqueue_record(&self.producer, topic, record) {
                 Ok(delivery) => {
                     batch.rows.push((record.sequence, record.age_ms));

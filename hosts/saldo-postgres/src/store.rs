@@ -38,14 +38,29 @@ pub enum PgCommitError {
     /// A version, inbox, idempotency or posting conflict: decide again.
     #[error(transparent)]
     Conflict(CommitError),
-    /// The database failed.
+    /// The database could not be reached or is not serving: try later.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
+    /// The database refused this commit for a reason that deciding again
+    /// cannot change (a constraint, a value out of range, unreadable data):
+    /// the input is at fault, not the database's availability.
+    #[error("the database refused the commit: {0}")]
+    Refused(String),
 }
 
 impl From<sqlx::Error> for PgCommitError {
     fn from(error: sqlx::Error) -> Self {
-        PgCommitError::Store(StoreError::Database(error))
+        aborted_or_failed(error)
+    }
+}
+
+impl From<StoreError> for PgCommitError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Database(error) => aborted_or_failed(error),
+            StoreError::Corrupt(what) => PgCommitError::Refused(what),
+            migration @ StoreError::Migration(_) => PgCommitError::Store(migration),
+        }
     }
 }
 
@@ -449,6 +464,20 @@ async fn write_rows(
                 .iter()
                 .map(|write| tables::record(write))
                 .collect::<Result<Vec<_>, _>>()?;
+            // A multi-row update locks its rows in the join's order, not the
+            // keys'; two batches over the same rows could then deadlock.
+            // Locking them in key order first makes concurrent commits queue.
+            let updating = group.first().is_some_and(|write| write.expected > 0);
+            if updating && group.len() > 1 {
+                let keys: Vec<String> = group
+                    .iter()
+                    .map(|write| tables::key_text(&write.row.key()))
+                    .collect();
+                dynamic(table.lock_sql())
+                    .bind(&keys)
+                    .execute(&mut **transaction)
+                    .await?;
+            }
             let written = run_records(transaction, sql, records).await?;
             if let Some(missed) = group
                 .iter()
@@ -742,20 +771,45 @@ fn hex(bytes: &[u8]) -> String {
     text
 }
 
-/// A deadlock between concurrent commits, a serialisation failure or a key
-/// inserted concurrently aborts the transaction: that is a conflict (decide
-/// again), not a failure of the database.
+/// Sorts a failed statement: a deadlock between concurrent commits, a
+/// serialisation failure or a key inserted concurrently is a conflict
+/// (decide again); a lost connection, a server shutting down or out of
+/// resources, or a pool that cannot hand out a connection is the database
+/// being unavailable (try later); any other refusal (a constraint, a value
+/// out of range) is this commit's own fault and deciding it again cannot
+/// help.
 fn aborted_or_failed(error: sqlx::Error) -> PgCommitError {
-    const DEADLOCK: &str = "40P01";
-    const SERIALIZATION_FAILURE: &str = "40001";
-    const UNIQUE_VIOLATION: &str = "23505";
-    if let sqlx::Error::Database(database) = &error
-        && let Some(code) = database.code()
-        && [DEADLOCK, SERIALIZATION_FAILURE, UNIQUE_VIOLATION].contains(&code.as_ref())
-    {
+    const CONFLICTS: [&str; 3] = [
+        "40P01", // deadlock_detected
+        "40001", // serialization_failure
+        "23505", // unique_violation
+    ];
+    // SQLSTATE classes of an unavailable server: connection exception,
+    // insufficient resources, operator intervention, system error.
+    const UNAVAILABLE_CLASSES: [&str; 4] = ["08", "53", "57", "58"];
+    let sqlx::Error::Database(database) = &error else {
+        return match error {
+            sqlx::Error::ColumnDecode { .. }
+            | sqlx::Error::Decode(_)
+            | sqlx::Error::ColumnNotFound(_) => PgCommitError::Refused(error.to_string()),
+            other => PgCommitError::Store(StoreError::Database(other)),
+        };
+    };
+    let code = database
+        .code()
+        .map(|code| code.into_owned())
+        .unwrap_or_default();
+    if CONFLICTS.contains(&code.as_str()) {
         return PgCommitError::Conflict(CommitError::Aborted(database.message().to_owned()));
     }
-    PgCommitError::Store(StoreError::Database(error))
+    if UNAVAILABLE_CLASSES
+        .iter()
+        .any(|class| code.starts_with(class))
+        || code.is_empty()
+    {
+        return PgCommitError::Store(StoreError::Database(error));
+    }
+    PgCommitError::Refused(format!("{code}: {}", database.message()))
 }
 
 type PgQuery = sqlx::query::Query<'static, Postgres, sqlx::postgres::PgArguments>;
@@ -802,6 +856,7 @@ impl saldo_engine::Store for PgStore {
             .map_err(|error| match error {
                 PgCommitError::Conflict(conflict) => CommitFailure::Conflict(conflict),
                 PgCommitError::Store(error) => unavailable(error).into(),
+                PgCommitError::Refused(reason) => CommitFailure::Refused(reason),
             })
     }
 

@@ -229,6 +229,15 @@ impl Table {
         )
     }
 
+    /// Locks the rows under the keys `$1` in key order.
+    pub(crate) fn lock_sql(self) -> String {
+        format!(
+            "SELECT 1 FROM {table} WHERE {key} = ANY($1) ORDER BY {key} FOR UPDATE",
+            key = self.key_column(),
+            table = self.name(),
+        )
+    }
+
     /// The version stored under the keys `$1` (absent keys are absent).
     pub(crate) fn versions_sql(self) -> String {
         format!(

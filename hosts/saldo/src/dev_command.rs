@@ -20,8 +20,8 @@ use saldo_domain::inventory::{SetStock, decide_set_stock, set_stock_read_set};
 use saldo_domain::messages::{Service, Traceparent};
 use saldo_domain::payment::{TopUp, decide_top_up, top_up_read_set};
 use saldo_engine::{
-    DeadLetter, DeadLetterSink, Deliverer, Incoming, MemoryBackend, Store, execute, timers,
-    wall_clock,
+    DeadLetter, DeadLetterSink, Deliverer, DeliveryError, Incoming, MemoryBackend, Store, execute,
+    timers, wall_clock,
 };
 use saldo_http::api::Api;
 use saldo_http::gateway::{Gateway, parse_keys};
@@ -195,7 +195,12 @@ impl Bus {
                     })
                     .collect();
                 if !batch.is_empty() {
-                    deliverer.handle(&batch).await?;
+                    match deliverer.handle(&batch).await {
+                        Ok(_) => {}
+                        // Stopping: the rows stay unpublished, nothing is lost.
+                        Err(DeliveryError::Stopped) => return Ok(false),
+                        Err(error) => return Err(error.into()),
+                    }
                 }
             }
             let sequences: Vec<u64> = rows.iter().map(|row| row.sequence).collect();

@@ -225,8 +225,9 @@ struct Coalesced {
     writes: u64,
     /// The content the last one left.
     row: Row,
-    /// For an account: its balance and holds before the batch.
-    before: Option<(i64, i64)>,
+    /// For an account: its balance and holds before the batch, or `None`
+    /// when the batch opens it.
+    before: Option<Option<(i64, i64)>>,
 }
 
 /// A batch being decided: the overlay and what its decisions will commit.
@@ -297,7 +298,7 @@ impl Batch {
                     value: Row::Account(account),
                     ..
                 }) => Some((account.balance.amount_minor(), account.held.amount_minor())),
-                _ => Some((0, 0)),
+                _ => None,
             };
             match self.rows.get_mut(&key) {
                 Some(coalesced) => {
@@ -316,9 +317,7 @@ impl Batch {
                             expected: write.expected,
                             writes: 1,
                             row: write.row.clone(),
-                            before: matches!(write.row, Row::Account(_))
-                                .then_some(before)
-                                .flatten(),
+                            before: matches!(write.row, Row::Account(_)).then_some(before),
                         },
                     );
                 }
@@ -358,7 +357,7 @@ impl Batch {
         for (_, coalesced) in self.rows {
             match coalesced.row {
                 Row::Account(account) if account.id.commutes() => {
-                    if let Some(increment) = increment(&account, coalesced.before) {
+                    if let Some(increment) = increment(&account, coalesced.before.flatten()) {
                         commit.increments.push(increment);
                     }
                 }
@@ -378,8 +377,13 @@ impl Batch {
     }
 }
 
-/// The change from `before` (balance, held) to `account`, if any.
+/// The change from `before` (balance, held) to `account`. `None` when
+/// nothing changed on an account that exists; an account the batch opens
+/// always gets its increment, even a zero one, so that it exists after the
+/// commit (ledger legs refer to it: a charge and its refund in one batch
+/// net to zero on a revenue account that nobody had opened yet).
 fn increment(account: &Account, before: Option<(i64, i64)>) -> Option<Increment> {
+    let opened = before.is_none();
     let (balance_before, held_before) = before.unwrap_or((0, 0));
     let balance_minor = account
         .balance
@@ -391,7 +395,7 @@ fn increment(account: &Account, before: Option<(i64, i64)>) -> Option<Increment>
         .amount_minor()
         .checked_sub(held_before)
         .expect("an account's change fits in minor units");
-    (balance_minor != 0 || held_minor != 0).then(|| Increment {
+    (opened || balance_minor != 0 || held_minor != 0).then(|| Increment {
         account: account.id.clone(),
         balance_minor,
         held_minor,
@@ -555,5 +559,75 @@ mod tests {
             ),
             "a wallet keeps its version check"
         );
+    }
+
+    #[test]
+    fn an_account_a_batch_opens_gets_its_increment_even_when_it_nets_to_zero() {
+        // Regression (review): a charge and its refund in one batch net to
+        // zero on a revenue account nobody had opened; the increment was
+        // dropped, so the account never existed while ledger legs named it
+        // (PostgreSQL refuses that with a foreign key).
+        use crate::messages::{Envelope, Payload, SCHEMA_VERSION};
+        use crate::{Rules, decide_message, message_read_set};
+        use saldo_types::OrderId;
+        let mut store = MemoryStore::new();
+        let (funded, _) = decide_all(&store, &[top_up("alice", 1_000, "seed")]);
+        store.commit(funded, NOW).expect("commits");
+        let message = |index: u8, payload: Payload| {
+            let message_id = Id128::derive("batch-test-message", &[&[index]]);
+            Envelope {
+                message_id,
+                schema_version: SCHEMA_VERSION,
+                order_id: OrderId::new("o1").expect("valid"),
+                correlation_id: CorrelationId::new("c1").expect("valid"),
+                causation_id: None,
+                occurred_at: NOW,
+                traceparent: Traceparent::root(message_id),
+                payload,
+            }
+        };
+        let customer = CustomerId::new("alice").expect("valid");
+        let amount = Money::from_minor(300, Currency::EUR);
+        let messages = [
+            message(
+                1,
+                Payload::ChargePayment {
+                    customer: customer.clone(),
+                    amount,
+                },
+            ),
+            message(2, Payload::RefundPayment { customer, amount }),
+        ];
+        let rules = Rules::default();
+        let read_sets: Vec<ReadSet> = messages
+            .iter()
+            .map(|envelope| message_read_set(Service::Payment, envelope))
+            .collect();
+        let mut batch = Batch::new(store.load_batch(&BatchReadSet::of(&read_sets)));
+        for (envelope, read_set) in messages.iter().zip(&read_sets) {
+            batch
+                .decide(read_set, |snapshot| {
+                    decide_message(&rules, Service::Payment, snapshot, envelope, NOW)
+                })
+                .expect("decided");
+        }
+        let commit = batch.finish();
+        let revenue = AccountId::MerchantRevenue {
+            currency: Currency::EUR,
+        };
+        assert!(
+            commit
+                .increments
+                .iter()
+                .any(|increment| increment.account == revenue && increment.balance_minor == 0),
+            "{:?}",
+            commit.increments
+        );
+        store.commit(commit, NOW).expect("commits");
+        assert!(
+            store.row(&RowKey::Account(revenue)).is_some(),
+            "revenue exists"
+        );
+        assert_eq!(balance(&store, wallet("alice")), 1_000);
     }
 }

@@ -70,6 +70,7 @@ impl Backend {
             Ok(()) => Ok(()),
             Err(CommitFailure::Conflict(conflict)) => Err(conflict),
             Err(CommitFailure::Unavailable(error)) => panic!("database failure: {error}"),
+            Err(CommitFailure::Refused(reason)) => panic!("commit refused: {reason}"),
         }
     }
 
@@ -106,6 +107,7 @@ impl<E> From<ExecuteFailure<E>> for Outcome<E> {
             ExecuteFailure::Rejected(error) => Outcome::Rejected(error),
             ExecuteFailure::Conflict(conflict) => Outcome::Conflict(conflict),
             ExecuteFailure::Unavailable(error) => panic!("database failure: {error}"),
+            ExecuteFailure::Refused(reason) => panic!("commit refused: {reason}"),
         }
     }
 }
