@@ -126,34 +126,10 @@ impl MemoryStore {
         MemoryStore::default()
     }
 
-    /// Loads what a decider asked for.
+    /// Loads what a decider asked for: a batch of one, seen as its input sees it.
     pub fn load(&self, read_set: &ReadSet) -> Snapshot {
-        let rows = read_set
-            .rows
-            .iter()
-            .filter_map(|key| self.rows.get(key).map(|row| (key.clone(), row.clone())))
-            .collect();
-        let postings = read_set
-            .postings
-            .iter()
-            .filter_map(|id| {
-                self.entry_by_posting
-                    .get(id)
-                    .map(|index| (*id, self.entries[*index].posting.clone()))
-            })
-            .collect();
-        Snapshot {
-            rows,
-            postings,
-            inbox: read_set
-                .inbox
-                .as_ref()
-                .and_then(|key| self.inbox.get(key).cloned()),
-            idempotency: read_set
-                .idempotency
-                .as_ref()
-                .and_then(|key| self.idempotency.get(key).cloned()),
-        }
+        self.load_batch(&BatchReadSet::of([read_set]))
+            .view(read_set)
     }
 
     /// Loads what a batch needs (see [`crate::batch`]).
