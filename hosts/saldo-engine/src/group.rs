@@ -70,6 +70,11 @@ where
         GroupCommit { queue }
     }
 
+    /// How many requests wait for a worker now (the queue's depth).
+    pub fn waiting(&self) -> usize {
+        GROUP_QUEUE_MAX - self.queue.capacity()
+    }
+
     /// Decides and commits `input` with whatever else is waiting; answers
     /// only after the commit.
     pub async fn submit(&self, input: I) -> Answer<R, E> {
@@ -151,24 +156,39 @@ mod tests {
     use crate::store::CommitFailure;
 
     const NOW: Timestamp = Timestamp::from_unix_ms(1_700_000_000_000);
-    /// How long the slow store takes to commit: long enough that concurrent
-    /// requests queue up behind a commit, as they do behind a disk flush.
-    const COMMIT_LATENCY: Duration = Duration::from_millis(50);
+    /// How long the test waits for a condition before it fails.
+    const DEADLINE: Duration = Duration::from_secs(30);
 
-    /// The in-memory store with a commit latency, counting commits.
+    /// The in-memory store behind a gate: loads wait until the test opens
+    /// it, as requests wait behind a commit's disk flush. It counts the
+    /// loads waiting, the requests they carry and the commits.
     #[derive(Default)]
-    struct SlowStore {
+    struct GatedStore {
         inner: MemoryBackend,
+        gate: tokio::sync::Notify,
+        open: std::sync::atomic::AtomicBool,
+        loads_waiting: AtomicUsize,
+        requests_loaded: AtomicUsize,
         commits: AtomicUsize,
     }
 
     #[async_trait]
-    impl Store for SlowStore {
+    impl Store for GatedStore {
         async fn load(&self, read_set: &BatchReadSet) -> Result<Loaded, Unavailable> {
+            self.requests_loaded
+                .fetch_add(read_set.idempotency.len(), Ordering::SeqCst);
+            self.loads_waiting.fetch_add(1, Ordering::SeqCst);
+            while !self.open.load(Ordering::SeqCst) {
+                let opened = self.gate.notified();
+                if self.open.load(Ordering::SeqCst) {
+                    break;
+                }
+                opened.await;
+            }
+            self.loads_waiting.fetch_sub(1, Ordering::SeqCst);
             self.inner.load(read_set).await
         }
         async fn commit(&self, commit: Commit, now: Timestamp) -> Result<(), CommitFailure> {
-            tokio::time::sleep(COMMIT_LATENCY).await;
             self.commits.fetch_add(1, Ordering::SeqCst);
             self.inner.commit(commit, now).await
         }
@@ -215,7 +235,7 @@ mod tests {
         // them refused) commit in far fewer transactions than requests, each
         // request gets its own answer, the refusal affects no other, and no
         // request meets contention on the shared funding account.
-        let store = Arc::new(SlowStore::default());
+        let store = Arc::new(GatedStore::default());
         let decide: Arc<Decider<TopUp, TopUpApplied, TopUpError>> =
             Arc::new(|request, snapshot, now| {
                 decide_top_up(&PaymentPolicy::default(), snapshot, request, now)
@@ -234,6 +254,25 @@ mod tests {
                 tokio::spawn(async move { committer.submit(top_up(customer, amount_minor)).await })
             })
             .collect();
+        // Every worker holds a group at the gate and every other request
+        // waits in the queue: only then is the gate opened, so how requests
+        // group does not depend on how fast the machine is.
+        let started = std::time::Instant::now();
+        loop {
+            let queued = committer.waiting();
+            let all_placed = store.requests_loaded.load(Ordering::SeqCst) + queued == requests;
+            let workers_busy = store.loads_waiting.load(Ordering::SeqCst) == GROUP_COMMIT_WORKERS;
+            if all_placed && (workers_busy || queued == 0) {
+                break;
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "the requests never all queued"
+            );
+            tokio::task::yield_now().await;
+        }
+        store.open.store(true, Ordering::SeqCst);
+        store.gate.notify_waiters();
         let mut answers = Vec::new();
         for task in tasks {
             answers.push(task.await.expect("the task ran"));
@@ -250,9 +289,11 @@ mod tests {
                 Err(other) => panic!("c{customer}: {other:?}"),
             }
         }
+        // The groups held at the gate commit, then the queued requests in at
+        // most one group per worker.
         let commits = store.commits.load(Ordering::SeqCst);
         assert!(
-            commits <= requests / 4,
+            commits <= 2 * GROUP_COMMIT_WORKERS,
             "{commits} transactions for {requests} requests"
         );
         let memory: std::sync::MutexGuard<'_, MemoryStore> = store.inner.lock();
