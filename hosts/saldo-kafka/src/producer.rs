@@ -85,20 +85,10 @@ pub fn enqueue(
     producer: &FutureProducer,
     envelope: &Envelope,
 ) -> Result<DeliveryFuture, KafkaError> {
-    enqueue_encoded(producer, envelope, &envelope.encode())
-}
-
-/// [`enqueue`] for an envelope whose wire form (`envelope.encode()`) is at
-/// hand already, as it is in an outbox row: it is sent as it is, not encoded
-/// again.
-pub fn enqueue_encoded(
-    producer: &FutureProducer,
-    envelope: &Envelope,
-    encoded: &[u8],
-) -> Result<DeliveryFuture, KafkaError> {
+    let encoded = envelope.encode();
     let record = FutureRecord::to(topics::topic_of(&envelope.payload))
         .key(envelope.order_id.as_str())
-        .payload(encoded)
+        .payload(encoded.as_slice())
         .headers(headers(envelope));
     producer.send_result(record).map_err(|(error, _)| error)
 }

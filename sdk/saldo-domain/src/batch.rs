@@ -284,12 +284,6 @@ impl Batch {
         self.decided == 0
     }
 
-    /// What the overlay holds now: the loaded state with every decision so
-    /// far applied.
-    pub fn overlay(&self) -> &Loaded {
-        &self.overlay
-    }
-
     fn join(&mut self, decision: Decision) {
         for write in &decision.writes {
             let key = write.row.key();

@@ -306,3 +306,118 @@ async fn concurrent_top_ups_and_payments_keep_the_balance_equal_to_its_entries()
     assert_eq!(balance, 500 + 20 * 100 - 150 * succeeded);
     assert!(balance >= 0);
 }
+
+/// The store connected as `role`, as a service process connects in production.
+async fn store_as(driver: &Driver, role: &str) -> PgStore {
+    let crate::backends::Backend::Postgres(database) = &driver.backend else {
+        panic!("postgres only")
+    };
+    sqlx::query(sqlx::AssertSqlSafe(format!("GRANT {role} TO CURRENT_USER")))
+        .execute(database.store.pool())
+        .await
+        .expect("the test role may grant service roles");
+    let url = format!("{}?options=-c%20role%3D{role}", database.url());
+    PgStore::connect(&url, 2)
+        .await
+        .expect("connects as the role")
+}
+
+#[tokio::test]
+async fn every_batched_statement_runs_with_only_its_services_privileges() {
+    // Proves the batched commit needs nothing its service's role lacks: key-
+    // ordered row locks, multi-row updates, increments of the shared accounts,
+    // the chain head, inbox receipts, outbox rows and their notification, each
+    // committed as saldo_payment, saldo_inventory and saldo_order.
+    let driver = Driver::new(Kind::Postgres).await;
+    for customer in ["alice", "bob"] {
+        driver
+            .top_up(customer, eur(1_000), &format!("seed-{customer}"))
+            .await
+            .expect("funded");
+    }
+    driver.set_stock("apple", 10, eur(100)).await;
+    driver.set_stock("pear", 10, eur(100)).await;
+    let rules = Rules::default();
+    let deliver_all = |store: PgStore, consumer: Service, messages: Vec<Envelope>| {
+        let rules = rules.clone();
+        async move {
+            saldo_engine::execute_batch(
+                &store,
+                &messages,
+                NOW,
+                |message| message_read_set(consumer, message),
+                |message, snapshot| decide_message(&rules, consumer, snapshot, message, NOW),
+            )
+            .await
+        }
+    };
+    let payment = store_as(&driver, "saldo_payment").await;
+    let charges = ["alice", "bob"]
+        .into_iter()
+        .map(|customer| {
+            command(
+                &format!("o-{customer}"),
+                Payload::ChargePayment {
+                    customer: CustomerId::new(customer).expect("valid"),
+                    amount: eur(300),
+                },
+            )
+        })
+        .collect();
+    for result in deliver_all(payment, Service::Payment, charges).await {
+        assert_eq!(
+            result.expect("charged as saldo_payment"),
+            MessageOutcome::Applied
+        );
+    }
+    let inventory = store_as(&driver, "saldo_inventory").await;
+    let reservations = ["apple", "pear"]
+        .into_iter()
+        .map(|sku| {
+            command(
+                &format!("o-{sku}"),
+                Payload::ReserveStock {
+                    lines: vec![line(sku, 1)],
+                    currency: saldo_types::Currency::EUR,
+                },
+            )
+        })
+        .collect();
+    for result in deliver_all(inventory, Service::Inventory, reservations).await {
+        assert_eq!(
+            result.expect("reserved as saldo_inventory"),
+            MessageOutcome::Applied
+        );
+    }
+    let order = store_as(&driver, "saldo_order").await;
+    let requests: Vec<saldo_domain::order::PlaceOrder> = ["o1", "o2"]
+        .into_iter()
+        .map(|id| saldo_domain::order::PlaceOrder {
+            order_id: OrderId::new(id).expect("valid"),
+            customer: CustomerId::new("alice").expect("valid"),
+            lines: vec![line("apple", 1)],
+            currency: saldo_types::Currency::EUR,
+            idempotency_key: IdempotencyKey::new(format!("key-{id}")).expect("valid"),
+            correlation_id: CorrelationId::new(format!("c-{id}")).expect("valid"),
+            traceparent: Traceparent::root(Id128::derive("role-test", &[id.as_bytes()])),
+        })
+        .collect();
+    let placed = saldo_engine::execute_batch(
+        &order,
+        &requests,
+        NOW,
+        saldo_domain::order::place_order_read_set,
+        |request, snapshot| {
+            saldo_domain::order::decide_place_order(&rules.order_saga, snapshot, request, NOW)
+        },
+    )
+    .await;
+    for result in placed {
+        result.expect("placed as saldo_order");
+    }
+    assert_eq!(
+        alice_balance(&store_of(&driver)).await,
+        700,
+        "alice was charged once"
+    );
+}
