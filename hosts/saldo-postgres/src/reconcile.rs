@@ -12,19 +12,24 @@
 //!   dead letters.
 //!
 //! After the first (full) run, order checks only look at orders touched
-//! since the previous run (less the grace period) or still pending, and the
-//! chain resumes from the last verified entry.
+//! since the previous run (less the grace period), still pending, or with a
+//! finding in the previous run (findings are levels: one that still holds is
+//! reported again however old its order), and the chain resumes from the
+//! last verified entry, after checking that entry is still as it was verified
+//! and that the legs of every verified entry are unchanged. Each entry's
+//! stored columns and legs are compared with its hashed posting; operator
+//! checkpoints ([`Reconciler::expect_checkpoint`]) are checked on every run.
 
 use std::collections::BTreeMap;
 
 use futures_util::TryStreamExt;
 use saldo_domain::messages::{OrderLine, Service};
 use saldo_domain::order::{CancelReason, OrderStatus};
-use saldo_ledger::{ChainHash, Entry};
+use saldo_ledger::{ChainHash, Checkpoint, Entry, StoredEntry, StoredLeg};
 use saldo_reconcile::{
-    ChainVerifier, Finding, LedgerFact, OrderFact, OrderFacts, PaymentFact, PaymentKind,
-    ReservationKind, Settings, check_account, check_dead_letters, check_entry_balance, check_order,
-    check_outbox_row, check_stock,
+    ChainVerifier, Finding, LedgerFact, LegsDigest, OrderFact, OrderFacts, PaymentFact,
+    PaymentKind, ReservationKind, Settings, check_account, check_checkpoint, check_dead_letters,
+    check_entry_balance, check_order, check_outbox_row, check_stock, check_verified_legs,
 };
 use saldo_types::{OrderId, Timestamp};
 use sqlx::postgres::{PgPool, PgRow};
@@ -57,20 +62,24 @@ pub struct Reconciler {
     settings: Settings,
     chain: ChainVerifier,
     legs_checked_through: i64,
+    legs_verified: LegsDigest,
+    checkpoints: Vec<Checkpoint>,
+    open_orders: Vec<String>,
     last_run: Option<Timestamp>,
 }
 
 /// Which orders a run judges.
 enum Scope {
     All,
-    ChangedSince(i64),
+    /// Touched since the watermark (ms), or with a finding last run.
+    ChangedSince(i64, Vec<String>),
 }
 
 impl Scope {
     fn filter(&self, updated_column: &str) -> String {
         match self {
             Scope::All => String::from("TRUE"),
-            Scope::ChangedSince(_) => format!(
+            Scope::ChangedSince(..) => format!(
                 "{updated_column} >= timestamptz 'epoch' + $1::bigint * interval '1 millisecond' OR order_id IN (SELECT order_id FROM changed)"
             ),
         }
@@ -80,24 +89,20 @@ impl Scope {
     fn changed_cte(&self) -> String {
         match self {
             Scope::All => String::new(),
-            Scope::ChangedSince(_) => {
+            Scope::ChangedSince(..) => {
                 let since = "timestamptz 'epoch' + $1::bigint * interval '1 millisecond'";
                 format!(
                     "WITH changed AS (SELECT order_id FROM orders.orders WHERE updated_at >= {since} OR status = 'PENDING' \
                      UNION SELECT order_id FROM payment.payments WHERE updated_at >= {since} \
                      UNION SELECT order_id FROM inventory.reservations WHERE updated_at >= {since} \
-                     UNION SELECT order_id FROM payment.ledger_entries WHERE order_id IS NOT NULL AND recorded_at >= {since}) "
+                     UNION SELECT order_id FROM payment.ledger_entries WHERE order_id IS NOT NULL AND recorded_at >= {since} \
+                     UNION SELECT unnest($2::text[])) "
                 )
             }
         }
     }
 
-    fn since(&self) -> i64 {
-        match self {
-            Scope::All => 0,
-            Scope::ChangedSince(since) => *since,
-        }
-    }
+
 }
 
 impl Reconciler {
@@ -108,8 +113,17 @@ impl Reconciler {
             settings,
             chain: ChainVerifier::default(),
             legs_checked_through: 0,
+            legs_verified: LegsDigest::default(),
+            checkpoints: Vec::new(),
+            open_orders: Vec::new(),
             last_run: None,
         }
+    }
+
+    /// Checks on every run that the ledger still holds `checkpoint` (an
+    /// entry's sequence and hash the operator kept elsewhere).
+    pub fn expect_checkpoint(&mut self, checkpoint: Checkpoint) {
+        self.checkpoints.push(checkpoint);
     }
 
     /// The hash-chain watermark: the last entry verified.
@@ -123,6 +137,7 @@ impl Reconciler {
             None => Scope::All,
             Some(last) => Scope::ChangedSince(
                 i64::try_from(last.unix_ms().saturating_sub(self.settings.grace_ms)).unwrap_or(0),
+                std::mem::take(&mut self.open_orders),
             ),
         };
         let mut connections = Vec::with_capacity(5);
@@ -150,10 +165,12 @@ impl Reconciler {
         }
         let [first, payments, reservations, ledger, chain_connection]: &mut [PgConnection; 5] =
             (&mut connections[..]).try_into().expect("five connections");
+        let mut findings = self.judge_checkpoints(chain_connection).await?;
         let chain_from = self
             .chain
             .watermark()
             .map_or(0, |(sequence, _)| sequence as i64);
+        self.chain.begin_pass();
         let mut chain = std::mem::take(&mut self.chain);
         let (orders, chain_result) = tokio::join!(
             judge_orders(
@@ -168,15 +185,29 @@ impl Reconciler {
             verify_chain(chain_connection, &mut chain, chain_from),
         );
         self.chain = chain;
-        let (mut findings, orders_checked) = orders?;
+        let (order_findings, orders_checked) = orders?;
         let (chain_findings, entries_verified) = chain_result?;
+        findings.extend(order_findings);
         findings.extend(chain_findings);
+        self.legs_verified = legs_digest(
+            chain_connection,
+            self.legs_verified,
+            self.chain.watermark().map_or(0, |(sequence, _)| sequence),
+        )
+        .await?;
         findings.extend(self.judge_rest(first, now).await?);
         for connection in connections {
             connection.close().await?;
         }
         findings.sort();
         findings.dedup();
+        self.open_orders = findings
+            .iter()
+            .flat_map(|finding| &finding.ids)
+            .filter_map(|id| id.strip_prefix("order:"))
+            .map(str::to_owned)
+            .collect();
+        self.open_orders.dedup();
         let full = matches!(scope, Scope::All);
         self.last_run = Some(now);
         Ok(RunReport {
@@ -185,6 +216,44 @@ impl Reconciler {
             entries_verified,
             full,
         })
+    }
+
+    /// The operator's checkpoints, the last verified entry and the legs of
+    /// every verified entry: each must still be as it was seen.
+    async fn judge_checkpoints(
+        &self,
+        connection: &mut PgConnection,
+    ) -> Result<Vec<Finding>, StoreError> {
+        let watermark = self.chain.watermark_checkpoint();
+        let mut findings = Vec::new();
+        for (checkpoint, source) in self
+            .checkpoints
+            .iter()
+            .map(|checkpoint| (checkpoint, "checkpoint"))
+            .chain(
+                watermark
+                    .iter()
+                    .map(|checkpoint| (checkpoint, "verified watermark")),
+            )
+        {
+            let stored: Option<Vec<u8>> =
+                sqlx::query_scalar("SELECT hash FROM payment.ledger_entries WHERE sequence = $1")
+                    .bind(i64::try_from(checkpoint.sequence).map_err(corrupt)?)
+                    .fetch_optional(&mut *connection)
+                    .await?;
+            let stored = stored.map(chain_hash).transpose()?;
+            findings.extend(check_checkpoint(*checkpoint, stored, source));
+        }
+        if self.legs_verified.through > 0 {
+            let now = legs_digest(
+                connection,
+                LegsDigest::default(),
+                self.legs_verified.through,
+            )
+            .await?;
+            findings.extend(check_verified_legs(self.legs_verified, now));
+        }
+        Ok(findings)
     }
 
     /// Stock, accounts, legs, outbox and dead letters.
@@ -295,14 +364,37 @@ impl Reconciler {
     }
 }
 
+/// Verifies the whole chain, with every entry's stored rows, in one
+/// snapshot: the last entry as a checkpoint for operators to keep outside
+/// the database (`None` for an empty ledger), or the findings that stop it.
+pub async fn verified_checkpoint(
+    pool: &PgPool,
+) -> Result<Result<Option<Checkpoint>, Vec<Finding>>, StoreError> {
+    let mut connection = pool.acquire().await?;
+    connection
+        .execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await?;
+    let mut chain = ChainVerifier::default();
+    let (findings, _) = verify_chain(&mut connection, &mut chain, 0).await?;
+    connection.execute("COMMIT").await?;
+    if !findings.is_empty() {
+        return Ok(Err(findings));
+    }
+    Ok(Ok(chain.watermark_checkpoint()))
+}
+
 async fn verify_chain(
     connection: &mut PgConnection,
     chain: &mut ChainVerifier,
     from: i64,
 ) -> Result<(Vec<Finding>, u64), StoreError> {
     let sql = format!(
-        "SELECT sequence, {}, posting::text, previous_hash, hash FROM payment.ledger_entries WHERE sequence > $1 ORDER BY sequence",
-        ms("recorded_at")
+        "SELECT e.sequence, {}, e.posting::text, e.previous_hash, e.hash, e.posting_id, e.reverses, e.purpose, e.order_id, \
+         e.correlation_id, e.traceparent, COALESCE(l.legs, '[]') \
+         FROM payment.ledger_entries e LEFT JOIN (SELECT sequence, json_agg(json_build_array(leg, account_id, side, amount_minor, currency) ORDER BY leg)::text AS legs \
+             FROM payment.ledger_legs WHERE sequence > $1 GROUP BY sequence) l USING (sequence) \
+         WHERE e.sequence > $1 ORDER BY e.sequence",
+        ms("e.recorded_at")
     );
     let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(from)
@@ -310,14 +402,8 @@ async fn verify_chain(
     let mut findings = Vec::new();
     let mut verified = 0;
     while let Some(row) = rows.try_next().await? {
-        let hash = |index: usize| -> Result<ChainHash, StoreError> {
-            let bytes: Vec<u8> = row.try_get(index)?;
-            Ok(ChainHash(
-                bytes
-                    .try_into()
-                    .map_err(|_| corrupt("a chain hash is 32 bytes"))?,
-            ))
-        };
+        let hash =
+            |index: usize| -> Result<ChainHash, StoreError> { chain_hash(row.try_get(index)?) };
         let entry = Entry {
             sequence: u64::try_from(row.try_get::<i64, _>(0)?).map_err(corrupt)?,
             recorded_at: timestamp(Some(row.try_get(1)?)).expect("present"),
@@ -326,10 +412,74 @@ async fn verify_chain(
             previous_hash: hash(3)?,
             hash: hash(4)?,
         };
-        findings.extend(chain.feed(&entry));
+        let legs: Vec<(i64, String, String, i64, String)> =
+            serde_json::from_str(row.try_get::<&str, _>(11)?)
+                .map_err(|error| corrupt(format!("ledger legs: {error}")))?;
+        let stored = StoredEntry {
+            posting_id: row.try_get(5)?,
+            reverses: row.try_get(6)?,
+            purpose: row.try_get(7)?,
+            order_id: row.try_get(8)?,
+            correlation_id: row.try_get(9)?,
+            traceparent: row.try_get(10)?,
+            legs: legs
+                .into_iter()
+                .map(|(leg, account, side, amount_minor, currency)| StoredLeg {
+                    leg,
+                    account,
+                    side,
+                    amount_minor,
+                    currency,
+                })
+                .collect(),
+        };
+        if let Some(finding) = chain.feed_stored(&entry, &stored) {
+            // Later entries are not judged until this one is repaired.
+            findings.push(finding);
+            break;
+        }
         verified += 1;
     }
     Ok((findings, verified))
+}
+
+fn chain_hash(bytes: Vec<u8>) -> Result<ChainHash, StoreError> {
+    Ok(ChainHash(
+        bytes
+            .try_into()
+            .map_err(|_| corrupt("a chain hash is 32 bytes"))?,
+    ))
+}
+
+/// `base` extended with the leg rows of entries after `base.through` up to
+/// `through`.
+async fn legs_digest(
+    connection: &mut PgConnection,
+    base: LegsDigest,
+    through: u64,
+) -> Result<LegsDigest, StoreError> {
+    if through <= base.through {
+        return Ok(base);
+    }
+    let row = sqlx::query(
+        "SELECT count(*), COALESCE(sum(hashtextextended(sequence || ':' || leg || ':' || account_id || ':' || side || ':' \
+         || amount_minor || ':' || currency, 0)::numeric), 0)::text \
+         FROM payment.ledger_legs WHERE sequence > $1 AND sequence <= $2",
+    )
+    .bind(i64::try_from(base.through).map_err(corrupt)?)
+    .bind(i64::try_from(through).map_err(corrupt)?)
+    .fetch_one(&mut *connection)
+    .await?;
+    let count = u64::try_from(row.try_get::<i64, _>(0)?).map_err(corrupt)?;
+    let sum: i128 = row
+        .try_get::<String, _>(1)?
+        .parse()
+        .map_err(|error| corrupt(format!("legs digest: {error}")))?;
+    Ok(LegsDigest {
+        through,
+        count: base.count + count,
+        sum: base.sum + sum,
+    })
 }
 
 /// A row of one of the four order streams, keyed by order id.
@@ -406,13 +556,11 @@ async fn judge_orders(
             .filter("e.recorded_at")
             .replace("order_id IN", "e.order_id IN")
     );
-    let since = scope.since();
     let bind = |sql: String| {
         let query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        if matches!(scope, Scope::ChangedSince(_)) {
-            query.bind(since)
-        } else {
-            query
+        match scope {
+            Scope::ChangedSince(since, open_orders) => query.bind(*since).bind(open_orders),
+            Scope::All => query,
         }
     };
     let mut orders = bind(orders_sql).fetch(orders_connection);

@@ -9,7 +9,7 @@ use saldo_domain::decision::{
 use saldo_domain::messages::{Envelope, Service};
 use saldo_domain::store::CommitError;
 use saldo_idempotency::{Fingerprint, IdempotencyKey, IdempotencyRecord};
-use saldo_ledger::{AccountId, ChainHash, Entry, Posting, PostingId, Side};
+use saldo_ledger::{AccountId, ChainHash, Entry, Posting, StoredEntry};
 use saldo_types::{Currency, Id128, OrderId, Timestamp};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row as _, Transaction};
@@ -711,33 +711,31 @@ async fn seal_postings(
         sequence += 1;
         let entry = Entry::seal_at(sequence, previous, posting, now);
         let sequence_column = to_i64(entry.sequence, "sequence")?;
-        let memo = &entry.posting.memo;
+        // The columns and legs exactly as reconciliation expects them.
+        let stored = StoredEntry::of(&entry.posting);
+        for leg in &stored.legs {
+            legs.push(serde_json::json!({
+                "sequence": sequence_column,
+                "leg": leg.leg,
+                "account_id": leg.account,
+                "side": leg.side,
+                "amount_minor": leg.amount_minor,
+                "currency": leg.currency,
+            }));
+        }
         entries.push(serde_json::json!({
             "sequence": sequence_column,
-            "posting_id": entry.posting.id.to_hex(),
+            "posting_id": stored.posting_id,
             "recorded_at": to_i64(entry.recorded_at.unix_ms(), "recorded_at")?,
-            "reverses": entry.posting.reverses.map(|id: PostingId| id.to_hex()),
-            "order_id": memo.order_id.as_ref().map(|id| id.as_str()),
-            "purpose": memo.purpose,
-            "correlation_id": memo.correlation_id.as_ref().map(|id| id.as_str()),
-            "traceparent": memo.traceparent,
+            "reverses": stored.reverses,
+            "order_id": stored.order_id,
+            "purpose": stored.purpose,
+            "correlation_id": stored.correlation_id,
+            "traceparent": stored.traceparent,
             "posting": entry.posting,
             "previous_hash": hex(&entry.previous_hash.0),
             "hash": hex(&entry.hash.0),
         }));
-        for (index, leg) in entry.posting.legs.iter().enumerate() {
-            legs.push(serde_json::json!({
-                "sequence": sequence_column,
-                "leg": index,
-                "account_id": leg.account.to_string(),
-                "side": match leg.side {
-                    Side::Debit => "debit",
-                    Side::Credit => "credit",
-                },
-                "amount_minor": leg.amount.amount_minor(),
-                "currency": leg.amount.currency().code(),
-            }));
-        }
         previous = entry.hash;
     }
     let insert_entries = "INSERT INTO payment.ledger_entries (sequence, posting_id, recorded_at, reverses, order_id, purpose, correlation_id, traceparent, posting, previous_hash, hash) \

@@ -3,6 +3,7 @@
 mod config;
 mod dev_command;
 mod gateway_command;
+mod ledger_command;
 mod load_command;
 mod migrate_command;
 mod reconcile_command;
@@ -38,6 +39,8 @@ enum Command {
     Migrate(migrate_command::MigrateArgs),
     /// Check orders, payments, ledger, stock and outboxes for silent failures (read-only).
     Reconcile(reconcile_command::ReconcileArgs),
+    /// Print a verified checkpoint of the ledger's hash chain, to keep outside the database.
+    Ledger(ledger_command::LedgerArgs),
     /// Run the order service: its HTTP API (with --http-address), its
     /// reply consumer and its saga deadline timers.
     Order(service_command::ServiceArgs),
@@ -130,6 +133,7 @@ fn main() -> ExitCode {
         Command::Sim(args) => sim_command::run(&args),
         Command::Migrate(args) => migrate_command::run(&args),
         Command::Reconcile(args) => reconcile_command::run(&args),
+        Command::Ledger(args) => ledger_command::run(&args),
         Command::Order(args) => {
             service_command::run_consumer(saldo_domain::messages::Service::Order, &args)
         }

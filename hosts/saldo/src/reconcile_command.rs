@@ -34,6 +34,11 @@ pub struct ReconcileArgs {
     /// How long an outbox row may wait unpublished.
     #[arg(long, default_value = "1m", value_parser = parse_duration)]
     outbox_age: Duration,
+    /// A checkpoint printed earlier by `saldo ledger checkpoint`
+    /// (SEQUENCE:HASH), kept outside the database: any rewrite of the chain
+    /// at or before it is reported (repeat for several).
+    #[arg(long = "expect-checkpoint", value_name = "SEQUENCE:HASH")]
+    expect_checkpoints: Vec<saldo_ledger::Checkpoint>,
     /// Where to serve Prometheus metrics (with --interval).
     #[arg(long, default_value = "127.0.0.1:9464")]
     metrics_address: SocketAddr,
@@ -83,6 +88,9 @@ pub fn run(args: &ReconcileArgs) -> anyhow::Result<ExitCode> {
             .await
             .context("cannot connect to the database")?;
         let mut reconciler = Reconciler::new(pool, settings);
+        for checkpoint in &args.expect_checkpoints {
+            reconciler.expect_checkpoint(*checkpoint);
+        }
         match args.interval {
             None => {
                 let report = reconciler

@@ -279,6 +279,133 @@ fn reconcile_once_exits_zero_when_clean_and_one_with_findings() {
     assert!(String::from_utf8_lossy(&no_mode.stderr).contains("--once or --interval"));
 }
 
+/// Seals a top-up of `amount_minor` to `customer` as the first entry and
+/// writes it as the payment service would: entry, legs, accounts, chain head.
+fn first_top_up_sql(customer: &str, amount_minor: i64) -> String {
+    use saldo_ledger::{AccountId, Entry, Memo, Posting, StoredEntry};
+    use saldo_types::{Currency, CustomerId, Id128, Money, Timestamp};
+    let eur = Currency::EUR;
+    let wallet = AccountId::wallet(CustomerId::new(customer).expect("valid"), eur);
+    let posting = Posting::transfer(
+        Id128::derive("cli test", &[customer.as_bytes()]),
+        AccountId::Funding { currency: eur },
+        wallet.clone(),
+        Money::from_minor(amount_minor, eur),
+        Memo {
+            purpose: "top_up".to_owned(),
+            ..Memo::default()
+        },
+    );
+    let entry = Entry::seal(None, posting, Timestamp::from_unix_ms(1_764_547_200_000));
+    let stored = StoredEntry::of(&entry.posting);
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let legs = stored
+        .legs
+        .iter()
+        .map(|leg| {
+            format!(
+                "(1, {}, '{}', '{}', {}, '{}')",
+                leg.leg, leg.account, leg.side, leg.amount_minor, leg.currency
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "BEGIN; \
+         INSERT INTO payment.accounts (account_id, version, kind, currency, balance_minor, held_minor) VALUES \
+             ('funding:EUR', 1, 'funding', 'EUR', {negative}, 0), ('{wallet}', 1, 'wallet', 'EUR', {amount_minor}, 0); \
+         INSERT INTO payment.ledger_entries (sequence, posting_id, recorded_at, purpose, posting, previous_hash, hash) VALUES \
+             (1, '{posting_id}', to_timestamp(1764547200), 'top_up', '{posting}', decode('{previous}', 'hex'), decode('{hash}', 'hex')); \
+         INSERT INTO payment.ledger_legs (sequence, leg, account_id, side, amount_minor, currency) VALUES {legs}; \
+         UPDATE payment.chain_head SET sequence = 1, hash = decode('{hash}', 'hex'); COMMIT",
+        negative = -amount_minor,
+        posting_id = stored.posting_id,
+        posting = serde_json::to_string(&entry.posting).expect("encodes"),
+        previous = hex(&entry.previous_hash.0),
+        hash = hex(&entry.hash.0),
+    )
+}
+
+#[test]
+fn ledger_checkpoint_prints_the_verified_head_and_reconcile_holds_the_chain_to_it() {
+    // Proves the external anchor from the command line: no checkpoint of an
+    // empty ledger, the verified head as SEQUENCE:HASH, a reconciliation that
+    // passes against it and reports a chain that does not match one, and a
+    // malformed checkpoint refused in one line.
+    let (read_only, run_sql) = reconcile_database("checkpoint");
+    let empty = saldo(&["ledger", "checkpoint", "--database-url", &read_only]);
+    assert_eq!(empty.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&empty.stderr).contains("no entries"));
+    run_sql(&first_top_up_sql("alice", 5_000));
+    let printed = saldo(&["ledger", "checkpoint", "--database-url", &read_only]);
+    assert_eq!(
+        printed.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&printed.stderr)
+    );
+    let checkpoint = stdout(&printed).trim().to_owned();
+    assert!(
+        checkpoint.starts_with("1:") && checkpoint.len() == 66,
+        "{checkpoint}"
+    );
+    let held = saldo(&[
+        "reconcile",
+        "--once",
+        "--expect-checkpoint",
+        &checkpoint,
+        "--database-url",
+        &read_only,
+    ]);
+    assert_eq!(held.status.code(), Some(0), "{}", stdout(&held));
+    let other = format!("1:{}", "0".repeat(64));
+    let rewritten = saldo(&[
+        "reconcile",
+        "--once",
+        "--expect-checkpoint",
+        &other,
+        "--database-url",
+        &read_only,
+    ]);
+    assert_eq!(rewritten.status.code(), Some(1));
+    assert!(
+        stdout(&rewritten).contains("chain_rewritten"),
+        "{}",
+        stdout(&rewritten)
+    );
+    let malformed = saldo(&[
+        "reconcile",
+        "--once",
+        "--expect-checkpoint",
+        "12:nothex",
+        "--database-url",
+        &read_only,
+    ]);
+    assert_eq!(malformed.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&malformed.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("64 lower-case hexadecimal digits"),
+        "{stderr}"
+    );
+    // A leg forged onto the entry behind the trigger's back: the checkpoint
+    // refuses to anchor a chain whose rows disagree with it.
+    run_sql(
+        "INSERT INTO payment.accounts (account_id, version, kind, currency, balance_minor, held_minor) VALUES ('wallet:mallory:EUR', 1, 'wallet', 'EUR', 0, 0); \
+         ALTER TABLE payment.ledger_legs DISABLE TRIGGER ledger_legs_with_their_entry; \
+         INSERT INTO payment.ledger_legs (sequence, leg, account_id, side, amount_minor, currency) VALUES (1, 2, 'wallet:mallory:EUR', 'credit', 1, 'EUR'); \
+         ALTER TABLE payment.ledger_legs ENABLE TRIGGER ledger_legs_with_their_entry",
+    );
+    let forged = saldo(&["ledger", "checkpoint", "--database-url", &read_only]);
+    assert_eq!(forged.status.code(), Some(1));
+    assert!(stdout(&forged).is_empty());
+    assert!(
+        String::from_utf8_lossy(&forged.stderr).contains("entry_rows_disagree_with_posting"),
+        "{}",
+        String::from_utf8_lossy(&forged.stderr)
+    );
+}
+
 #[test]
 fn reconcile_as_a_service_exposes_gauges_alerts_once_and_stops_on_sigterm() {
     // Proves the periodic mode: Prometheus gauges per finding kind, one alert

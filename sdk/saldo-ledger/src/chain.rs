@@ -55,6 +55,165 @@ impl<'de> Deserialize<'de> for ChainHash {
     }
 }
 
+/// An entry as a relational store keeps it beside the hashed posting: the
+/// columns readers query (`posting_id`, `purpose`, `order_id`, ...) and one
+/// row per leg. Stores write exactly this and reconciliation compares what
+/// is stored with it, so a column or leg that differs from the hashed
+/// posting is found even though the posting itself still verifies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEntry {
+    /// The posting's id, in hexadecimal.
+    pub posting_id: String,
+    /// The reversed posting's id, in hexadecimal.
+    pub reverses: Option<String>,
+    /// The memo's purpose.
+    pub purpose: String,
+    /// The memo's order.
+    pub order_id: Option<String>,
+    /// The memo's correlation id.
+    pub correlation_id: Option<String>,
+    /// The memo's trace context.
+    pub traceparent: Option<String>,
+    /// The legs, in posting order.
+    pub legs: Vec<StoredLeg>,
+}
+
+/// One leg row: its index in the posting, account, side and amount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredLeg {
+    /// The leg's index in the posting, from 0.
+    pub leg: i64,
+    /// The account id as text (`wallet:alice:EUR`).
+    pub account: String,
+    /// `debit` or `credit`.
+    pub side: String,
+    /// The amount in minor units.
+    pub amount_minor: i64,
+    /// The currency code.
+    pub currency: String,
+}
+
+impl StoredEntry {
+    /// The rows `posting` is stored as.
+    pub fn of(posting: &crate::Posting) -> StoredEntry {
+        let memo = &posting.memo;
+        StoredEntry {
+            posting_id: posting.id.to_hex(),
+            reverses: posting.reverses.map(|id| id.to_hex()),
+            purpose: memo.purpose.clone(),
+            order_id: memo.order_id.as_ref().map(|id| id.as_str().to_owned()),
+            correlation_id: memo
+                .correlation_id
+                .as_ref()
+                .map(|id| id.as_str().to_owned()),
+            traceparent: memo.traceparent.clone(),
+            legs: posting
+                .legs
+                .iter()
+                .enumerate()
+                .map(|(index, leg)| StoredLeg {
+                    leg: index as i64,
+                    account: leg.account.to_string(),
+                    side: leg.side.name().to_owned(),
+                    amount_minor: leg.amount.amount_minor(),
+                    currency: leg.amount.currency().code().to_owned(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The first column or leg in which `self` differs from the rows
+    /// `posting` is stored as, named for a person; `None` when they agree.
+    pub fn difference(&self, posting: &crate::Posting) -> Option<String> {
+        let expected = StoredEntry::of(posting);
+        let columns: [(&str, Option<&str>, Option<&str>); 6] = [
+            (
+                "posting_id",
+                Some(&self.posting_id),
+                Some(&expected.posting_id),
+            ),
+            (
+                "reverses",
+                self.reverses.as_deref(),
+                expected.reverses.as_deref(),
+            ),
+            ("purpose", Some(&self.purpose), Some(&expected.purpose)),
+            (
+                "order_id",
+                self.order_id.as_deref(),
+                expected.order_id.as_deref(),
+            ),
+            (
+                "correlation_id",
+                self.correlation_id.as_deref(),
+                expected.correlation_id.as_deref(),
+            ),
+            (
+                "traceparent",
+                self.traceparent.as_deref(),
+                expected.traceparent.as_deref(),
+            ),
+        ];
+        if let Some((name, stored, hashed)) =
+            columns.iter().find(|(_, stored, hashed)| stored != hashed)
+        {
+            return Some(format!(
+                "column {name} is {stored:?}, the hashed posting says {hashed:?}"
+            ));
+        }
+        if self.legs.len() != expected.legs.len() {
+            return Some(format!(
+                "{} legs stored, the hashed posting has {}",
+                self.legs.len(),
+                expected.legs.len()
+            ));
+        }
+        self.legs
+            .iter()
+            .zip(&expected.legs)
+            .find(|(stored, hashed)| stored != hashed)
+            .map(|(stored, hashed)| format!("leg {stored:?} differs from the hashed {hashed:?}"))
+    }
+}
+
+/// A point of the chain an operator keeps outside the database: an entry's
+/// sequence and hash. Rewriting anything at or before it (even recomputing
+/// every later hash and the chain's end) changes that entry's hash, so a
+/// chain that still matches its checkpoints was not rewritten behind them.
+/// Written and parsed as `SEQUENCE:HASH` (`1234:9f86…`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Checkpoint {
+    /// The entry's sequence (from 1).
+    pub sequence: u64,
+    /// The entry's hash.
+    pub hash: ChainHash,
+}
+
+impl fmt::Display for Checkpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.sequence, self.hash.to_hex())
+    }
+}
+
+impl std::str::FromStr for Checkpoint {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Checkpoint, String> {
+        let (sequence, hash) = text
+            .split_once(':')
+            .ok_or_else(|| format!("checkpoint {text:?} is not SEQUENCE:HASH"))?;
+        let sequence: u64 = sequence
+            .parse()
+            .ok()
+            .filter(|sequence| *sequence > 0)
+            .ok_or_else(|| format!("checkpoint {text:?}: the sequence must be a number from 1"))?;
+        let hash = ChainHash::from_hex(hash).ok_or_else(|| {
+            format!("checkpoint {text:?}: the hash must be 64 lower-case hexadecimal digits")
+        })?;
+        Ok(Checkpoint { sequence, hash })
+    }
+}
+
 /// An immutable, sealed ledger entry: a posting, its place in the sequence,
 /// and its link in the hash chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,6 +273,14 @@ impl Entry {
             posting,
             previous_hash,
             hash,
+        }
+    }
+
+    /// This entry as a checkpoint.
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            sequence: self.sequence,
+            hash: self.hash,
         }
     }
 

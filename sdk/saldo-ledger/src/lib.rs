@@ -28,7 +28,7 @@ mod posting;
 
 pub use account::{Account, AccountId, AccountIdError, BalanceRule};
 pub use book::{Applied, Book, Changes, Hold, HoldState, Rejection};
-pub use chain::{ChainError, ChainHash, Entry, verify_chain};
+pub use chain::{ChainError, ChainHash, Checkpoint, Entry, StoredEntry, StoredLeg, verify_chain};
 pub use ledger::Ledger;
 pub use posting::{LEGS_MAX, Leg, Memo, PURPOSE_LENGTH_MAX, Posting, PostingId, Side};
 

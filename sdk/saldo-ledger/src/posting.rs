@@ -25,6 +25,14 @@ pub enum Side {
 }
 
 impl Side {
+    /// The stable name (`debit`, `credit`), as stores keep it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Debit => "debit",
+            Side::Credit => "credit",
+        }
+    }
+
     /// The other side; a reversal flips every leg.
     pub fn flipped(self) -> Side {
         match self {

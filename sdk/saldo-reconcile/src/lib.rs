@@ -22,7 +22,7 @@ use saldo_domain::inventory::ReservationState;
 use saldo_domain::messages::Service;
 use saldo_domain::order::OrderStatus;
 use saldo_domain::payment::PaymentState;
-use saldo_ledger::{ChainError, ChainHash, Entry};
+use saldo_ledger::{ChainError, ChainHash, Checkpoint, Entry, StoredEntry};
 use saldo_types::{OrderId, Timestamp};
 use serde::Serialize;
 
@@ -69,6 +69,12 @@ pub enum FindingKind {
     UnbalancedEntry,
     /// The hash chain does not verify at this entry.
     ChainBroken,
+    /// An entry's stored legs or columns differ from its hashed posting.
+    EntryRowsDisagreeWithPosting,
+    /// An entry the operator (a checkpoint) or an earlier run (the verified
+    /// watermark) saw with one hash now has another, or is gone: the chain
+    /// was rewritten behind them.
+    ChainRewritten,
     /// More money taken from the wallet than one charge.
     DoubleCharge,
     /// A cancelled order that still has money charged.
@@ -79,6 +85,14 @@ pub enum FindingKind {
     StockDisagreesWithReservations,
     /// A reservation still held for a confirmed order, or for no order at all.
     ReservationHeldForFinishedOrder,
+    /// A confirmed order whose stock was released, rejected or never reserved.
+    ConfirmedWithoutCommittedStock,
+    /// A cancelled order whose stock was sold.
+    CancelledWithCommittedStock,
+    /// A captured payment for an order that does not exist.
+    PaymentWithoutOrder,
+    /// Stock sold for an order that does not exist.
+    StockCommittedWithoutOrder,
     /// A saga not ended long after its deadline.
     SagaStuck,
     /// An account's balance differs from the sum of its ledger legs.
@@ -91,17 +105,23 @@ pub enum FindingKind {
 
 impl FindingKind {
     /// Every kind, for metrics that report zero as well.
-    pub const ALL: [FindingKind; 14] = [
+    pub const ALL: [FindingKind; 20] = [
         FindingKind::ConfirmedWithoutCapturedPayment,
         FindingKind::PaymentWithoutBalancedEntries,
         FindingKind::EntriesWithoutPayment,
         FindingKind::UnbalancedEntry,
         FindingKind::ChainBroken,
+        FindingKind::EntryRowsDisagreeWithPosting,
+        FindingKind::ChainRewritten,
         FindingKind::DoubleCharge,
         FindingKind::CancelledWithNetCharge,
         FindingKind::CancelledWithHeldStock,
         FindingKind::StockDisagreesWithReservations,
         FindingKind::ReservationHeldForFinishedOrder,
+        FindingKind::ConfirmedWithoutCommittedStock,
+        FindingKind::CancelledWithCommittedStock,
+        FindingKind::PaymentWithoutOrder,
+        FindingKind::StockCommittedWithoutOrder,
         FindingKind::SagaStuck,
         FindingKind::AccountDisagreesWithEntries,
         FindingKind::OutboxUnpublished,
@@ -116,11 +136,17 @@ impl FindingKind {
             FindingKind::EntriesWithoutPayment => "entries_without_payment",
             FindingKind::UnbalancedEntry => "unbalanced_entry",
             FindingKind::ChainBroken => "chain_broken",
+            FindingKind::EntryRowsDisagreeWithPosting => "entry_rows_disagree_with_posting",
+            FindingKind::ChainRewritten => "chain_rewritten",
             FindingKind::DoubleCharge => "double_charge",
             FindingKind::CancelledWithNetCharge => "cancelled_with_net_charge",
             FindingKind::CancelledWithHeldStock => "cancelled_with_held_stock",
             FindingKind::StockDisagreesWithReservations => "stock_disagrees_with_reservations",
             FindingKind::ReservationHeldForFinishedOrder => "reservation_held_for_finished_order",
+            FindingKind::ConfirmedWithoutCommittedStock => "confirmed_without_committed_stock",
+            FindingKind::CancelledWithCommittedStock => "cancelled_with_committed_stock",
+            FindingKind::PaymentWithoutOrder => "payment_without_order",
+            FindingKind::StockCommittedWithoutOrder => "stock_committed_without_order",
             FindingKind::SagaStuck => "saga_stuck",
             FindingKind::AccountDisagreesWithEntries => "account_disagrees_with_entries",
             FindingKind::OutboxUnpublished => "outbox_unpublished",
@@ -373,11 +399,16 @@ pub fn check_order(facts: &OrderFacts, now: Timestamp, settings: &Settings) -> V
                     ),
                 ));
             }
-            if facts.reservation == Some(ReservationKind::Held) {
-                findings.push(finding(
+            match facts.reservation {
+                Some(ReservationKind::Committed) => {}
+                Some(ReservationKind::Held) => findings.push(finding(
                     FindingKind::ReservationHeldForFinishedOrder,
                     "confirmed but its stock is still only reserved".to_owned(),
-                ));
+                )),
+                other => findings.push(finding(
+                    FindingKind::ConfirmedWithoutCommittedStock,
+                    format!("confirmed but its reservation is {other:?}"),
+                )),
             }
         }
         Some(OrderStatus::Cancelled(_)) => {
@@ -387,19 +418,40 @@ pub fn check_order(facts: &OrderFacts, now: Timestamp, settings: &Settings) -> V
                     format!("cancelled with {} still charged", ledger.net_charged_minor),
                 ));
             }
-            if facts.reservation == Some(ReservationKind::Held) {
-                findings.push(finding(
+            match facts.reservation {
+                Some(ReservationKind::Held) => findings.push(finding(
                     FindingKind::CancelledWithHeldStock,
                     "cancelled but its stock is still reserved".to_owned(),
-                ));
+                )),
+                Some(ReservationKind::Committed) => findings.push(finding(
+                    FindingKind::CancelledWithCommittedStock,
+                    "cancelled but its stock was sold".to_owned(),
+                )),
+                _ => {}
             }
         }
         Some(OrderStatus::Pending) => {}
         None => {
-            if facts.reservation == Some(ReservationKind::Held) {
-                findings.push(finding(
+            match facts.reservation {
+                Some(ReservationKind::Held) => findings.push(finding(
                     FindingKind::ReservationHeldForFinishedOrder,
                     "stock is reserved for an order that does not exist".to_owned(),
+                )),
+                Some(ReservationKind::Committed) => findings.push(finding(
+                    FindingKind::StockCommittedWithoutOrder,
+                    "stock was sold for an order that does not exist".to_owned(),
+                )),
+                _ => {}
+            }
+            if let Some(payment) = &facts.payment
+                && payment.state == PaymentKind::Captured
+            {
+                findings.push(finding(
+                    FindingKind::PaymentWithoutOrder,
+                    format!(
+                        "{} captured for an order that does not exist",
+                        payment.amount_minor
+                    ),
                 ));
             }
         }
@@ -456,6 +508,78 @@ pub fn check_entry_balance(
     })
 }
 
+/// Judges the rows an entry is stored as against its hashed posting: every
+/// column a reader queries and every leg must be what the hash covers.
+pub fn check_stored_entry(entry: &Entry, stored: &StoredEntry) -> Option<Finding> {
+    stored.difference(&entry.posting).map(|difference| {
+        Finding::new(
+            FindingKind::EntryRowsDisagreeWithPosting,
+            vec![
+                format!("entry:{}", entry.sequence),
+                format!("posting:{}", entry.posting.id),
+            ],
+            difference,
+        )
+    })
+}
+
+/// Judges the entry at a checkpoint: `stored` is the hash the ledger holds
+/// now at `checkpoint.sequence` (`None`: no such entry). `source` names who
+/// saw it (`checkpoint`, `verified watermark`).
+pub fn check_checkpoint(
+    checkpoint: Checkpoint,
+    stored: Option<ChainHash>,
+    source: &str,
+) -> Option<Finding> {
+    let detail = match stored {
+        Some(hash) if hash == checkpoint.hash => return None,
+        Some(hash) => format!(
+            "entry {} has hash {}, the {source} says {}",
+            checkpoint.sequence,
+            hash.to_hex(),
+            checkpoint.hash.to_hex()
+        ),
+        None => format!(
+            "entry {} of the {source} ({}) is gone",
+            checkpoint.sequence,
+            checkpoint.hash.to_hex()
+        ),
+    };
+    Some(Finding::new(
+        FindingKind::ChainRewritten,
+        vec![format!("entry:{}", checkpoint.sequence)],
+        detail,
+    ))
+}
+
+/// A digest of the leg rows of entries `1..=through`: how many, and the sum
+/// of a hash of each row (the store computes it; any inserted, deleted or
+/// changed row moves it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LegsDigest {
+    /// The last entry covered.
+    pub through: u64,
+    /// Leg rows.
+    pub count: u64,
+    /// The sum of the rows' hashes.
+    pub sum: i128,
+}
+
+/// Judges the leg rows of entries already verified: the digest recorded when
+/// they were verified against the digest of the same rows now.
+pub fn check_verified_legs(recorded: LegsDigest, now: LegsDigest) -> Option<Finding> {
+    (recorded != now).then(|| {
+        Finding::new(
+            FindingKind::EntryRowsDisagreeWithPosting,
+            vec![format!("legs_through_entry:{}", recorded.through)],
+            format!(
+                "the legs of entries 1 to {} changed after they were verified ({} rows then, {} now)",
+                recorded.through, recorded.count, now.count
+            ),
+        )
+    })
+}
+
 /// Judges one unpublished outbox row by its age.
 pub fn check_outbox_row(
     service: Service,
@@ -486,8 +610,13 @@ pub fn check_dead_letters(service: Service, count: u64) -> Option<Finding> {
 }
 
 /// Verifies the ledger's hash chain incrementally: feed entries in sequence
-/// order; the watermark is the last entry verified, so the next run starts
+/// order; the watermark is the last entry verified, so the next pass starts
 /// there instead of at the beginning.
+///
+/// Findings are levels, not edges: a break stops the pass (later entries are
+/// not judged) but not the next one, which starts again at the watermark,
+/// before the break, and so reports the break again for as long as it holds.
+/// Call [`ChainVerifier::begin_pass`] at the start of each pass.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChainVerifier {
     watermark: Option<(u64, ChainHash)>,
@@ -506,6 +635,36 @@ impl ChainVerifier {
     /// The last entry verified, if any.
     pub fn watermark(&self) -> Option<(u64, ChainHash)> {
         self.watermark
+    }
+
+    /// The last entry verified as a checkpoint: the next pass checks that
+    /// the ledger still holds it (the chain did not change behind it).
+    pub fn watermark_checkpoint(&self) -> Option<Checkpoint> {
+        self.watermark
+            .map(|(sequence, hash)| Checkpoint { sequence, hash })
+    }
+
+    /// Starts a pass from the watermark: a break found by the last pass is
+    /// judged again.
+    pub fn begin_pass(&mut self) {
+        self.broken = false;
+    }
+
+    /// Checks the next entry as [`ChainVerifier::feed`] does, then the rows
+    /// it is stored as (its columns and legs) against its hashed posting. An
+    /// entry whose rows disagree is a break: the watermark stays before it.
+    pub fn feed_stored(&mut self, entry: &Entry, stored: &StoredEntry) -> Option<Finding> {
+        let before = self.watermark;
+        if let Some(finding) = self.feed(entry) {
+            return Some(finding);
+        }
+        if self.broken {
+            return None;
+        }
+        let finding = check_stored_entry(entry, stored)?;
+        self.watermark = before;
+        self.broken = true;
+        Some(finding)
     }
 
     /// Checks the next entry. After a break, later entries are not judged

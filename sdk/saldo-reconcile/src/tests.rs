@@ -73,6 +73,12 @@ const CANCELLED: OrderStatus = OrderStatus::Cancelled(CancelReason::Insufficient
 #[case::confirmed_with_held_stock(facts(Some((CONFIRMED, OLD)), captured(), Some(ReservationState::Held), (1, 0, 500)), vec![FindingKind::ReservationHeldForFinishedOrder])]
 #[case::held_for_no_order(facts(None, None, Some(ReservationState::Held), (0, 0, 0)), vec![FindingKind::ReservationHeldForFinishedOrder])]
 #[case::stuck_saga(facts(Some((OrderStatus::Pending, OLD)), None, Some(ReservationState::Held), (0, 0, 0)), vec![FindingKind::SagaStuck])]
+#[case::confirmed_with_released_stock(facts(Some((CONFIRMED, OLD)), captured(), Some(ReservationState::Released), (1, 0, 500)), vec![FindingKind::ConfirmedWithoutCommittedStock])]
+#[case::confirmed_without_reservation(facts(Some((CONFIRMED, OLD)), captured(), None, (1, 0, 500)), vec![FindingKind::ConfirmedWithoutCommittedStock])]
+#[case::cancelled_with_committed_stock(facts(Some((CANCELLED, OLD)), refunded(), Some(ReservationState::Committed), (1, 1, 0)), vec![FindingKind::CancelledWithCommittedStock])]
+#[case::captured_for_no_order(facts(None, captured(), None, (1, 0, 500)), vec![FindingKind::PaymentWithoutOrder])]
+#[case::refunded_for_no_order(facts(None, refunded(), None, (1, 1, 0)), vec![])]
+#[case::committed_for_no_order(facts(None, None, Some(ReservationState::Committed), (0, 0, 0)), vec![FindingKind::StockCommittedWithoutOrder])]
 fn orders_are_judged_by_their_facts(#[case] facts: OrderFacts, #[case] expected: Vec<FindingKind>) {
     // Proves each per-order rule fires on exactly its failure, with the order's id.
     let settings = Settings {
@@ -211,4 +217,80 @@ fn the_chain_is_verified_incrementally_from_a_watermark() {
         Some(FindingKind::UnbalancedEntry)
     );
     let _ = ChainHash::GENESIS;
+}
+
+#[test]
+fn stored_rows_checkpoints_and_verified_legs_are_judged() {
+    // Proves an entry's rows must be what its hash covers (each column and
+    // leg), a checkpoint must match the ledger's hash at its sequence, and
+    // the legs of verified entries must not change.
+    let eur = Currency::EUR;
+    let posting = Posting::transfer(
+        id(),
+        AccountId::Funding { currency: eur },
+        AccountId::MerchantRevenue { currency: eur },
+        Money::from_minor(500, eur),
+        Memo {
+            purpose: "top_up".to_owned(),
+            ..Memo::default()
+        },
+    );
+    let entry = Entry::seal(None, posting, OLD);
+    let stored = saldo_ledger::StoredEntry::of(&entry.posting);
+    assert_eq!(check_stored_entry(&entry, &stored), None);
+    let mut verifier = ChainVerifier::default();
+    assert_eq!(verifier.feed_stored(&entry, &stored), None);
+    assert_eq!(verifier.watermark(), Some((1, entry.hash)));
+    let tampered: [fn(&mut saldo_ledger::StoredEntry); 5] = [
+        |rows| rows.purpose = "refund".to_owned(),
+        |rows| rows.order_id = Some("o1".to_owned()),
+        |rows| rows.legs[1].amount_minor += 1,
+        |rows| rows.legs[0].account = "wallet:mallory:EUR".to_owned(),
+        |rows| {
+            let mut extra = rows.legs[1].clone();
+            extra.leg = 2;
+            rows.legs.push(extra);
+        },
+    ];
+    for tamper in tampered {
+        let mut rows = stored.clone();
+        tamper(&mut rows);
+        let finding = check_stored_entry(&entry, &rows).expect("found");
+        assert_eq!(finding.kind, FindingKind::EntryRowsDisagreeWithPosting);
+        assert_eq!(finding.ids[0], "entry:1");
+        let mut verifier = ChainVerifier::default();
+        assert!(verifier.feed_stored(&entry, &rows).is_some());
+        assert_eq!(verifier.watermark(), None, "the watermark stays before it");
+        verifier.begin_pass();
+        assert!(
+            verifier.feed_stored(&entry, &rows).is_some(),
+            "and it is found again"
+        );
+    }
+    let checkpoint = entry.checkpoint();
+    assert_eq!(
+        check_checkpoint(checkpoint, Some(entry.hash), "checkpoint"),
+        None
+    );
+    assert_eq!(
+        check_checkpoint(checkpoint, Some(ChainHash::GENESIS), "checkpoint").map(|f| f.kind),
+        Some(FindingKind::ChainRewritten)
+    );
+    assert_eq!(
+        check_checkpoint(checkpoint, None, "checkpoint").map(|f| f.ids),
+        Some(vec!["entry:1".to_owned()])
+    );
+    assert_eq!("1:zz".parse::<saldo_ledger::Checkpoint>().ok(), None);
+    assert_eq!("0:".parse::<saldo_ledger::Checkpoint>().ok(), None);
+    assert_eq!(checkpoint.to_string().parse(), Ok(checkpoint));
+    let digest = LegsDigest {
+        through: 4,
+        count: 8,
+        sum: 12,
+    };
+    assert_eq!(check_verified_legs(digest, digest), None);
+    assert_eq!(
+        check_verified_legs(digest, LegsDigest { count: 9, ..digest }).map(|f| f.kind),
+        Some(FindingKind::EntryRowsDisagreeWithPosting)
+    );
 }

@@ -109,6 +109,66 @@ async fn the_payment_role_cannot_change_the_ledger_and_the_trigger_stops_everyon
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legs_are_written_only_with_their_entry_and_only_as_its_posting_states() {
+    // Proves the attack of issue #14 is refused by the database: the payment
+    // role may append entries, but not attach a forged pair of legs to an old
+    // top-up (moving revenue into a new wallet), nor store an entry whose legs
+    // differ from its hashed posting or leave one out.
+    let driver = ledger_with_entries().await;
+    let mut payment = connection_as(&driver, "saldo_payment").await;
+    payment
+        .execute("INSERT INTO payment.accounts (account_id, version, kind, currency, balance_minor, held_minor) VALUES ('wallet:mallory:EUR', 1, 'wallet', 'EUR', 0, 0)")
+        .await
+        .expect("the payment role opens accounts");
+    let refused = error_of(
+        &mut payment,
+        "INSERT INTO payment.ledger_legs (sequence, leg, account_id, side, amount_minor, currency) VALUES \
+         (1, 2, 'merchant_revenue:EUR', 'debit', 500, 'EUR'), (1, 3, 'wallet:mallory:EUR', 'credit', 500, 'EUR')",
+    )
+    .await;
+    assert!(
+        refused.starts_with("42501") && refused.contains("legs are written only with their entry"),
+        "{refused}"
+    );
+    // A new entry (copied from entry 1 at the next sequence, with its hash
+    // bytes changed so they stay unique) whose legs do not match it.
+    let copy_entry = "INSERT INTO payment.ledger_entries (sequence, posting_id, recorded_at, reverses, order_id, purpose, correlation_id, traceparent, posting, previous_hash, hash) \
+         SELECT 4, 'forged', recorded_at, reverses, order_id, purpose, correlation_id, traceparent, posting, previous_hash, sha256(hash) FROM payment.ledger_entries WHERE sequence = 1";
+    for (legs, refusal) in [
+        (
+            "INSERT INTO payment.ledger_legs (sequence, leg, account_id, side, amount_minor, currency) \
+             SELECT 4, leg, CASE side WHEN 'credit' THEN 'wallet:mallory:EUR' ELSE account_id END, side, amount_minor, currency FROM payment.ledger_legs WHERE sequence = 1",
+            "it is not the leg its posting states",
+        ),
+        (
+            "INSERT INTO payment.ledger_legs (sequence, leg, account_id, side, amount_minor, currency) \
+             SELECT 4, leg, account_id, side, amount_minor, currency FROM payment.ledger_legs WHERE sequence = 1 AND leg = 0",
+            "1 legs stored, its posting has 2",
+        ),
+    ] {
+        payment.execute("BEGIN").await.expect("begins");
+        payment.execute(copy_entry).await.expect("appends an entry");
+        let mut refused = error_of(&mut payment, legs).await;
+        if refused == "succeeded" {
+            refused = error_of(&mut payment, "COMMIT").await;
+        }
+        let _ = payment.execute("ROLLBACK").await;
+        assert!(refused.contains(refusal), "{legs}: {refused}");
+    }
+    // Nothing of it landed; the chain and every leg are as committed.
+    let crate::backends::Backend::Postgres(database) = &driver.backend else {
+        unreachable!()
+    };
+    let legs: i64 = sqlx::query_scalar("SELECT count(*) FROM payment.ledger_legs")
+        .fetch_one(database.store.pool())
+        .await
+        .expect("counts");
+    assert_eq!(legs, 6, "three entries of two legs");
+    let entries = database.store.entries().await.expect("reads");
+    assert_eq!(verify_chain(None, &entries), Ok(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_changed_behind_the_triggers_back_breaks_the_chain() {
     // Proves that someone who disables the trigger (an owner or superuser) and
     // rewrites an entry is caught by the hash chain at exactly that entry.

@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use rstest::rstest;
 use saldo_domain::decision::{Decision, Row};
-use saldo_ledger::{AccountId, Book, Memo, Posting};
+use saldo_ledger::{AccountId, Book, ChainHash, Checkpoint, Entry, Memo, Posting};
 use saldo_postgres::reconcile::{Reconciler, RunReport};
 use saldo_reconcile::{FindingKind, Settings};
 use saldo_types::{CustomerId, Id128, OrderId};
@@ -195,6 +195,11 @@ enum Injection {
     AccountDisagrees,
     OutboxUnpublished,
     DeadLetters,
+    OrderGone,
+    ConfirmedWithReleasedStock,
+    CancelledWithCommittedStock,
+    ForgedLegs,
+    ColumnDisagreesWithPosting,
 }
 
 async fn inject(driver: &Driver, injection: Injection) {
@@ -236,14 +241,50 @@ async fn inject(driver: &Driver, injection: Injection) {
         Injection::DeadLetters => {
             admin(driver, "INSERT INTO inventory.dead_letters (message_id, message_type, order_id, error, payload, received_at) VALUES ('m', 'ReserveStock', 'o9', 'malformed', '\\x00', now())").await
         }
+        // A captured payment and sold stock whose order is gone.
+        Injection::OrderGone => admin(driver, "DELETE FROM orders.orders WHERE order_id = 'o1'").await,
+        Injection::ConfirmedWithReleasedStock => admin(driver, "UPDATE inventory.reservations SET state = 'released' WHERE order_id = 'o1'").await,
+        Injection::CancelledWithCommittedStock => admin(driver, "UPDATE inventory.reservations SET state = 'committed' WHERE order_id = 'o2'").await,
+        // The owner, behind the triggers' back, attaches a pair of legs to
+        // the old top-up (entry 1) that moves revenue to a new wallet, and
+        // adjusts both balances: every hash still verifies.
+        Injection::ForgedLegs => {
+            admin(
+                driver,
+                "INSERT INTO payment.accounts (account_id, version, kind, currency, balance_minor, held_minor) VALUES ('wallet:mallory:EUR', 1, 'wallet', 'EUR', 0, 0); \
+                 ALTER TABLE payment.ledger_legs DISABLE TRIGGER ledger_legs_with_their_entry; \
+                 INSERT INTO payment.ledger_legs (sequence, leg, account_id, side, amount_minor, currency) VALUES \
+                     (1, 2, 'merchant_revenue:EUR', 'debit', 500, 'EUR'), (1, 3, 'wallet:mallory:EUR', 'credit', 500, 'EUR'); \
+                 ALTER TABLE payment.ledger_legs ENABLE TRIGGER ledger_legs_with_their_entry; \
+                 UPDATE payment.accounts SET balance_minor = balance_minor - 500 WHERE account_id = 'merchant_revenue:EUR'; \
+                 UPDATE payment.accounts SET balance_minor = 500 WHERE account_id = 'wallet:mallory:EUR'",
+            )
+            .await
+        }
+        // A column readers query, changed while the hashed posting is not.
+        Injection::ColumnDisagreesWithPosting => {
+            admin(
+                driver,
+                "ALTER TABLE payment.ledger_entries DISABLE TRIGGER ledger_entries_append_only; \
+                 UPDATE payment.ledger_entries SET purpose = 'refund' WHERE sequence = 2; \
+                 ALTER TABLE payment.ledger_entries ENABLE TRIGGER ledger_entries_append_only",
+            )
+            .await
+        }
     }
 }
 
 #[rstest]
-#[case::confirmed_without_payment(Injection::ConfirmedWithoutPayment, &[(FindingKind::ConfirmedWithoutCapturedPayment, "order:o2")])]
+#[case::confirmed_without_payment(Injection::ConfirmedWithoutPayment, &[
+    (FindingKind::ConfirmedWithoutCapturedPayment, "order:o2"),
+    (FindingKind::ConfirmedWithoutCommittedStock, "order:o2"),
+])]
 #[case::captured_without_entries(Injection::CapturedWithoutEntries, &[(FindingKind::PaymentWithoutBalancedEntries, "order:o3")])]
 #[case::entries_without_payment(Injection::EntriesWithoutPayment, &[(FindingKind::EntriesWithoutPayment, "order:ghost")])]
-#[case::unbalanced_entry(Injection::UnbalancedEntry, &[(FindingKind::UnbalancedEntry, "entry:2")])]
+#[case::unbalanced_entry(Injection::UnbalancedEntry, &[
+    (FindingKind::UnbalancedEntry, "entry:2"),
+    (FindingKind::EntryRowsDisagreeWithPosting, "entry:2"),
+])]
 #[case::chain_broken(Injection::ChainBroken, &[(FindingKind::ChainBroken, "entry:2")])]
 #[case::double_charge(Injection::DoubleCharge, &[
     (FindingKind::ConfirmedWithoutCapturedPayment, "order:o1"),
@@ -261,6 +302,18 @@ async fn inject(driver: &Driver, injection: Injection) {
 #[case::account_disagrees(Injection::AccountDisagrees, &[(FindingKind::AccountDisagreesWithEntries, "account:wallet:alice:EUR")])]
 #[case::outbox_unpublished(Injection::OutboxUnpublished, &[(FindingKind::OutboxUnpublished, "outbox:payment:1")])]
 #[case::dead_letters(Injection::DeadLetters, &[(FindingKind::DeadLettersPresent, "dead_letters:inventory")])]
+#[case::order_gone(Injection::OrderGone, &[
+    (FindingKind::PaymentWithoutOrder, "order:o1"),
+    (FindingKind::StockCommittedWithoutOrder, "order:o1"),
+])]
+#[case::confirmed_with_released_stock(Injection::ConfirmedWithReleasedStock, &[(FindingKind::ConfirmedWithoutCommittedStock, "order:o1")])]
+#[case::cancelled_with_committed_stock(Injection::CancelledWithCommittedStock, &[(FindingKind::CancelledWithCommittedStock, "order:o2")])]
+#[case::forged_legs(Injection::ForgedLegs, &[(FindingKind::EntryRowsDisagreeWithPosting, "entry:1")])]
+#[case::column_disagrees_with_posting(Injection::ColumnDisagreesWithPosting, &[
+    (FindingKind::ConfirmedWithoutCapturedPayment, "order:o1"),
+    (FindingKind::PaymentWithoutBalancedEntries, "order:o1"),
+    (FindingKind::EntryRowsDisagreeWithPosting, "entry:2"),
+])]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_injected_failure_is_reported_with_its_ids_and_nothing_else(
     #[case] injection: Injection,
@@ -286,4 +339,187 @@ async fn each_injected_failure_is_reported_with_its_ids_and_nothing_else(
         .map(|(kind, id)| (*kind, (*id).to_owned()))
         .collect();
     assert_eq!(found, expected, "{:#?}", report.findings);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn findings_are_levels_reported_while_they_hold_and_cleared_once_repaired() {
+    // Proves a periodic reconciler keeps reporting what still holds: an order
+    // whose finding is older than the incremental window, and a chain break
+    // (which used to be reported once, after which the gauges fell to zero);
+    // and that each clears once the data is repaired.
+    let driver = settled().await;
+    let mut periodic = reconciler(&driver).await;
+    assert_eq!(periodic.run(later()).await.expect("runs").findings, vec![]);
+    inject(&driver, Injection::ConfirmedWithReleasedStock).await;
+    driver
+        .top_up("alice", eur(100), "top-up-2")
+        .await
+        .expect("top-up");
+    // Entry 3, the new top-up, changed before any run verified it.
+    admin(
+        &driver,
+        "ALTER TABLE payment.ledger_entries DISABLE TRIGGER ledger_entries_append_only; \
+         UPDATE payment.ledger_entries SET posting = jsonb_set(posting, '{memo,purpose}', '\"forged\"') WHERE sequence = 3; \
+         ALTER TABLE payment.ledger_entries ENABLE TRIGGER ledger_entries_append_only",
+    )
+    .await;
+    // The reservation changed without touching its updated_at, as a manual
+    // fix would: only a full run sees it, and later runs must keep it.
+    let mut full = reconciler(&driver).await;
+    let kinds = |report: &RunReport| {
+        report
+            .findings
+            .iter()
+            .map(|finding| (finding.kind, finding.ids[0].clone()))
+            .collect::<Vec<_>>()
+    };
+    let expected = vec![
+        (FindingKind::ChainBroken, "entry:3".to_owned()),
+        (
+            FindingKind::ConfirmedWithoutCommittedStock,
+            "order:o1".to_owned(),
+        ),
+    ];
+    for hour in 1..=3 {
+        let report = full
+            .run(later().plus_ms(hour * 3_600_000))
+            .await
+            .expect("runs");
+        assert_eq!(kinds(&report), expected, "run {hour}");
+    }
+    let report = periodic
+        .run(later().plus_ms(3_600_000))
+        .await
+        .expect("runs");
+    assert_eq!(
+        kinds(&report),
+        vec![(FindingKind::ChainBroken, "entry:3".to_owned())],
+        "the periodic reconciler had judged o1 clean before it changed"
+    );
+    let report = periodic
+        .run(later().plus_ms(2 * 3_600_000))
+        .await
+        .expect("runs");
+    assert_eq!(
+        kinds(&report),
+        vec![(FindingKind::ChainBroken, "entry:3".to_owned())],
+        "a break stays reported"
+    );
+    admin(
+        &driver,
+        "UPDATE inventory.reservations SET state = 'committed' WHERE order_id = 'o1'; \
+         ALTER TABLE payment.ledger_entries DISABLE TRIGGER ledger_entries_append_only; \
+         UPDATE payment.ledger_entries SET posting = jsonb_set(posting, '{memo,purpose}', to_jsonb(purpose)) WHERE sequence = 3; \
+         ALTER TABLE payment.ledger_entries ENABLE TRIGGER ledger_entries_append_only",
+    )
+    .await;
+    let repaired = full
+        .run(later().plus_ms(4 * 3_600_000))
+        .await
+        .expect("runs");
+    assert_eq!(
+        repaired.findings,
+        vec![],
+        "repaired data clears every finding"
+    );
+    assert_eq!(repaired.entries_verified, 1, "entry 3, judged again");
+}
+
+/// Rewrites the whole chain as a table owner could: entry 1's purpose
+/// changed in its posting and its column, every later hash recomputed and the
+/// chain's end moved, so the chain verifies from its first entry.
+async fn rewrite_chain(driver: &Driver) {
+    let Backend::Postgres(database) = &driver.backend else {
+        panic!("postgres only")
+    };
+    let entries = database.store.entries().await.expect("reads");
+    let pool = database.store.pool();
+    admin(
+        driver,
+        "ALTER TABLE payment.ledger_entries DISABLE TRIGGER ledger_entries_append_only",
+    )
+    .await;
+    let mut previous = ChainHash::GENESIS;
+    for entry in entries {
+        let mut posting = entry.posting.clone();
+        if entry.sequence == 1 {
+            posting.memo.purpose = "rewritten".to_owned();
+        }
+        let sealed = Entry::seal_at(entry.sequence, previous, posting, entry.recorded_at);
+        sqlx::query(
+            "UPDATE payment.ledger_entries SET posting = $2::jsonb, purpose = $3, previous_hash = $4, hash = $5 WHERE sequence = $1",
+        )
+        .bind(i64::try_from(sealed.sequence).expect("small"))
+        .bind(serde_json::to_string(&sealed.posting).expect("encodes"))
+        .bind(&sealed.posting.memo.purpose)
+        .bind(sealed.previous_hash.0.to_vec())
+        .bind(sealed.hash.0.to_vec())
+        .execute(pool)
+        .await
+        .expect("rewrites");
+        previous = sealed.hash;
+    }
+    sqlx::query("UPDATE payment.chain_head SET hash = $1")
+        .bind(previous.0.to_vec())
+        .execute(pool)
+        .await
+        .expect("moves the head");
+    admin(
+        driver,
+        "ALTER TABLE payment.ledger_entries ENABLE TRIGGER ledger_entries_append_only",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewritten_chain_is_reported_against_checkpoints_and_by_the_reconciler_that_verified_it()
+{
+    // Proves the external anchor: a chain recomputed from its first entry
+    // verifies on its own, but not against the operator's checkpoint, nor
+    // for a periodic reconciler that had verified the old chain.
+    let driver = settled().await;
+    let mut periodic = reconciler(&driver).await;
+    assert_eq!(periodic.run(later()).await.expect("runs").findings, vec![]);
+    let (sequence, hash) = periodic.chain_watermark().expect("verified");
+    let checkpoint = Checkpoint { sequence, hash };
+    assert_eq!(checkpoint.to_string().parse(), Ok(checkpoint));
+    rewrite_chain(&driver).await;
+    assert_eq!(
+        reconcile(&driver).await.findings,
+        vec![],
+        "without an anchor the rewrite is consistent"
+    );
+    let mut anchored = reconciler(&driver).await;
+    anchored.expect_checkpoint(checkpoint);
+    let rewritten = vec![(FindingKind::ChainRewritten, "entry:2".to_owned())];
+    let found = |report: RunReport| {
+        report
+            .findings
+            .into_iter()
+            .map(|finding| (finding.kind, finding.ids[0].clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(found(anchored.run(later()).await.expect("runs")), rewritten);
+    for hour in 1..=2 {
+        assert_eq!(
+            found(
+                periodic
+                    .run(later().plus_ms(hour * 3_600_000))
+                    .await
+                    .expect("runs")
+            ),
+            rewritten,
+            "run {hour} after the rewrite"
+        );
+    }
+    // A checkpoint past the chain's end is reported as gone.
+    let mut ahead = reconciler(&driver).await;
+    ahead.expect_checkpoint(Checkpoint {
+        sequence: 9,
+        hash: checkpoint.hash,
+    });
+    assert_eq!(
+        found(ahead.run(later()).await.expect("runs")),
+        vec![(FindingKind::ChainRewritten, "entry:9".to_owned())]
+    );
 }
