@@ -241,7 +241,7 @@ function sagaHistory(order) {
   return element('details', {},
     element('summary', { text: `${order.history.length} saga events` }),
     element('ol', { class: 'history' }, order.history.map((record) => element('li', {
-      text: `${since(record.at)} ${record.event}${record.step_name ? ` ${record.step_name}` : ''}${record.phase ? ` (${record.phase})` : ''}${record.attempt ? ` attempt ${record.attempt}` : ''}${record.reason ? ` ${JSON.stringify(record.reason)}` : ''}`,
+      text: `${since(record.at)} ${record.event}${record.step_name ? ` ${record.step_name}` : ''}${record.phase ? ` (${record.phase})` : ''}${record.attempt ? ` attempt ${record.attempt}` : ''}${record.ending ? ` ${record.ending}` : ''}${record.reason ? ` (${String(record.reason).replaceAll('_', ' ')})` : ''}`,
     }))));
 }
 

@@ -10,20 +10,22 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use axum::Router;
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use saldo_domain::Rules;
+use saldo_domain::decision::Versioned;
 use saldo_domain::decision::{ReadSet, RowKey};
 use saldo_domain::inventory::{
-    SetStock, SetStockError, StockRow, decide_set_stock, set_stock_read_set,
+    IfMatch, PutStock, PutStockError, SetStock, SetStockError, StockRow, decide_put_stock,
+    put_stock_read_set,
 };
 use saldo_domain::messages::OrderLine;
 use saldo_domain::order::{
     OrderAccepted, OrderRequestError, PlaceOrder, PlaceOrderError, decide_place_order,
-    place_order_read_set,
+    line_quantity, place_order_read_set,
 };
 use saldo_domain::payment::{TopUp, TopUpApplied, TopUpError, decide_top_up, top_up_read_set};
 use saldo_idempotency::IdempotencyKey;
@@ -32,7 +34,7 @@ use saldo_types::{Currency, CustomerId, Money, OrderId, Sku, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::context::{JsonBody, RequestContext, observe, random_id};
+use crate::context::{JsonBody, PathParam, RequestContext, observe, random_id};
 use crate::problem::Problem;
 use saldo_engine::{Decider, ExecuteFailure, GroupCommit, Store, Unavailable, read};
 
@@ -128,7 +130,7 @@ struct Served {
     api: Api,
     place_order: Option<GroupCommit<PlaceOrder, OrderAccepted, PlaceOrderError>>,
     top_up: Option<GroupCommit<TopUp, TopUpApplied, TopUpError>>,
-    set_stock: Option<GroupCommit<SetStock, StockRow, SetStockError>>,
+    put_stock: Option<GroupCommit<PutStock, Versioned<StockRow>, PutStockError>>,
 }
 
 impl Served {
@@ -150,16 +152,16 @@ impl Served {
                 });
             GroupCommit::start(store, clock, top_up_read_set, decide)
         });
-        let set_stock = api.inventory.clone().map(|store| {
-            let decide: Arc<Decider<SetStock, StockRow, SetStockError>> =
-                Arc::new(|request, snapshot, _now| decide_set_stock(snapshot, request));
-            GroupCommit::start(store, clock, set_stock_read_set, decide)
+        let put_stock = api.inventory.clone().map(|store| {
+            let decide: Arc<Decider<PutStock, Versioned<StockRow>, PutStockError>> =
+                Arc::new(|request, snapshot, _now| decide_put_stock(snapshot, request));
+            GroupCommit::start(store, clock, put_stock_read_set, decide)
         });
         Served {
             api,
             place_order,
             top_up,
-            set_stock,
+            put_stock,
         }
     }
 }
@@ -200,6 +202,9 @@ async fn healthz() -> Response {
     axum::Json(json!({ "status": "ok" })).into_response()
 }
 
+/// What `/readyz` says of a dependency that did not answer.
+const UNREACHABLE: &str = "unreachable";
+
 async fn readyz(State(api): Shared) -> Response {
     let mut checks = serde_json::Map::new();
     let mut failures = Vec::new();
@@ -213,8 +218,11 @@ async fn readyz(State(api): Shared) -> Response {
             match backend.ready().await {
                 Ok(()) => checks.insert(name.to_owned(), json!("ok")),
                 Err(error) => {
-                    failures.push(format!("{name}: {error}"));
-                    checks.insert(name.to_owned(), json!(error.to_string()))
+                    // The cause is for operators; an anonymous prober learns
+                    // only which dependency is down.
+                    tracing::warn!(dependency = name, %error, "not ready");
+                    failures.push(name);
+                    checks.insert(name.to_owned(), json!(UNREACHABLE))
                 }
             };
         }
@@ -223,8 +231,9 @@ async fn readyz(State(api): Shared) -> Response {
         match check.check().await {
             Ok(()) => checks.insert(check.name().to_owned(), json!("ok")),
             Err(error) => {
-                failures.push(format!("{}: {error}", check.name()));
-                checks.insert(check.name().to_owned(), json!(error))
+                tracing::warn!(dependency = check.name(), %error, "not ready");
+                failures.push(check.name());
+                checks.insert(check.name().to_owned(), json!(UNREACHABLE))
             }
         };
     }
@@ -235,7 +244,7 @@ async fn readyz(State(api): Shared) -> Response {
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
             "A dependency is unreachable",
-            failures.join("; "),
+            format!("unreachable: {}", failures.join(", ")),
         )
         .into_response()
     }
@@ -295,14 +304,17 @@ fn currency(field: &str, code: &str) -> Result<Currency, Problem> {
 fn store_problem<E>(failure: ExecuteFailure<E>, reject: impl FnOnce(E) -> Problem) -> Problem {
     match failure {
         ExecuteFailure::Rejected(error) => reject(error),
-        ExecuteFailure::Conflict(conflict) => Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "contention",
-            "Too many concurrent changes to the same rows; nothing was written",
-            conflict.to_string(),
-        )
-        .retry_after_ms(1_000),
-        ExecuteFailure::Unavailable(error) => Problem::unavailable(error.to_string()),
+        ExecuteFailure::Conflict(conflict) => {
+            tracing::warn!(%conflict, "contention outlasted the decide attempts");
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "contention",
+                "Too many concurrent changes to the same rows; nothing was written",
+                "other requests kept changing the rows this one needs; retry later",
+            )
+            .retry_after_ms(1_000)
+        }
+        ExecuteFailure::Unavailable(error) => Problem::unavailable(error),
         ExecuteFailure::Refused(reason) => {
             tracing::error!(alert = true, %reason, "the store refused a decided commit");
             Problem::new(
@@ -348,7 +360,9 @@ struct OrderRequest {
 #[serde(deny_unknown_fields)]
 struct LineRequest {
     sku: String,
-    quantity: u32,
+    // Any integer, so that a negative quantity is refused by the sdk like
+    // zero is, not by the JSON parser under another code.
+    quantity: i64,
 }
 
 async fn post_order(
@@ -362,7 +376,8 @@ async fn post_order(
     for (index, line) in body.lines.into_iter().enumerate() {
         lines.push(OrderLine {
             sku: parse_field(format!("lines[{index}].sku"), Sku::new(line.sku))?,
-            quantity: line.quantity,
+            quantity: line_quantity(index, line.quantity)
+                .map_err(|invalid| place_order_problem(PlaceOrderError::Invalid(invalid)))?,
         });
     }
     let request = PlaceOrder {
@@ -425,7 +440,7 @@ fn place_order_problem(error: PlaceOrderError) -> Problem {
             StatusCode::SERVICE_UNAVAILABLE,
             "order_id_collision",
             "A generated order id collided; nothing was written",
-            detail,
+            "retry the request with the same Idempotency-Key",
         )
         .retry_after_ms(0),
     }
@@ -453,7 +468,10 @@ fn idempotency_key_in_flight(detail: String, retry_after_ms: u64) -> Problem {
 }
 
 /// `GET /orders/{order_id}`: the order with its saga history.
-async fn get_order(State(api): Shared, Path(order_id): Path<String>) -> Result<Response, Problem> {
+async fn get_order(
+    State(api): Shared,
+    PathParam(order_id): PathParam,
+) -> Result<Response, Problem> {
     let order_id = parse_field("order_id", OrderId::new(order_id))?;
     let snapshot = read(
         backend(&api.order),
@@ -463,7 +481,7 @@ async fn get_order(State(api): Shared, Path(order_id): Path<String>) -> Result<R
         },
     )
     .await
-    .map_err(|error| Problem::unavailable(error.to_string()))?;
+    .map_err(Problem::unavailable)?;
     let (_, row) = snapshot.order(&order_id);
     let row = row.ok_or_else(|| {
         Problem::not_found(
@@ -485,7 +503,7 @@ struct TopUpRequest {
 async fn post_top_up(
     State(api): Shared,
     Extension(context): Extension<RequestContext>,
-    Path(customer): Path<String>,
+    PathParam(customer): PathParam,
     headers: HeaderMap,
     JsonBody(body): JsonBody<TopUpRequest>,
 ) -> Result<Response, Problem> {
@@ -541,10 +559,13 @@ fn top_up_problem(error: TopUpError) -> Problem {
 }
 
 /// `GET /wallets/{customer}`: balance and newest entries.
-async fn get_wallet(State(api): Shared, Path(customer): Path<String>) -> Result<Response, Problem> {
+async fn get_wallet(
+    State(api): Shared,
+    PathParam(customer): PathParam,
+) -> Result<Response, Problem> {
     let customer = parse_field("customer", CustomerId::new(customer))?;
     let store = backend(&api.payment);
-    let unavailable = |error: Unavailable| Problem::unavailable(error.to_string());
+    let unavailable = |error: Unavailable| Problem::unavailable(error);
     let snapshot = read(
         store,
         &ReadSet {
@@ -623,19 +644,81 @@ struct StockRequest {
 
 async fn put_stock(
     State(api): Shared,
-    Path(sku): Path<String>,
+    PathParam(sku): PathParam,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<StockRequest>,
 ) -> Result<Response, Problem> {
-    let request = SetStock {
-        sku: parse_field("sku", Sku::new(sku))?,
-        on_hand: body.on_hand,
-        unit_price: Money::from_minor(body.unit_price_minor, currency("currency", &body.currency)?),
+    let request = PutStock {
+        set: SetStock {
+            sku: parse_field("sku", Sku::new(sku))?,
+            on_hand: body.on_hand,
+            unit_price: Money::from_minor(
+                body.unit_price_minor,
+                currency("currency", &body.currency)?,
+            ),
+        },
+        if_match: if_match(&headers)?,
     };
-    let row = committer(&api.set_stock)
+    let written = committer(&api.put_stock)
         .submit(request)
         .await
-        .map_err(|failure| store_problem(failure, set_stock_problem))?;
-    Ok(axum::Json(stock_view(&row)).into_response())
+        .map_err(|failure| store_problem(failure, put_stock_problem))?;
+    Ok(stock_response(&written.value, written.version))
+}
+
+/// The `If-Match` header as the sdk's precondition. Only strong tags of
+/// this service's form (`"7"`) can match; other well-formed tags are kept
+/// out, so a list of only those never matches (RFC 9110 13.1.1).
+fn if_match(headers: &HeaderMap) -> Result<Option<IfMatch>, Problem> {
+    let malformed = || {
+        Problem::invalid_field(
+            "If-Match",
+            "If-Match must be * or entity tags such as \"7\" (the ETag of GET /stock/{sku})",
+        )
+    };
+    let mut versions = Vec::new();
+    let mut present = false;
+    for value in headers.get_all(header::IF_MATCH) {
+        present = true;
+        let text = value.to_str().map_err(|_| malformed())?;
+        for tag in text.split(',').map(str::trim) {
+            if tag == "*" {
+                return Ok(Some(IfMatch::Any));
+            }
+            let weak = tag.strip_prefix("W/");
+            let quoted = weak
+                .unwrap_or(tag)
+                .strip_prefix('"')
+                .and_then(|rest| rest.strip_suffix('"'))
+                .ok_or_else(malformed)?;
+            // A weak tag never matches under If-Match's strong comparison.
+            if let (None, Ok(version)) = (weak, quoted.parse::<u64>()) {
+                versions.push(version);
+            }
+        }
+    }
+    Ok(present.then_some(IfMatch::Versions(versions)))
+}
+
+fn put_stock_problem(error: PutStockError) -> Problem {
+    let detail = error.to_string();
+    match error {
+        PutStockError::PreconditionRequired { .. } => Problem::new(
+            StatusCode::PRECONDITION_REQUIRED,
+            "precondition_required",
+            "Changing existing stock needs the version you read",
+            detail,
+        )
+        .field("If-Match"),
+        PutStockError::PreconditionFailed { .. } => Problem::new(
+            StatusCode::PRECONDITION_FAILED,
+            "precondition_failed",
+            "The stock changed since you read it",
+            detail,
+        )
+        .field("If-Match"),
+        PutStockError::Set(error) => set_stock_problem(error),
+    }
 }
 
 fn set_stock_problem(error: SetStockError) -> Problem {
@@ -666,7 +749,7 @@ fn set_stock_problem(error: SetStockError) -> Problem {
 }
 
 /// `GET /stock/{sku}`.
-async fn get_stock(State(api): Shared, Path(sku): Path<String>) -> Result<Response, Problem> {
+async fn get_stock(State(api): Shared, PathParam(sku): PathParam) -> Result<Response, Problem> {
     let sku = parse_field("sku", Sku::new(sku))?;
     let snapshot = read(
         backend(&api.inventory),
@@ -676,12 +759,23 @@ async fn get_stock(State(api): Shared, Path(sku): Path<String>) -> Result<Respon
         },
     )
     .await
-    .map_err(|error| Problem::unavailable(error.to_string()))?;
-    let row = snapshot
-        .stock(&sku)
-        .1
-        .ok_or_else(|| Problem::not_found("sku_not_found", format!("{sku} is not stocked")))?;
-    Ok(axum::Json(stock_view(row)).into_response())
+    .map_err(Problem::unavailable)?;
+    let (version, row) = snapshot.stock(&sku);
+    let row =
+        row.ok_or_else(|| Problem::not_found("sku_not_found", format!("{sku} is not stocked")))?;
+    Ok(stock_response(row, version))
+}
+
+/// A stock row with its version as a strong entity tag, the value a later
+/// `PUT` sends back in `If-Match`.
+fn stock_response(row: &StockRow, version: u64) -> Response {
+    let mut response = axum::Json(stock_view(row)).into_response();
+    response.headers_mut().insert(
+        header::ETAG,
+        HeaderValue::from_str(&format!("\"{version}\""))
+            .expect("a quoted number is a header value"),
+    );
+    response
 }
 
 fn stock_view(row: &StockRow) -> Value {

@@ -1,11 +1,14 @@
 //! What every request carries: its correlation id and W3C trace context,
 //! a tracing span, request metrics, and a size-limited JSON body reader.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use axum::body::HttpBody;
 use axum::body::{Body, to_bytes};
-use axum::extract::{FromRequest, MatchedPath, Request};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Path, Request};
+use axum::http::request::Parts;
+use axum::http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use saldo_domain::messages::Traceparent;
@@ -82,10 +85,10 @@ impl RequestContext {
 pub async fn observe(mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let route = request.extensions().get::<MatchedPath>().map_or_else(
+        || ROUTE_UNMATCHED.to_owned(),
+        |path| path.as_str().to_owned(),
+    );
     let context = match RequestContext::from_headers(request.headers()) {
         Ok(context) => context,
         Err(problem) => return problem.into_response(),
@@ -110,7 +113,7 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
         );
     });
     let labels = [
-        ("method", method.to_string()),
+        ("method", method_label(&method).to_owned()),
         ("route", route),
         ("status", status.to_string()),
     ];
@@ -118,6 +121,74 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
     metrics::histogram!("saldo_http_request_duration_seconds", &labels)
         .record(elapsed.as_secs_f64());
     response
+}
+
+/// The metrics label of every request no route matched: one label for
+/// every invented path, so that clients cannot grow the metrics page.
+pub const ROUTE_UNMATCHED: &str = "unmatched";
+
+/// The metrics label of a method: the methods of RFC 9110 by name, every
+/// other one as `other`, so that the label set is closed.
+pub fn method_label(method: &Method) -> &'static str {
+    const KNOWN: [(Method, &str); 9] = [
+        (Method::GET, "GET"),
+        (Method::HEAD, "HEAD"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::DELETE, "DELETE"),
+        (Method::CONNECT, "CONNECT"),
+        (Method::OPTIONS, "OPTIONS"),
+        (Method::TRACE, "TRACE"),
+        (Method::PATCH, "PATCH"),
+    ];
+    KNOWN
+        .iter()
+        .find(|(known, _)| known == method)
+        .map_or("other", |(_, label)| label)
+}
+
+/// A route's one path parameter, as text. axum's own rejection is a
+/// `text/plain` 400; this one is a problem like every other error: a
+/// parameter that is not UTF-8 is 422 `field_invalid` naming it.
+#[derive(Debug)]
+pub struct PathParam(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathParam {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(PathParam(value)),
+            Err(rejection) => Err(path_problem(&rejection)),
+        }
+    }
+}
+
+fn path_problem(rejection: &PathRejection) -> Problem {
+    use axum::extract::path::ErrorKind;
+    match rejection {
+        PathRejection::FailedToDeserializePathParams(error) => match error.kind() {
+            ErrorKind::InvalidUtf8InPathParam { key } => {
+                Problem::invalid_field(key.clone(), format!("{key} is not UTF-8 text"))
+            }
+            _ => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "path_invalid",
+                "The request path is invalid",
+                error.body_text(),
+            ),
+        },
+        // Only a route without its parameter gets here: the server's bug.
+        other => {
+            tracing::error!(alert = true, rejection = %other, "a route lacks its path parameter");
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "The server failed to handle the request",
+                "operators have the details",
+            )
+        }
+    }
 }
 
 /// A JSON request body: `application/json`, at most [`BODY_BYTES_MAX`]
@@ -130,7 +201,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
 
     async fn from_request(request: Request, _state: &S) -> Result<Self, Self::Rejection> {
         require_json(request.headers())?;
-        let bytes = read_body(request.into_body()).await?;
+        let timeout = body_read_timeout(request.extensions());
+        let bytes = read_body(request.into_body(), timeout).await?;
         parse_json(&bytes).map(JsonBody)
     }
 }
@@ -154,16 +226,44 @@ pub fn require_json(headers: &HeaderMap) -> Result<(), Problem> {
     }
 }
 
-/// Reads a whole body, refusing more than [`BODY_BYTES_MAX`] bytes.
-pub async fn read_body(body: Body) -> Result<axum::body::Bytes, Problem> {
-    to_bytes(body, BODY_BYTES_MAX).await.map_err(|_| {
+/// How long the listener lets this request's body take (see
+/// [`crate::Limits`]; a router served without them gets the default).
+pub fn body_read_timeout(extensions: &Extensions) -> Duration {
+    extensions
+        .get::<crate::Limits>()
+        .map_or(crate::BODY_READ_TIMEOUT, |limits| limits.body_read_timeout)
+}
+
+/// Reads a whole body within `timeout` (408 past it), refusing more than
+/// [`BODY_BYTES_MAX`] bytes (413): at once when the declared length says
+/// so, before a byte of the body is read.
+pub async fn read_body(body: Body, timeout: Duration) -> Result<axum::body::Bytes, Problem> {
+    let too_large = || {
         Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
             "The request body is too large",
             format!("the body may have at most {BODY_BYTES_MAX} bytes"),
         )
-    })
+    };
+    // hyper reports a declared Content-Length as the body's exact size.
+    let declared_bytes = HttpBody::size_hint(&body).lower();
+    if declared_bytes > u64::try_from(BODY_BYTES_MAX).unwrap_or(u64::MAX) {
+        return Err(too_large());
+    }
+    match tokio::time::timeout(timeout, to_bytes(body, BODY_BYTES_MAX)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(too_large()),
+        Err(_) => Err(Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            "The request body did not arrive in time",
+            format!(
+                "the whole body must arrive within {} ms",
+                timeout.as_millis()
+            ),
+        )),
+    }
 }
 
 /// Parses JSON into `T`: malformed JSON is 400; a wrong, missing or unknown

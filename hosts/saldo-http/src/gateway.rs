@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::api::IDEMPOTENCY_KEY;
-use crate::context::{parse_json, read_body, require_json};
+use crate::context::{body_read_timeout, parse_json, read_body, require_json};
 use crate::problem::Problem;
 
 /// The API-key header (`Authorization: Bearer KEY` is accepted too).
@@ -33,6 +33,12 @@ pub const RATE_PER_SECOND_DEFAULT: u32 = 100;
 pub const BURST_DEFAULT: u32 = 200;
 /// Paths served without a key: probes, metrics and the API description.
 pub const OPEN_PATHS: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/openapi.json"];
+/// Requests per second all clients together may make to [`OPEN_PATHS`]:
+/// far above what probes and scrapers need, far below what would let an
+/// anonymous client keep `/readyz` querying the database.
+pub const OPEN_RATE_PER_SECOND: u32 = 50;
+/// The burst all clients together may make to [`OPEN_PATHS`].
+pub const OPEN_BURST: u32 = 100;
 
 /// What a key may do: read or write one resource, or everything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,6 +279,8 @@ impl Bucket {
 pub struct Gateway {
     keys: Vec<ApiKey>,
     buckets: Mutex<HashMap<usize, Bucket>>,
+    /// The one bucket of the unauthenticated [`OPEN_PATHS`].
+    open_bucket: Mutex<Bucket>,
     started: Instant,
 }
 
@@ -282,6 +290,7 @@ impl Gateway {
         Gateway {
             keys,
             buckets: Mutex::new(HashMap::new()),
+            open_bucket: Mutex::new(Bucket::full(OPEN_BURST, 0)),
             started: Instant::now(),
         }
     }
@@ -304,9 +313,21 @@ impl Gateway {
         found
     }
 
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn take_open_token(&self) -> Result<(), u64> {
+        let now_ms = self.now_ms();
+        self.open_bucket
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take(OPEN_RATE_PER_SECOND, OPEN_BURST, now_ms)
+    }
+
     fn take_token(&self, index: usize) -> Result<(), u64> {
         let key = &self.keys[index];
-        let now_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let now_ms = self.now_ms();
         let mut buckets = self
             .buckets
             .lock()
@@ -333,7 +354,20 @@ fn presented_key(request: &Request) -> Option<&str> {
 async fn gate(State(gateway): State<Arc<Gateway>>, request: Request, next: Next) -> Response {
     let path = request.uri().path().to_owned();
     if OPEN_PATHS.contains(&path.as_str()) {
-        return next.run(request).await;
+        return match gateway.take_open_token() {
+            Ok(()) => next.run(request).await,
+            Err(retry_after_ms) => Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Too many requests to the open paths",
+                format!(
+                    "all clients together may make {OPEN_RATE_PER_SECOND} requests per second (burst {OPEN_BURST}) to {}",
+                    OPEN_PATHS.join(", ")
+                ),
+            )
+            .retry_after_ms(retry_after_ms)
+            .into_response(),
+        };
     }
     match check(&gateway, request).await {
         Ok(request) => next.run(request).await,
@@ -409,7 +443,7 @@ async fn validate(request: Request) -> Result<Request, Problem> {
     }
     require_json(request.headers())?;
     let (mut parts, body) = request.into_parts();
-    let bytes = read_body(body).await?;
+    let bytes = read_body(body, body_read_timeout(&parts.extensions)).await?;
     parse_json::<serde::de::IgnoredAny>(&bytes)?;
     parts.headers.insert(
         header::CONTENT_LENGTH,

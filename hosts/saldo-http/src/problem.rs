@@ -99,13 +99,16 @@ impl Problem {
         Problem::new(StatusCode::NOT_FOUND, code, "Not found", detail)
     }
 
-    /// 503 when the store or broker cannot be reached.
-    pub fn unavailable(detail: impl Into<String>) -> Problem {
+    /// 503 when the store or broker cannot be reached. The `cause` (a
+    /// database error's text, row keys) is logged for operators and never
+    /// sent to the client.
+    pub fn unavailable(cause: impl std::fmt::Display) -> Problem {
+        tracing::warn!(%cause, "a dependency is unavailable");
         Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "service_unavailable",
             "A dependency is unavailable; nothing was written",
-            detail,
+            "the service could not reach its database or broker; retry later",
         )
         .retry_after_ms(1_000)
     }

@@ -67,18 +67,32 @@ async fn raw(router: &Router, request: Request<Body>) -> Answer {
         .to_bytes();
     let body = serde_json::from_slice(&bytes)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-    if !status.is_success() && status != StatusCode::SERVICE_UNAVAILABLE {
+    if !status.is_success() {
         assert_eq!(
             headers.get("content-type").map(|value| value.as_bytes()),
             Some(&b"application/problem+json"[..]),
             "every error is a problem: {body}"
         );
+        assert_documented(&body);
     }
     Answer {
         status,
         headers,
         body,
     }
+}
+
+/// Asserts that a problem's `code` is one the OpenAPI document lists.
+fn assert_documented(problem: &Value) {
+    let document: Value = serde_json::from_str(saldo_http::api::OPENAPI).expect("valid JSON");
+    let codes = &document["components"]["schemas"]["Problem"]["properties"]["code"]["enum"];
+    assert!(
+        codes
+            .as_array()
+            .expect("a list of codes")
+            .contains(&problem["code"]),
+        "the code of {problem} is not listed in openapi.json"
+    );
 }
 
 fn order(customer: &str, sku: &str, quantity: u32) -> Value {
@@ -215,7 +229,9 @@ async fn concurrent_requests_with_one_key_create_one_order() {
 #[case(json!({ "customer": "alice", "currency": "XYZ", "lines": [{ "sku": "book", "quantity": 1 }] }), "field_invalid", "currency")]
 #[case(json!({ "customer": "al ice", "currency": "EUR", "lines": [{ "sku": "book", "quantity": 1 }] }), "field_invalid", "customer")]
 #[case(json!({ "customer": "alice", "currency": "EUR", "lines": [{ "sku": "b/k", "quantity": 1 }] }), "field_invalid", "lines[0].sku")]
-#[case(json!({ "customer": "alice", "currency": "EUR", "lines": [{ "sku": "book", "quantity": -1 }] }), "field_invalid", "lines[0].quantity")]
+// Regression (issue #14.14): a negative quantity was `field_invalid`, zero `quantity_must_be_positive`.
+#[case(json!({ "customer": "alice", "currency": "EUR", "lines": [{ "sku": "book", "quantity": -1 }] }), "quantity_must_be_positive", "lines[0].quantity")]
+#[case(json!({ "customer": "alice", "currency": "EUR", "lines": [{ "sku": "book", "quantity": 1.5 }] }), "field_invalid", "lines[0].quantity")]
 #[case(json!({ "customer": "alice", "currency": "EUR", "lines": [{ "sku": "book", "quantity": 1, "gift": true }] }), "field_invalid", "lines[0].gift")]
 #[case(json!({ "customer": "alice", "currency": "EUR", "lines": [], "coupon": "x" }), "field_invalid", "coupon")]
 #[case(json!({ "currency": "EUR", "lines": [] }), "field_invalid", "customer")]
@@ -373,11 +389,12 @@ async fn wallets_and_stock_answer_with_balances_entries_and_levels() {
         stock.body,
         json!({ "sku": "book", "on_hand": 10, "reserved": 0, "available": 10, "unit_price_minor": 1500, "currency": "EUR" })
     );
+    assert_eq!(stock.headers["etag"], "\"1\"");
     let bad = send(
         &router,
         "PUT",
         "/stock/book",
-        &[],
+        &[("if-match", "\"1\"")],
         Some(json!({ "on_hand": 1, "unit_price_minor": 0, "currency": "EUR" })),
     )
     .await;
@@ -622,5 +639,485 @@ async fn sixty_four_clients_topping_up_sixty_four_wallets_on_postgresql_meet_no_
     assert_eq!(
         funding, -expected,
         "the funding account counts every top-up once"
+    );
+}
+
+#[tokio::test]
+async fn a_stale_stock_write_is_refused_and_an_unconditional_one_only_creates() {
+    // Regression (issue #14.11): PUT /stock/{sku} without a precondition let
+    // a stale writer overwrite on_hand after sales. Now GET and PUT return the
+    // row's version as ETag, an existing row needs If-Match (428 without),
+    // and a version other than the stored one is 412.
+    let backend = MemoryBackend::new();
+    let router = api_over(Arc::new(backend.clone()));
+    seed(&router).await;
+    let level = |on_hand: u64| {
+        Some(json!({ "on_hand": on_hand, "unit_price_minor": 1500, "currency": "EUR" }))
+    };
+    let read = send(&router, "GET", "/stock/book", &[], None).await;
+    let etag = read.headers["etag"].to_str().expect("ascii").to_owned();
+    assert_eq!(etag, "\"1\"");
+    let blind = send(&router, "PUT", "/stock/book", &[], level(50)).await;
+    assert_eq!(
+        (
+            blind.status,
+            blind.body["code"].as_str(),
+            blind.body["field"].as_str()
+        ),
+        (
+            StatusCode::PRECONDITION_REQUIRED,
+            Some("precondition_required"),
+            Some("If-Match")
+        )
+    );
+    // Two writers read version 1; the first to write wins.
+    let recount = send(
+        &router,
+        "PUT",
+        "/stock/book",
+        &[("if-match", &etag)],
+        level(9),
+    )
+    .await;
+    assert_eq!(recount.status, StatusCode::OK, "{}", recount.body);
+    let fresh = recount.headers["etag"].to_str().expect("ascii").to_owned();
+    assert_eq!(fresh, "\"2\"");
+    let stale = send(
+        &router,
+        "PUT",
+        "/stock/book",
+        &[("if-match", &etag)],
+        level(50),
+    )
+    .await;
+    assert_eq!(
+        (stale.status, stale.body["code"].as_str()),
+        (StatusCode::PRECONDITION_FAILED, Some("precondition_failed"))
+    );
+    for (if_match, status) in [
+        ("W/\"2\"", StatusCode::PRECONDITION_FAILED),
+        ("\"other\"", StatusCode::PRECONDITION_FAILED),
+        ("2", StatusCode::UNPROCESSABLE_ENTITY),
+    ] {
+        let answer = send(
+            &router,
+            "PUT",
+            "/stock/book",
+            &[("if-match", if_match)],
+            level(50),
+        )
+        .await;
+        assert_eq!(
+            answer.status, status,
+            "If-Match: {if_match}: {}",
+            answer.body
+        );
+    }
+    let listed = send(
+        &router,
+        "PUT",
+        "/stock/book",
+        &[("if-match", "\"7\", \"2\"")],
+        level(9),
+    )
+    .await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+    let absent = send(
+        &router,
+        "PUT",
+        "/stock/lamp",
+        &[("if-match", "*")],
+        level(1),
+    )
+    .await;
+    assert_eq!(
+        absent.status,
+        StatusCode::PRECONDITION_FAILED,
+        "If-Match names an existing row"
+    );
+    let created = send(&router, "PUT", "/stock/lamp", &[], level(1)).await;
+    assert_eq!(created.status, StatusCode::OK);
+    assert_eq!(created.headers["etag"], "\"1\"");
+    let read = send(&router, "GET", "/stock/book", &[], None).await;
+    assert_eq!(
+        read.body["on_hand"], 9,
+        "the stale writer's 50 never landed"
+    );
+}
+
+#[rstest::rstest]
+#[case("GET", "/stock/%ff", "sku")]
+#[case("PUT", "/stock/%ff", "sku")]
+#[case("GET", "/orders/%ff%fe", "order_id")]
+#[case("GET", "/wallets/a%ff", "customer")]
+#[case("POST", "/wallets/%ff/top-ups", "customer")]
+#[tokio::test]
+async fn a_path_parameter_that_is_not_utf8_is_a_problem(
+    #[case] method: &str,
+    #[case] path: &str,
+    #[case] field: &str,
+) {
+    // Regression (issue #14.13): `/stock/%ff` got axum's `400 text/plain`;
+    // now it is a documented problem naming the parameter.
+    let router = api_over(Arc::new(MemoryBackend::new()));
+    let body = matches!(method, "PUT" | "POST").then(|| json!({}));
+    let answer = send(&router, method, path, &[("idempotency-key", "k")], body).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        answer.body
+    );
+    assert_eq!(
+        (answer.body["code"].as_str(), answer.body["field"].as_str()),
+        (Some("field_invalid"), Some(field))
+    );
+}
+
+/// A store that is down, with an error text full of internals.
+struct DownStore;
+
+const INTERNALS: &str = "connection to 10.20.30.40:5432 refused while loading stock:book";
+
+#[async_trait::async_trait]
+impl Store for DownStore {
+    async fn load(
+        &self,
+        _: &saldo_domain::batch::BatchReadSet,
+    ) -> Result<saldo_domain::batch::Loaded, saldo_engine::Unavailable> {
+        Err(saldo_engine::Unavailable(INTERNALS.to_owned()))
+    }
+    async fn commit(
+        &self,
+        _: saldo_domain::batch::Commit,
+        _: Timestamp,
+    ) -> Result<(), saldo_engine::CommitFailure> {
+        Err(saldo_engine::Unavailable(INTERNALS.to_owned()).into())
+    }
+    async fn due_timers(
+        &self,
+        _: Timestamp,
+        _: usize,
+    ) -> Result<Vec<saldo_types::OrderId>, saldo_engine::Unavailable> {
+        Err(saldo_engine::Unavailable(INTERNALS.to_owned()))
+    }
+    async fn entries_of(
+        &self,
+        _: &saldo_ledger::AccountId,
+        _: usize,
+    ) -> Result<Vec<saldo_ledger::Entry>, saldo_engine::Unavailable> {
+        Err(saldo_engine::Unavailable(INTERNALS.to_owned()))
+    }
+    async fn record_dead_letter(
+        &self,
+        _: Service,
+        _: &saldo_engine::DeadLetter,
+    ) -> Result<(), saldo_engine::Unavailable> {
+        Err(saldo_engine::Unavailable(INTERNALS.to_owned()))
+    }
+    async fn ready(&self) -> Result<(), saldo_engine::Unavailable> {
+        Err(saldo_engine::Unavailable(INTERNALS.to_owned()))
+    }
+}
+
+#[tokio::test]
+async fn a_store_that_is_down_is_told_in_words_without_its_internals() {
+    // Regression (issue #14.12): 503 bodies and the unauthenticated /readyz
+    // carried the database's error text and row keys; now they say what
+    // happened and the detail goes to the log.
+    let router = api_over(Arc::new(DownStore));
+    let level = json!({ "on_hand": 1, "unit_price_minor": 1, "currency": "EUR" });
+    for (method, path, body, code) in [
+        ("GET", "/stock/book", None, "service_unavailable"),
+        ("PUT", "/stock/book", Some(level), "service_unavailable"),
+        ("GET", "/wallets/alice", None, "service_unavailable"),
+        ("GET", "/orders/ord_1", None, "service_unavailable"),
+        ("GET", "/readyz", None, "not_ready"),
+    ] {
+        let answer = send(&router, method, path, &[], body).await;
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        assert_eq!(answer.body["code"], code, "{path}");
+        let text = answer.body.to_string();
+        assert!(
+            !text.contains("10.20.30.40") && !text.contains("stock:book"),
+            "{method} {path} leaks internals: {text}"
+        );
+    }
+    let ready = send(&router, "GET", "/readyz", &[], None).await;
+    assert!(
+        ready.body["detail"]
+            .as_str()
+            .is_some_and(|detail| detail.contains("inventory_database")),
+        "{}",
+        ready.body
+    );
+}
+
+fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
+    // One recorder per process (nextest runs each test in its own).
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .expect("the only recorder of this process")
+        })
+        .clone()
+}
+
+#[tokio::test]
+async fn invented_methods_and_paths_do_not_grow_the_metrics() {
+    // Regression (issue #14.9): each invented method (`MXYZ /healthz`) and
+    // path added a label set to /metrics; now methods outside RFC 9110 are
+    // `other` and unmatched paths are one route.
+    let mut api = Api::new(clock);
+    api.inventory = Some(Arc::new(MemoryBackend::new()));
+    api.metrics = Some(metrics_handle());
+    let router = api.router();
+    const INVENTED: usize = 300;
+    for index in 0..INVENTED {
+        send(&router, &format!("MXYZ{index}"), "/healthz", &[], None).await;
+        send(&router, "GET", &format!("/nowhere/{index}"), &[], None).await;
+        send(
+            &router,
+            &format!("MXYZ{index}"),
+            &format!("/x{index}"),
+            &[],
+            None,
+        )
+        .await;
+    }
+    let page = send(&router, "GET", "/metrics", &[], None).await;
+    let page = page.body.as_str().expect("text").to_owned();
+    let series: Vec<&str> = page
+        .lines()
+        .filter(|line| line.starts_with("saldo_http_requests_total{"))
+        .collect();
+    assert!(series.len() <= 4, "{}", series.join("\n"));
+    assert!(page.contains(r#"method="other""#), "{page}");
+    assert!(page.contains(r#"route="unmatched""#), "{page}");
+    assert!(page.len() < 16 * 1024, "{} bytes", page.len());
+}
+
+#[tokio::test]
+async fn the_gateway_rate_limits_its_open_paths() {
+    // Proves the unauthenticated paths have a bound: past their shared
+    // burst, 429 with Retry-After (issue #14.9).
+    let router = gateway_router(MemoryBackend::new(), "sk_right");
+    let mut admitted = 0;
+    let mut limited = None;
+    // In process, requests come far faster than the refill; the bound on
+    // attempts only keeps a broken limit from looping forever.
+    for _ in 0..100_000 {
+        let answer = send(&router, "GET", "/healthz", &[], None).await;
+        if answer.status == StatusCode::OK {
+            admitted += 1;
+        } else {
+            limited = Some(answer);
+            break;
+        }
+    }
+    let limited = limited.expect("the open paths are limited");
+    assert_eq!(
+        (limited.status, limited.body["code"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited"))
+    );
+    assert!(limited.headers.contains_key("retry-after"));
+    assert!(admitted >= saldo_http::gateway::OPEN_BURST, "{admitted}");
+}
+
+/// Serves `router` on a free port with short read bounds; returns its address.
+async fn listen(router: Router, limits: saldo_http::Limits) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let address = listener.local_addr().expect("bound");
+    tokio::spawn(saldo_http::serve_with(
+        listener,
+        router,
+        limits,
+        std::future::pending(),
+    ));
+    address
+}
+
+/// Generous room on top of a bound, for a loaded two-core machine.
+const SLACK: std::time::Duration = std::time::Duration::from_secs(15);
+
+const SHORT: saldo_http::Limits = saldo_http::Limits {
+    header_read_timeout: std::time::Duration::from_secs(1),
+    body_read_timeout: std::time::Duration::from_secs(1),
+};
+
+/// Sends `bytes` and reads until the server closes, within `within`.
+async fn answer_before_close(
+    address: std::net::SocketAddr,
+    bytes: &[u8],
+    within: std::time::Duration,
+) -> Result<String, &'static str> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connects");
+    stream.write_all(bytes).await.expect("sends");
+    let mut received = Vec::new();
+    match tokio::time::timeout(within, stream.read_to_end(&mut received)).await {
+        Ok(_) => Ok(String::from_utf8_lossy(&received).into_owned()),
+        Err(_) => Err("the server neither answered nor closed the connection in time"),
+    }
+}
+
+fn request_head(target: &str) -> (Router, String) {
+    match target {
+        "api" => (
+            api_over(Arc::new(MemoryBackend::new())),
+            "PUT /stock/book HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n".to_owned(),
+        ),
+        _ => (
+            gateway_router(MemoryBackend::new(), "sk_right"),
+            "POST /orders HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nx-api-key: sk_right\r\nidempotency-key: k\r\n".to_owned(),
+        ),
+    }
+}
+
+#[rstest::rstest]
+#[case("api")]
+#[case("gateway")]
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_disconnected(#[case] target: &str) {
+    // Regression (issue #14.8): partial headers held the connection for
+    // 35 s and more; now it closes once the header bound has passed.
+    let (router, head) = request_head(target);
+    let address = listen(router, SHORT).await;
+    let answer =
+        answer_before_close(address, head.as_bytes(), SHORT.header_read_timeout + SLACK).await;
+    let answer = answer.expect("closed within the bound");
+    assert!(!answer.contains("200 OK"), "{answer}");
+}
+
+#[rstest::rstest]
+#[case("api")]
+#[case("gateway")]
+#[tokio::test]
+async fn a_body_shorter_than_its_length_gets_408_within_the_bound(#[case] target: &str) {
+    // Regression (issue #14.8): a body shorter than its Content-Length got
+    // no answer; now 408 (or a close) once the body bound has passed.
+    let (router, head) = request_head(target);
+    let address = listen(router, SHORT).await;
+    let request = format!("{head}content-length: 100\r\n\r\n{{\"on_hand\"");
+    let answer =
+        answer_before_close(address, request.as_bytes(), SHORT.body_read_timeout + SLACK).await;
+    let answer = answer.expect("answered or closed within the bound");
+    assert!(
+        answer.is_empty()
+            || (answer.starts_with("HTTP/1.1 408") && answer.contains("body_timeout")),
+        "{answer}"
+    );
+}
+
+#[rstest::rstest]
+#[case("api")]
+#[case("gateway")]
+#[tokio::test]
+async fn a_declared_length_above_the_limit_is_refused_before_the_body(#[case] target: &str) {
+    // Regression (issue #14.8): a Content-Length above the limit was not
+    // refused up front; now 413 comes at once, with no byte of the body
+    // sent and long read bounds that cannot be what answers.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (router, head) = request_head(target);
+    let patient = saldo_http::Limits {
+        header_read_timeout: std::time::Duration::from_secs(600),
+        body_read_timeout: std::time::Duration::from_secs(600),
+    };
+    let address = listen(router, patient).await;
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connects");
+    let request = format!("{head}content-length: 10000000\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("sends");
+    let mut received = Vec::new();
+    let head = tokio::time::timeout(SLACK, async {
+        let mut buffer = [0_u8; 4096];
+        while !String::from_utf8_lossy(&received).contains("body_too_large") {
+            let read = stream.read(&mut buffer).await.expect("reads");
+            if read == 0 {
+                break;
+            }
+            received.extend_from_slice(&buffer[..read]);
+        }
+        String::from_utf8_lossy(&received).into_owned()
+    })
+    .await
+    .expect("the refusal comes without waiting for the body");
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert!(
+        head.contains("application/problem+json") && head.contains("body_too_large"),
+        "{head}"
+    );
+}
+
+#[test]
+fn the_openapi_document_states_the_bounds_the_sdk_enforces() {
+    // Regression (issue #14.13): path parameters and fields were bare
+    // strings and integers, so a fuzzer generating from the document wrote
+    // invalid requests; now their patterns and bounds are the sdk's.
+    let document: Value = serde_json::from_str(saldo_http::api::OPENAPI).expect("valid JSON");
+    let schemas = &document["components"]["schemas"];
+    let mut accepted = Vec::new();
+    for first in b'A'..=b'Z' {
+        for second in b'A'..=b'Z' {
+            for third in b'A'..=b'Z' {
+                let code = String::from_utf8(vec![first, second, third]).expect("ASCII");
+                if saldo_types::Currency::from_code(&code).is_ok() {
+                    accepted.push(Value::String(code));
+                }
+            }
+        }
+    }
+    for schema in ["OrderRequest", "TopUpRequest", "StockRequest"] {
+        assert_eq!(
+            schemas[schema]["properties"]["currency"]["enum"],
+            Value::Array(accepted.clone()),
+            "{schema}"
+        );
+    }
+    let identifier = json!("^[A-Za-z0-9._:-]{1,64}$");
+    // The pattern's length is the sdk's bound on every textual id.
+    assert!(saldo_types::Sku::new("a".repeat(64)).is_ok());
+    assert!(saldo_types::Sku::new("a".repeat(65)).is_err());
+    assert!(saldo_types::Sku::new("a/b").is_err());
+    for (path, operations) in document["paths"].as_object().expect("paths") {
+        for operation in operations.as_object().expect("operations").values() {
+            for parameter in operation["parameters"].as_array().into_iter().flatten() {
+                if parameter["in"] == "path" {
+                    assert_eq!(parameter["schema"]["pattern"], identifier, "{path}");
+                    assert_eq!(parameter["schema"]["maxLength"], 64, "{path}");
+                }
+            }
+        }
+    }
+    let order = &schemas["OrderRequest"]["properties"];
+    assert_eq!(order["customer"]["pattern"], identifier);
+    assert_eq!(
+        order["lines"]["items"]["properties"]["sku"]["pattern"],
+        identifier
+    );
+    assert_eq!(
+        order["lines"]["maxItems"],
+        saldo_domain::order::ORDER_LINES_MAX
+    );
+    let quantity = &order["lines"]["items"]["properties"]["quantity"];
+    assert_eq!(
+        (&quantity["minimum"], &quantity["maximum"]),
+        (&json!(1), &json!(saldo_domain::order::LINE_QUANTITY_MAX))
+    );
+    assert_eq!(
+        schemas["StockRequest"]["properties"]["on_hand"]["maximum"],
+        saldo_domain::inventory::ON_HAND_MAX
+    );
+    assert_eq!(
+        schemas["TopUpRequest"]["properties"]["amount_minor"]["maximum"],
+        saldo_domain::Rules::default().payment.top_up_max_minor
     );
 }

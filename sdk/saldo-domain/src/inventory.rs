@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use saldo_types::{Currency, Money, OrderId, Sku, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use crate::decision::{Decided, Decision, ReadSet, Row, RowKey, Snapshot, Version};
+use crate::decision::{Decided, Decision, ReadSet, Row, RowKey, Snapshot, Version, Versioned};
 use crate::inbox;
 use crate::messages::{Envelope, OrderLine, Payload, Service, StockRejection};
 use crate::{CommandRefused, ConsumeError, MessageOutcome};
@@ -403,5 +403,100 @@ pub fn decide_set_stock(
     Ok(Decided {
         decision,
         reply: row,
+    })
+}
+
+/// A client's precondition on a stock row's version (HTTP `If-Match`; the
+/// row's version is its entity tag).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IfMatch {
+    /// `*`: the row must exist, at any version.
+    Any,
+    /// The row must exist at one of these versions. An empty list never
+    /// matches (a client that named only tags this service never issues).
+    Versions(Vec<Version>),
+}
+
+impl IfMatch {
+    fn admits(&self, version: Version) -> bool {
+        // Version 0 is "absent": no precondition names an absent row.
+        version != 0
+            && match self {
+                IfMatch::Any => true,
+                IfMatch::Versions(versions) => versions.contains(&version),
+            }
+    }
+}
+
+/// `PUT /stock/{sku}`: a stock level written only over the version the
+/// writer saw, so that a stale writer cannot overwrite sales it never saw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutStock {
+    /// The level and price to write.
+    pub set: SetStock,
+    /// The writer's precondition; `None` may only create a new SKU.
+    pub if_match: Option<IfMatch>,
+}
+
+/// Why a `PUT /stock/{sku}` was refused, in precedence order: the
+/// precondition first (a stale writer learns that before anything else),
+/// then [`SetStockError`]'s refusals.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PutStockError {
+    /// The SKU exists and the writer named no version: it may be about to
+    /// overwrite changes it never saw (HTTP 428).
+    #[error("the SKU exists at version {current}; send If-Match with the version you read")]
+    PreconditionRequired {
+        /// The stored version.
+        current: Version,
+    },
+    /// The stored version is not one the writer named (HTTP 412).
+    #[error("the SKU is at version {current}, not one named in If-Match")]
+    PreconditionFailed {
+        /// The stored version (0: the SKU does not exist).
+        current: Version,
+    },
+    /// The level itself was refused.
+    #[error(transparent)]
+    Set(#[from] SetStockError),
+}
+
+/// What [`decide_put_stock`] needs loaded.
+pub fn put_stock_read_set(request: &PutStock) -> ReadSet {
+    set_stock_read_set(&request.set)
+}
+
+/// Decides a `PUT /stock/{sku}`: without a precondition only a new SKU is
+/// written; with one, only the version it names is overwritten. The reply
+/// is the row as written with its new version (the next entity tag).
+pub fn decide_put_stock(
+    snapshot: &Snapshot,
+    request: &PutStock,
+) -> Result<Decided<Versioned<StockRow>>, PutStockError> {
+    let (current, _) = snapshot.stock(&request.set.sku);
+    match &request.if_match {
+        None if current != 0 => return Err(PutStockError::PreconditionRequired { current }),
+        None => {}
+        Some(if_match) if !if_match.admits(current) => {
+            return Err(PutStockError::PreconditionFailed { current });
+        }
+        Some(_) => {}
+    }
+    let decided = decide_set_stock(snapshot, &request.set)?;
+    let version = current + 1;
+    assert!(
+        decided
+            .decision
+            .writes
+            .iter()
+            .all(|write| write.expected == current),
+        "a stock write expects the version its precondition was checked against"
+    );
+    Ok(Decided {
+        decision: decided.decision,
+        reply: Versioned {
+            version,
+            value: decided.reply,
+        },
     })
 }

@@ -8,8 +8,8 @@
 
 use saldo_idempotency::{Fingerprint, IdempotencyKey, IdempotencyRecord, Verdict};
 use saldo_saga::{
-    Definition, Ending, Failure, HistoryRecord, Outcome, Phase, Reply, RetryPolicy, SagaCommand,
-    SagaInput, SagaInstance, StepSpec, Transition,
+    Definition, Ending, Failure, HistoryEvent, HistoryRecord, Outcome, Phase, Reply, RetryPolicy,
+    SagaCommand, SagaInput, SagaInstance, StepSpec, Transition,
 };
 use saldo_types::{CorrelationId, Currency, CustomerId, Id128, Money, OrderId, Timestamp};
 use std::sync::Arc;
@@ -299,6 +299,20 @@ impl PlaceOrder {
             }
         }
         Ok(())
+    }
+}
+
+/// A line's quantity as a client sent it (any integer), refused as
+/// [`PlaceOrder::validate`] refuses it: zero and negative quantities are
+/// both [`OrderRequestError::QuantityMustBePositive`], so a client sees one
+/// code for one mistake whatever the wire type could carry.
+pub fn line_quantity(line: usize, requested: i64) -> Result<u32, OrderRequestError> {
+    if requested <= 0 {
+        return Err(OrderRequestError::QuantityMustBePositive { line });
+    }
+    match u32::try_from(requested) {
+        Ok(quantity) if quantity <= LINE_QUANTITY_MAX => Ok(quantity),
+        _ => Err(OrderRequestError::QuantityTooLarge { line }),
     }
 }
 
@@ -685,25 +699,10 @@ fn envelope(
 /// browser harness both show this).
 pub fn view(saga: &Definition<OrderCommand>, row: &OrderRow) -> Value {
     let status = serde_json::to_value(row.status()).expect("a status serialises");
-    let steps = saga.steps();
     let history: Vec<Value> = row
         .history()
         .iter()
-        .map(|record| {
-            let mut value = serde_json::to_value(&record.event).expect("history serialises");
-            if let Some(object) = value.as_object_mut() {
-                if let Some(name) = object
-                    .get("step")
-                    .and_then(Value::as_u64)
-                    .and_then(|step| steps.get(usize::try_from(step).ok()?))
-                    .map(|step| step.name.clone())
-                {
-                    object.insert("step_name".to_owned(), json!(name));
-                }
-                object.insert("at".to_owned(), json!(record.at.to_string()));
-            }
-            value
-        })
+        .map(|record| history_view(saga, record))
         .collect();
     json!({
         "order_id": row.order_id,
@@ -719,4 +718,47 @@ pub fn view(saga: &Definition<OrderCommand>, row: &OrderRow) -> Value {
         "updated_at": row.updated_at.to_string(),
         "history": history,
     })
+}
+
+/// One history record as a client sees it: the event's fields, the step's
+/// name, and the time. An `ended` record always has the same shape:
+/// `ending` is `"completed"` or `"compensated"`; a compensated one adds
+/// `reason` (the order's cancel reason) and the `step` that failed.
+fn history_view(saga: &Definition<OrderCommand>, record: &HistoryRecord<CancelReason>) -> Value {
+    let mut value = match &record.event {
+        HistoryEvent::Ended {
+            ending: Ending::Completed,
+        } => json!({ "event": "ended", "ending": "completed" }),
+        HistoryEvent::Ended {
+            ending: Ending::Compensated(failure),
+        } => {
+            let step = match failure {
+                Failure::Rejected { step, .. } | Failure::TimedOut { step } => *step,
+            };
+            json!({
+                "event": "ended",
+                "ending": "compensated",
+                "reason": cancel_reason(failure),
+                "step": step,
+            })
+        }
+        event => serde_json::to_value(event).expect("history serialises"),
+    };
+    let object = value
+        .as_object_mut()
+        .expect("every history event serialises as an object");
+    if let Some(name) = object
+        .get("step")
+        .and_then(Value::as_u64)
+        .and_then(|step| saga.steps().get(usize::try_from(step).ok()?))
+        .map(|step| step.name.clone())
+    {
+        object.insert("step_name".to_owned(), json!(name));
+    }
+    object.insert("at".to_owned(), json!(record.at.to_string()));
+    assert!(
+        object.get("ending").is_none_or(Value::is_string),
+        "an ending has one shape: a string"
+    );
+    value
 }

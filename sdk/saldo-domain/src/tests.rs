@@ -8,10 +8,12 @@ use rstest::rstest;
 use saldo_idempotency::IdempotencyKey;
 use saldo_ledger::AccountId;
 use saldo_types::{CorrelationId, Currency, CustomerId, Id128, Money, OrderId, Sku, Timestamp};
+use serde_json::json;
 
 use crate::decision::{Row, RowKey};
 use crate::inventory::{
-    ReservationState, SetStock, SetStockError, decide_set_stock, set_stock_read_set,
+    IfMatch, PutStock, PutStockError, ReservationState, SetStock, SetStockError, decide_put_stock,
+    decide_set_stock, put_stock_read_set, set_stock_read_set,
 };
 use crate::messages::{
     DecodeError, Envelope, MESSAGE_SIZE_MAX, OrderLine, Payload, PaymentFailure, SCHEMA_VERSION,
@@ -877,4 +879,125 @@ fn property_deciding_the_same_message_twice_equals_deciding_it_once() {
     QuickCheck::new()
         .tests(PROPERTY_CASES)
         .quickcheck(deciding_twice_equals_deciding_once as fn(Scenario) -> bool);
+}
+
+impl World {
+    fn put_stock(
+        &mut self,
+        name: &str,
+        on_hand: u64,
+        if_match: Option<IfMatch>,
+    ) -> Result<u64, ExecuteError<PutStockError>> {
+        let request = PutStock {
+            set: SetStock {
+                sku: sku(name),
+                on_hand,
+                unit_price: eur(150),
+            },
+            if_match,
+        };
+        execute(
+            &mut self.store,
+            &put_stock_read_set(&request),
+            self.now,
+            |snapshot| decide_put_stock(snapshot, &request),
+        )
+        .map(|written| {
+            assert_eq!(written.value.on_hand, on_hand);
+            written.version
+        })
+    }
+}
+
+#[test]
+fn a_stale_stock_writer_cannot_overwrite_what_it_never_saw() {
+    // Regression (issue #14.11): a PUT without a precondition overwrote
+    // on_hand after sales. Now only a new SKU is written without If-Match,
+    // and an existing one only at the version the writer read.
+    let mut world = World::new();
+    let refused = |error: PutStockError| Err(ExecuteError::Rejected(error));
+    assert_eq!(
+        world.put_stock("apple", 10, Some(IfMatch::Any)),
+        refused(PutStockError::PreconditionFailed { current: 0 }),
+        "If-Match names an existing row"
+    );
+    assert_eq!(world.put_stock("apple", 10, None), Ok(1), "creates");
+    assert_eq!(
+        world.put_stock("apple", 10, None),
+        refused(PutStockError::PreconditionRequired { current: 1 })
+    );
+    assert_eq!(
+        world.put_stock("apple", 8, Some(IfMatch::Versions(vec![1]))),
+        Ok(2)
+    );
+    // The writer who read version 1 is now stale.
+    assert_eq!(
+        world.put_stock("apple", 10, Some(IfMatch::Versions(vec![1]))),
+        refused(PutStockError::PreconditionFailed { current: 2 })
+    );
+    assert_eq!(
+        world.put_stock("apple", 10, Some(IfMatch::Versions(vec![]))),
+        refused(PutStockError::PreconditionFailed { current: 2 })
+    );
+    assert_eq!(
+        world.put_stock("apple", 9, Some(IfMatch::Versions(vec![7, 2]))),
+        Ok(3)
+    );
+    assert_eq!(world.put_stock("apple", 9, Some(IfMatch::Any)), Ok(4));
+    assert_eq!(
+        world.put_stock(
+            "apple",
+            crate::inventory::ON_HAND_MAX + 1,
+            Some(IfMatch::Any)
+        ),
+        refused(PutStockError::Set(SetStockError::OnHandTooLarge))
+    );
+}
+
+#[rstest]
+#[case::confirmed(vec![line("apple", 2)], json!({ "event": "ended", "ending": "completed" }))]
+#[case::out_of_stock(vec![line("apple", 20)], json!({ "event": "ended", "ending": "compensated", "reason": "out_of_stock", "step": 0, "step_name": "reserve_stock" }))]
+#[case::insufficient_funds(vec![line("apple", 10), line("pear", 2)], json!({ "event": "ended", "ending": "compensated", "reason": "insufficient_funds", "step": 1, "step_name": "take_payment" }))]
+fn an_orders_ending_has_one_shape_in_its_view(
+    #[case] lines: Vec<OrderLine>,
+    #[case] expected: serde_json::Value,
+) {
+    // Regression (issue #14.15): the history's `ending` was a string for a
+    // confirmed order and an object for a cancelled one; now it is always a
+    // string, with the reason and the failed step beside it.
+    let mut world = stocked_world();
+    world.place("alice", lines, "order-key").expect("placed");
+    world.pump(|_| None);
+    let view = crate::order::view(&world.rules.order_saga, &world.order(1));
+    let mut ended = view["history"]
+        .as_array()
+        .and_then(|history| history.last())
+        .cloned()
+        .expect("a finished order's history ends with its ending");
+    ended.as_object_mut().expect("an object").remove("at");
+    assert_eq!(ended, expected);
+    assert_eq!(
+        view["reason"],
+        expected.get("reason").cloned().unwrap_or_default()
+    );
+}
+
+#[rstest]
+#[case(-1, Err(OrderRequestError::QuantityMustBePositive { line: 3 }))]
+#[case(i64::MIN, Err(OrderRequestError::QuantityMustBePositive { line: 3 }))]
+#[case(0, Err(OrderRequestError::QuantityMustBePositive { line: 3 }))]
+#[case(1, Ok(1))]
+#[case(
+    i64::from(crate::order::LINE_QUANTITY_MAX),
+    Ok(crate::order::LINE_QUANTITY_MAX)
+)]
+#[case(i64::from(crate::order::LINE_QUANTITY_MAX) + 1, Err(OrderRequestError::QuantityTooLarge { line: 3 }))]
+#[case(i64::MAX, Err(OrderRequestError::QuantityTooLarge { line: 3 }))]
+fn a_negative_quantity_is_refused_like_zero(
+    #[case] requested: i64,
+    #[case] expected: Result<u32, OrderRequestError>,
+) {
+    // Regression (issue #14.14): a negative quantity got `field_invalid`
+    // where zero got `quantity_must_be_positive`; now both get the latter.
+    assert_eq!(crate::order::line_quantity(3, requested), expected);
 }
