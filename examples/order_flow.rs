@@ -24,6 +24,7 @@ fn main() {
         customer: CustomerId::new("alice").expect("valid id"),
         amount: Money::parse("30", eur).expect("amount"),
         idempotency_key: IdempotencyKey::new("top-up-1").expect("valid key"),
+        principal: None,
         correlation_id: correlation.clone(),
         traceparent: trace.clone(),
     };
@@ -52,6 +53,7 @@ fn main() {
         }],
         currency: eur,
         idempotency_key: IdempotencyKey::new("order-request-1").expect("valid key"),
+        principal: None,
         correlation_id: correlation,
         traceparent: trace,
     };

@@ -224,6 +224,7 @@ mod tests {
             customer: CustomerId::new(format!("c{customer}")).expect("valid"),
             amount: Money::from_minor(amount_minor, Currency::EUR),
             idempotency_key: IdempotencyKey::new(key.clone()).expect("valid"),
+            principal: None,
             correlation_id: CorrelationId::new(key.clone()).expect("valid"),
             traceparent: Traceparent::root(Id128::derive("group-test", &[key.as_bytes()])),
         }

@@ -24,17 +24,18 @@ use saldo_domain::inventory::{
 };
 use saldo_domain::messages::OrderLine;
 use saldo_domain::order::{
-    OrderAccepted, OrderRequestError, PlaceOrder, PlaceOrderError, decide_place_order,
+    OrderAccepted, OrderRequestError, OrderRow, PlaceOrder, PlaceOrderError, decide_place_order,
     line_quantity, place_order_read_set,
 };
 use saldo_domain::payment::{TopUp, TopUpApplied, TopUpError, decide_top_up, top_up_read_set};
 use saldo_idempotency::IdempotencyKey;
 use saldo_ledger::{AccountId, Entry};
-use saldo_types::{Currency, CustomerId, Money, OrderId, Sku, Timestamp};
+use saldo_types::{Currency, CustomerId, Money, OrderId, Principal, Sku, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::context::{JsonBody, PathParam, RequestContext, observe, random_id};
+use crate::gateway::Forwarded;
 use crate::problem::Problem;
 use saldo_engine::{Decider, ExecuteFailure, GroupCommit, Store, Unavailable, read};
 
@@ -271,11 +272,13 @@ async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
-/// The required `Idempotency-Key` header.
+/// The required `Idempotency-Key` header, exactly once.
 fn idempotency_key(headers: &HeaderMap) -> Result<IdempotencyKey, Problem> {
-    let value = headers
-        .get(&IDEMPOTENCY_KEY)
-        .ok_or_else(Problem::idempotency_key_missing)?;
+    let mut values = headers.get_all(&IDEMPOTENCY_KEY).iter();
+    let value = values.next().ok_or_else(Problem::idempotency_key_missing)?;
+    if values.next().is_some() {
+        return Err(Problem::idempotency_key_repeated());
+    }
     value
         .to_str()
         .ok()
@@ -286,6 +289,22 @@ fn idempotency_key(headers: &HeaderMap) -> Result<IdempotencyKey, Problem> {
                 "Idempotency-Key must be 1 to 255 visible ASCII characters",
             )
         })
+}
+
+/// The principal the gateway forwarded, after checking that it acts for
+/// `customer`; `None` without a gateway. The gateway checked this already;
+/// the service checks again so that no deployment depends on one layer.
+fn principal_for(headers: &HeaderMap, customer: &CustomerId) -> Result<Option<Principal>, Problem> {
+    let Some(forwarded) = Forwarded::from_headers(headers)? else {
+        return Ok(None);
+    };
+    if !forwarded.customers.permit(customer.as_str()) {
+        return Err(Problem::customer_forbidden(format!(
+            "key {:?} does not act for customer {customer:?}",
+            forwarded.principal.as_str(),
+        )));
+    }
+    Ok(Some(forwarded.principal))
 }
 
 fn parse_field<T, E: std::fmt::Display>(
@@ -380,13 +399,16 @@ async fn post_order(
                 .map_err(|invalid| place_order_problem(PlaceOrderError::Invalid(invalid)))?,
         });
     }
+    let customer = parse_field("customer", CustomerId::new(body.customer))?;
+    let principal = principal_for(&headers, &customer)?;
     let request = PlaceOrder {
         order_id: OrderId::new(format!("ord_{}", random_id().to_hex()))
             .expect("a generated id is valid"),
-        customer: parse_field("customer", CustomerId::new(body.customer))?,
+        customer,
         lines,
         currency: currency("currency", &body.currency)?,
         idempotency_key: key,
+        principal,
         correlation_id: context.correlation_id,
         traceparent: context.traceparent,
     };
@@ -467,11 +489,15 @@ fn idempotency_key_in_flight(detail: String, retry_after_ms: u64) -> Problem {
     .retry_after_ms(retry_after_ms)
 }
 
-/// `GET /orders/{order_id}`: the order with its saga history.
+/// `GET /orders/{order_id}`: the order with its saga history. An order of a
+/// customer the forwarded principal does not act for is answered exactly
+/// like one that does not exist, so a key cannot probe for others' orders.
 async fn get_order(
     State(api): Shared,
     PathParam(order_id): PathParam,
+    headers: HeaderMap,
 ) -> Result<Response, Problem> {
+    let forwarded = Forwarded::from_headers(&headers)?;
     let order_id = parse_field("order_id", OrderId::new(order_id))?;
     let snapshot = read(
         backend(&api.order),
@@ -483,7 +509,12 @@ async fn get_order(
     .await
     .map_err(Problem::unavailable)?;
     let (_, row) = snapshot.order(&order_id);
-    let row = row.ok_or_else(|| {
+    let visible = |row: &&OrderRow| {
+        forwarded
+            .as_ref()
+            .is_none_or(|forwarded| forwarded.customers.permit(row.customer.as_str()))
+    };
+    let row = row.filter(visible).ok_or_else(|| {
         Problem::not_found(
             "order_not_found",
             format!("order {order_id} does not exist"),
@@ -509,10 +540,12 @@ async fn post_top_up(
 ) -> Result<Response, Problem> {
     let key = idempotency_key(&headers)?;
     let customer = parse_field("customer", CustomerId::new(customer))?;
+    let principal = principal_for(&headers, &customer)?;
     let request = TopUp {
         amount: Money::from_minor(body.amount_minor, currency("currency", &body.currency)?),
         customer,
         idempotency_key: key,
+        principal,
         correlation_id: context.correlation_id,
         traceparent: context.traceparent,
     };
@@ -562,8 +595,10 @@ fn top_up_problem(error: TopUpError) -> Problem {
 async fn get_wallet(
     State(api): Shared,
     PathParam(customer): PathParam,
+    headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let customer = parse_field("customer", CustomerId::new(customer))?;
+    principal_for(&headers, &customer)?;
     let store = backend(&api.payment);
     let unavailable = |error: Unavailable| Problem::unavailable(error);
     let snapshot = read(

@@ -1,22 +1,34 @@
-//! The optional gateway: API keys, per-key rate limits, request validation
-//! and size limits, as one layer in front of the API (dev mode) or of the
-//! reverse proxy (`saldo gateway`). Deployments may bypass it.
+//! The optional gateway: API keys, their principals and scopes, per-key
+//! rate limits, request validation and size limits, as one layer in front of
+//! the API (dev mode) or of the reverse proxy (`saldo gateway`). Deployments
+//! may bypass it (ADR 0013 says what that means).
 //!
 //! Keys are stored as SHA-256 hashes only; a presented key is hashed and
 //! compared with every stored hash in constant time, so neither the stored
-//! keys nor the comparison leak the secret. Checks run in this order:
-//! authentication (401), scope (403), rate limit (429), body (413, 415, 400).
+//! keys nor the comparison leak the secret. Each key is a principal (its
+//! name) acting for a set of customers, or for all of them (a back-office
+//! key), with scopes that mean exactly what they name ([`Scope`]). Checks
+//! run in this order: authentication (401), scope (403 `scope_missing`),
+//! rate limit (429), body (413, 415, 400), customer (403
+//! `customer_forbidden`).
+//!
+//! The gateway forwards who the client is in [`PRINCIPAL`] and
+//! [`PRINCIPAL_CUSTOMERS`], which it sets itself after removing whatever the
+//! client sent under those names. The services namespace idempotency keys by
+//! the principal and check the customers again, including on the routes
+//! where only the stored row names the customer (`GET /orders/{id}`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use saldo_types::{CustomerId, Principal};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -27,10 +39,19 @@ use crate::problem::Problem;
 
 /// The API-key header (`Authorization: Bearer KEY` is accepted too).
 pub const API_KEY: &str = "x-api-key";
+/// Set by the gateway on every request it admits: the principal (the key's
+/// name). A client's own header of this name is removed, never forwarded.
+pub const PRINCIPAL: HeaderName = HeaderName::from_static("saldo-principal");
+/// Set by the gateway with [`PRINCIPAL`]: the customers the principal acts
+/// for, comma-separated, or `*` for all.
+pub const PRINCIPAL_CUSTOMERS: HeaderName = HeaderName::from_static("saldo-principal-customers");
 /// Requests per second a key may make unless configured otherwise.
 pub const RATE_PER_SECOND_DEFAULT: u32 = 100;
 /// Requests a key may make in a burst unless configured otherwise.
 pub const BURST_DEFAULT: u32 = 200;
+/// The most customers one key may act for; a longer list is a back-office
+/// key in disguise (and would not fit in a header).
+pub const KEY_CUSTOMERS_MAX: usize = 100;
 /// Paths served without a key: probes, metrics and the API description.
 pub const OPEN_PATHS: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/openapi.json"];
 /// Requests per second all clients together may make to [`OPEN_PATHS`]:
@@ -40,15 +61,71 @@ pub const OPEN_RATE_PER_SECOND: u32 = 50;
 /// The burst all clients together may make to [`OPEN_PATHS`].
 pub const OPEN_BURST: u32 = 100;
 
-/// What a key may do: read or write one resource, or everything.
+/// What a key may do. Each scope grants exactly the operation it names: a
+/// write grants no read, and top-ups are not wallet reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
-    /// Every route.
+    /// `*`: every operation, including routes no other scope names.
     All,
-    /// GET on the resource.
-    Read(Resource),
-    /// Every method on the resource.
-    Write(Resource),
+    /// `orders:read`: `GET /orders/{order_id}`.
+    OrdersRead,
+    /// `orders:write`: `POST /orders`.
+    OrdersWrite,
+    /// `wallets:read`: `GET /wallets/{customer}`.
+    WalletsRead,
+    /// `wallets:top-up`: `POST /wallets/{customer}/top-ups`.
+    WalletsTopUp,
+    /// `stock:read`: `GET /stock/{sku}`.
+    StockRead,
+    /// `stock:write`: `PUT /stock/{sku}`.
+    StockWrite,
+}
+
+impl Scope {
+    /// Every scope with its name, as the keys file and `saldo api-key` spell it.
+    pub const NAMES: [(&'static str, Scope); 7] = [
+        ("*", Scope::All),
+        ("orders:read", Scope::OrdersRead),
+        ("orders:write", Scope::OrdersWrite),
+        ("wallets:read", Scope::WalletsRead),
+        ("wallets:top-up", Scope::WalletsTopUp),
+        ("stock:read", Scope::StockRead),
+        ("stock:write", Scope::StockWrite),
+    ];
+
+    fn allows(self, operation: &Operation) -> bool {
+        matches!(
+            (self, operation),
+            (Scope::All, _)
+                | (Scope::OrdersRead, Operation::ReadOrder)
+                | (Scope::OrdersWrite, Operation::PlaceOrder)
+                | (Scope::WalletsRead, Operation::ReadWallet(_))
+                | (Scope::WalletsTopUp, Operation::TopUp(_))
+                | (Scope::StockRead, Operation::ReadStock)
+                | (Scope::StockWrite, Operation::SetStock)
+        )
+    }
+}
+
+impl std::str::FromStr for Scope {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Scope, String> {
+        if let Some((_, scope)) = Scope::NAMES.iter().find(|(name, _)| *name == text) {
+            return Ok(*scope);
+        }
+        let names: Vec<&str> = Scope::NAMES.iter().map(|(name, _)| *name).collect();
+        if text == "wallets:write" {
+            return Err(
+                "scope \"wallets:write\" no longer exists: use wallets:top-up to top up and wallets:read to read"
+                    .to_owned(),
+            );
+        }
+        Err(format!(
+            "scope {text:?} is unknown; scopes are {}",
+            names.join(", ")
+        ))
+    }
 }
 
 /// The API's resources, by their first path segment.
@@ -72,57 +149,179 @@ impl Resource {
             _ => None,
         }
     }
-
-    fn name(self) -> &'static str {
-        match self {
-            Resource::Orders => "orders",
-            Resource::Wallets => "wallets",
-            Resource::Stock => "stock",
-        }
-    }
 }
 
-impl std::str::FromStr for Scope {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Scope, String> {
-        if text == "*" {
-            return Ok(Scope::All);
-        }
-        let (resource, access) = text
-            .split_once(':')
-            .ok_or_else(|| format!("scope {text:?} is not RESOURCE:read, RESOURCE:write or *"))?;
-        let resource = [Resource::Orders, Resource::Wallets, Resource::Stock]
-            .into_iter()
-            .find(|candidate| candidate.name() == resource)
-            .ok_or_else(|| format!("scope {text:?} names no resource (orders, wallets, stock)"))?;
-        match access {
-            "read" => Ok(Scope::Read(resource)),
-            "write" => Ok(Scope::Write(resource)),
-            _ => Err(format!("scope {text:?} must end in :read or :write")),
-        }
-    }
+/// What a request asks to do, read from its method and exact path. A path
+/// segment is taken as sent (not percent-decoded): a customer-bound key only
+/// reaches the literal customer ids it lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Operation {
+    PlaceOrder,
+    ReadOrder,
+    TopUp(String),
+    ReadWallet(String),
+    SetStock,
+    ReadStock,
+    /// Anything else: only `*` reaches it (the service then answers 404 or 405).
+    Other,
 }
 
-impl Scope {
-    fn allows(self, method: &Method, resource: Resource) -> bool {
-        match self {
-            Scope::All => true,
-            Scope::Write(granted) => granted == resource,
-            Scope::Read(granted) => {
-                granted == resource && (method == Method::GET || method == Method::HEAD)
+impl Operation {
+    fn of(method: &Method, path: &str) -> Operation {
+        let read = method == Method::GET || method == Method::HEAD;
+        let segments: Vec<&str> = match path.strip_prefix('/') {
+            Some(rest) => rest.split('/').collect(),
+            None => return Operation::Other,
+        };
+        match (segments.as_slice(), read) {
+            (["orders"], false) if method == Method::POST => Operation::PlaceOrder,
+            (["orders", id], true) if !id.is_empty() => Operation::ReadOrder,
+            (["wallets", customer], true) if !customer.is_empty() => {
+                Operation::ReadWallet((*customer).to_owned())
             }
+            (["wallets", customer, "top-ups"], false)
+                if method == Method::POST && !customer.is_empty() =>
+            {
+                Operation::TopUp((*customer).to_owned())
+            }
+            (["stock", sku], true) if !sku.is_empty() => Operation::ReadStock,
+            (["stock", sku], false) if method == Method::PUT && !sku.is_empty() => {
+                Operation::SetStock
+            }
+            _ => Operation::Other,
+        }
+    }
+
+    /// The customer named by the path, if the operation has one there.
+    fn path_customer(&self) -> Option<&str> {
+        match self {
+            Operation::TopUp(customer) | Operation::ReadWallet(customer) => Some(customer),
+            _ => None,
         }
     }
 }
 
-/// One API key as configured: its name, hash, scopes and rate.
+/// The customers a principal acts for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Customers {
+    /// Every customer: a back-office key.
+    All,
+    /// Only these.
+    Only(BTreeSet<CustomerId>),
+}
+
+impl Customers {
+    /// Whether a request for `customer` is allowed.
+    pub fn permit(&self, customer: &str) -> bool {
+        match self {
+            Customers::All => true,
+            Customers::Only(customers) => customers.iter().any(|known| known.as_str() == customer),
+        }
+    }
+
+    /// The header form: `*`, or the ids joined by commas (ids have no commas).
+    fn to_header(&self) -> String {
+        match self {
+            Customers::All => "*".to_owned(),
+            Customers::Only(customers) => customers
+                .iter()
+                .map(CustomerId::as_str)
+                .collect::<Vec<_>>()
+                .join(","),
+        }
+    }
+
+    fn from_header(text: &str) -> Option<Customers> {
+        if text == "*" {
+            return Some(Customers::All);
+        }
+        let customers = text
+            .split(',')
+            .map(|id| CustomerId::new(id).ok())
+            .collect::<Option<BTreeSet<CustomerId>>>()?;
+        (!customers.is_empty() && customers.len() <= KEY_CUSTOMERS_MAX)
+            .then_some(Customers::Only(customers))
+    }
+}
+
+/// Who the gateway says the client is, as the services read it from
+/// [`PRINCIPAL`] and [`PRINCIPAL_CUSTOMERS`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forwarded {
+    /// The authenticated principal.
+    pub principal: Principal,
+    /// The customers it acts for.
+    pub customers: Customers,
+}
+
+impl Forwarded {
+    /// Reads the forwarded principal: `None` when no gateway is in front
+    /// (neither header), 400 `principal_header_invalid` when the two headers
+    /// are not both present, single and well-formed.
+    pub fn from_headers(headers: &HeaderMap) -> Result<Option<Forwarded>, Problem> {
+        let principal = headers.get_all(&PRINCIPAL).iter().collect::<Vec<_>>();
+        let customers = headers
+            .get_all(&PRINCIPAL_CUSTOMERS)
+            .iter()
+            .collect::<Vec<_>>();
+        if principal.is_empty() && customers.is_empty() {
+            return Ok(None);
+        }
+        let invalid = || {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "principal_header_invalid",
+                "The forwarded principal is malformed",
+                format!(
+                    "{PRINCIPAL} and {PRINCIPAL_CUSTOMERS} are set by the gateway, once each and together"
+                ),
+            )
+        };
+        let ([principal], [customers]) = (principal.as_slice(), customers.as_slice()) else {
+            return Err(invalid());
+        };
+        let principal = principal
+            .to_str()
+            .ok()
+            .and_then(|text| Principal::new(text).ok())
+            .ok_or_else(invalid)?;
+        let customers = customers
+            .to_str()
+            .ok()
+            .and_then(Customers::from_header)
+            .ok_or_else(invalid)?;
+        Ok(Some(Forwarded {
+            principal,
+            customers,
+        }))
+    }
+
+    /// Replaces whatever `headers` say about the principal with this one.
+    pub fn write_to(&self, headers: &mut HeaderMap) {
+        headers.remove(&PRINCIPAL);
+        headers.remove(&PRINCIPAL_CUSTOMERS);
+        headers.insert(
+            PRINCIPAL,
+            HeaderValue::from_str(self.principal.as_str()).expect("a principal is a header value"),
+        );
+        headers.insert(
+            PRINCIPAL_CUSTOMERS,
+            HeaderValue::from_str(&self.customers.to_header())
+                .expect("customer ids are header values"),
+        );
+    }
+}
+
+/// One API key as configured: its principal, hash, customers, scopes and rate.
 #[derive(Debug, Clone)]
 pub struct ApiKey {
-    /// Who holds it (logged; never the key itself).
-    pub name: String,
+    /// Who holds it: logged, forwarded to the services as [`PRINCIPAL`],
+    /// and the namespace of its idempotency keys (never the key itself).
+    pub name: Principal,
     /// SHA-256 of the key.
     pub hash: [u8; 32],
+    /// Whom it acts for.
+    pub customers: Customers,
     /// What it may do.
     pub scopes: Vec<Scope>,
     /// Sustained requests per second.
@@ -134,12 +333,14 @@ pub struct ApiKey {
 /// Why a keys file was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeysError {
-    /// Not TOML of the expected shape.
-    #[error("keys file: {0}")]
+    /// Not TOML of the expected shape (the text names the line).
+    #[error("keys file{0}")]
     Malformed(String),
     /// A key entry is invalid.
-    #[error("keys file, key {name:?}: {reason}")]
+    #[error("keys file line {line}, key {name:?}: {reason}")]
     Invalid {
+        /// The line (from 1) of the offending value.
+        line: usize,
         /// The entry's name.
         name: String,
         /// What is wrong.
@@ -157,9 +358,10 @@ struct KeysFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct KeyEntry {
-    name: String,
-    sha256: String,
-    scopes: Vec<String>,
+    name: toml::Spanned<String>,
+    sha256: toml::Spanned<String>,
+    customers: Option<toml::Spanned<Vec<toml::Spanned<String>>>>,
+    scopes: Vec<toml::Spanned<String>>,
     rate_per_second: Option<u32>,
     burst: Option<u32>,
 }
@@ -189,53 +391,149 @@ pub fn new_key() -> String {
 /// [[key]]
 /// name = "shop-frontend"
 /// sha256 = "…64 hex digits…"
-/// scopes = ["orders:write", "wallets:read"]
+/// customers = ["alice", "bob"]   # or ["*"] for a back-office key
+/// scopes = ["orders:write", "orders:read", "wallets:read"]
 /// rate_per_second = 50
 /// burst = 100
 /// ```
+///
+/// A mistake is refused with the line it is on; there is no default for
+/// `customers`, so a key written before keys had principals is refused
+/// rather than silently acting for everyone.
 pub fn parse_keys(text: &str) -> Result<Vec<ApiKey>, KeysError> {
-    let file: KeysFile =
-        toml::from_str(text).map_err(|error| KeysError::Malformed(error.message().to_owned()))?;
+    let line_of = |span: std::ops::Range<usize>| {
+        1 + text.as_bytes()[..span.start.min(text.len())]
+            .iter()
+            .filter(|byte| **byte == b'\n')
+            .count()
+    };
+    let file: KeysFile = toml::from_str(text).map_err(|error| {
+        let message = error.message().to_owned();
+        KeysError::Malformed(match error.span() {
+            Some(span) => format!(" line {}: {message}", line_of(span)),
+            None => format!(": {message}"),
+        })
+    })?;
     let mut keys: Vec<ApiKey> = Vec::with_capacity(file.key.len());
     for entry in file.key {
-        let invalid = |reason: String| KeysError::Invalid {
-            name: entry.name.clone(),
+        let name_text = entry.name.get_ref().clone();
+        let invalid = |span: std::ops::Range<usize>, reason: String| KeysError::Invalid {
+            line: line_of(span),
+            name: name_text.clone(),
             reason,
         };
-        let digits = entry.sha256.as_bytes();
-        if digits.len() != 64 || !entry.sha256.bytes().all(|byte| byte.is_ascii_hexdigit()) {
-            return Err(invalid("sha256 must be 64 hexadecimal digits".to_owned()));
+        let name = Principal::new(name_text.as_str())
+            .map_err(|error| invalid(entry.name.span(), format!("name: {error}")))?;
+        let hash = parse_hash(entry.sha256.get_ref()).ok_or_else(|| {
+            invalid(
+                entry.sha256.span(),
+                "sha256 must be 64 hexadecimal digits".to_owned(),
+            )
+        })?;
+        let Some(customers) = &entry.customers else {
+            return Err(invalid(
+                entry.name.span(),
+                "customers is missing: list the customers the key acts for, or [\"*\"] for a back-office key".to_owned(),
+            ));
+        };
+        let customers =
+            parse_customers(customers).map_err(|(span, reason)| invalid(span, reason))?;
+        let mut scopes = Vec::with_capacity(entry.scopes.len());
+        for scope in &entry.scopes {
+            scopes.push(
+                scope
+                    .get_ref()
+                    .parse()
+                    .map_err(|reason| invalid(scope.span(), reason))?,
+            );
         }
-        let mut hash = [0_u8; 32];
-        for (index, pair) in digits.chunks(2).enumerate() {
-            let text = std::str::from_utf8(pair).expect("hex digits are ASCII");
-            hash[index] = u8::from_str_radix(text, 16).expect("checked hex");
+        if scopes.is_empty() {
+            return Err(invalid(
+                entry.name.span(),
+                "scopes must name at least one scope".to_owned(),
+            ));
         }
-        let scopes = entry
-            .scopes
-            .iter()
-            .map(|scope| scope.parse())
-            .collect::<Result<Vec<Scope>, String>>()
-            .map_err(invalid)?;
         let rate_per_second = entry.rate_per_second.unwrap_or(RATE_PER_SECOND_DEFAULT);
         let burst = entry.burst.unwrap_or(BURST_DEFAULT);
         if rate_per_second == 0 || burst == 0 {
             return Err(invalid(
+                entry.name.span(),
                 "rate_per_second and burst must be positive".to_owned(),
             ));
         }
-        if keys.iter().any(|key| key.name == entry.name) {
-            return Err(invalid("the name is used twice".to_owned()));
+        if keys.iter().any(|key| key.name == name) {
+            return Err(invalid(
+                entry.name.span(),
+                "the name is used twice".to_owned(),
+            ));
         }
         keys.push(ApiKey {
-            name: entry.name,
+            name,
             hash,
+            customers,
             scopes,
             rate_per_second,
             burst,
         });
     }
     Ok(keys)
+}
+
+fn parse_hash(text: &str) -> Option<[u8; 32]> {
+    let digits = text.as_bytes();
+    if digits.len() != 64 || !digits.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    let mut hash = [0_u8; 32];
+    for (index, pair) in digits.chunks(2).enumerate() {
+        let text = std::str::from_utf8(pair).expect("hex digits are ASCII");
+        hash[index] = u8::from_str_radix(text, 16).expect("checked hex");
+    }
+    Some(hash)
+}
+
+type Spanned<T> = toml::Spanned<T>;
+
+fn parse_customers(
+    list: &Spanned<Vec<Spanned<String>>>,
+) -> Result<Customers, (std::ops::Range<usize>, String)> {
+    let entries = list.get_ref();
+    if entries.iter().any(|entry| entry.get_ref() == "*") {
+        return if entries.len() == 1 {
+            Ok(Customers::All)
+        } else {
+            Err((
+                list.span(),
+                "customers is either [\"*\"] or a list of customer ids, not both".to_owned(),
+            ))
+        };
+    }
+    if entries.is_empty() {
+        return Err((
+            list.span(),
+            "customers must not be empty (use [\"*\"] for a back-office key)".to_owned(),
+        ));
+    }
+    if entries.len() > KEY_CUSTOMERS_MAX {
+        return Err((
+            list.span(),
+            format!(
+                "customers lists more than {KEY_CUSTOMERS_MAX} ids; use [\"*\"] for a back-office key"
+            ),
+        ));
+    }
+    let mut customers = BTreeSet::new();
+    for entry in entries {
+        let customer = CustomerId::new(entry.get_ref().as_str())
+            .map_err(|error| (entry.span(), format!("customers: {error}")))?;
+        if !customers.insert(customer) {
+            return Err((
+                entry.span(),
+                format!("customers lists {:?} twice", entry.get_ref()),
+            ));
+        }
+    }
+    Ok(Customers::Only(customers))
 }
 
 /// A token bucket in thousandths of a token, so that integer arithmetic
@@ -375,7 +673,7 @@ async fn gate(State(gateway): State<Arc<Gateway>>, request: Request, next: Next)
     }
 }
 
-async fn check(gateway: &Gateway, request: Request) -> Result<Request, Problem> {
+async fn check(gateway: &Gateway, mut request: Request) -> Result<Request, Problem> {
     let Some(presented) = presented_key(&request) else {
         return Err(unauthorized(
             "api_key_missing",
@@ -387,20 +685,15 @@ async fn check(gateway: &Gateway, request: Request) -> Result<Request, Problem> 
         .ok_or_else(|| unauthorized("api_key_invalid", "the API key is not known"))?;
     let key = &gateway.keys[index];
     let method = request.method().clone();
-    let resource = Resource::of_path(request.uri().path());
-    let allowed = resource.is_some_and(|resource| {
-        key.scopes
-            .iter()
-            .any(|scope| scope.allows(&method, resource))
-    });
-    if !allowed {
+    let operation = Operation::of(&method, request.uri().path());
+    if !key.scopes.iter().any(|scope| scope.allows(&operation)) {
         return Err(Problem::new(
             StatusCode::FORBIDDEN,
             "scope_missing",
             "The API key may not do this",
             format!(
                 "key {:?} has no scope for {method} {}",
-                key.name,
+                key.name.as_str(),
                 request.uri().path()
             ),
         ));
@@ -412,13 +705,34 @@ async fn check(gateway: &Gateway, request: Request) -> Result<Request, Problem> 
             "Too many requests for this API key",
             format!(
                 "key {:?} is limited to {} requests per second (burst {})",
-                key.name, key.rate_per_second, key.burst
+                key.name.as_str(),
+                key.rate_per_second,
+                key.burst
             ),
         )
         .retry_after_ms(retry_after_ms)
     })?;
     tracing::debug!(key = %key.name, "admitted");
-    validate(request).await
+    // The client's own principal headers are replaced, never forwarded.
+    Forwarded {
+        principal: key.name.clone(),
+        customers: key.customers.clone(),
+    }
+    .write_to(request.headers_mut());
+    let (request, body_customer) = validate(request, &operation).await?;
+    let customer = operation.path_customer().or(body_customer.as_deref());
+    let acts_for_customer = matches!(
+        operation,
+        Operation::PlaceOrder | Operation::TopUp(_) | Operation::ReadWallet(_)
+    );
+    if acts_for_customer && !customer.is_some_and(|customer| key.customers.permit(customer)) {
+        return Err(Problem::customer_forbidden(format!(
+            "key {:?} does not act for customer {:?}",
+            key.name.as_str(),
+            customer.unwrap_or("")
+        )));
+    }
+    Ok(request)
 }
 
 fn unauthorized(code: &'static str, detail: &str) -> Problem {
@@ -430,26 +744,48 @@ fn unauthorized(code: &'static str, detail: &str) -> Problem {
     )
 }
 
+/// The one body field the gateway reads: whom a new order is for. Like
+/// the service's own parse, a repeated `customer` member is refused, so the
+/// gateway and the service never read different customers from one body.
+#[derive(Deserialize)]
+struct OrderCustomer {
+    customer: Option<String>,
+}
+
 /// Body checks: writes carry JSON of bounded size that parses, and POSTs
-/// carry an idempotency key. The services check all of this again; the
-/// gateway refuses early so that bad traffic never reaches them.
-async fn validate(request: Request) -> Result<Request, Problem> {
+/// carry exactly one idempotency key. The services check all of this again;
+/// the gateway refuses early so that bad traffic never reaches them. Returns
+/// the request and, for `POST /orders`, the customer its body names.
+async fn validate(
+    request: Request,
+    operation: &Operation,
+) -> Result<(Request, Option<String>), Problem> {
     let method = request.method().clone();
     if method != Method::POST && method != Method::PUT {
-        return Ok(request);
+        return Ok((request, None));
     }
-    if method == Method::POST && !request.headers().contains_key(&IDEMPOTENCY_KEY) {
-        return Err(Problem::idempotency_key_missing());
+    if method == Method::POST {
+        match request.headers().get_all(&IDEMPOTENCY_KEY).iter().count() {
+            0 => return Err(Problem::idempotency_key_missing()),
+            1 => {}
+            _ => return Err(Problem::idempotency_key_repeated()),
+        }
     }
     require_json(request.headers())?;
     let (mut parts, body) = request.into_parts();
     let bytes = read_body(body, body_read_timeout(&parts.extensions)).await?;
     parse_json::<serde::de::IgnoredAny>(&bytes)?;
+    let customer = match operation {
+        Operation::PlaceOrder => serde_json::from_slice::<OrderCustomer>(&bytes)
+            .ok()
+            .and_then(|body| body.customer),
+        _ => None,
+    };
     parts.headers.insert(
         header::CONTENT_LENGTH,
         HeaderValue::from(u64::try_from(bytes.len()).unwrap_or(u64::MAX)),
     );
-    Ok(Request::from_parts(parts, Body::from(bytes)))
+    Ok((Request::from_parts(parts, Body::from(bytes)), customer))
 }
 
 #[cfg(test)]
@@ -476,45 +812,117 @@ mod tests {
 
     #[rstest::rstest]
     #[case("*", Method::POST, "/stock/x", true)]
+    #[case("*", Method::DELETE, "/orders/1", true)]
     #[case("orders:read", Method::GET, "/orders/1", true)]
+    #[case("orders:read", Method::HEAD, "/orders/1", true)]
     #[case("orders:read", Method::POST, "/orders", false)]
     #[case("orders:write", Method::POST, "/orders", true)]
+    #[case::a_write_grants_no_read("orders:write", Method::GET, "/orders/1", false)]
     #[case("orders:write", Method::GET, "/wallets/a", false)]
+    #[case::write_is_not_every_method("orders:write", Method::DELETE, "/orders/1", false)]
+    #[case("wallets:top-up", Method::POST, "/wallets/a/top-ups", true)]
+    #[case::a_top_up_grants_no_read("wallets:top-up", Method::GET, "/wallets/a", false)]
+    #[case("wallets:read", Method::GET, "/wallets/a", true)]
+    #[case("wallets:read", Method::POST, "/wallets/a/top-ups", false)]
     #[case("stock:write", Method::PUT, "/stock/a", true)]
-    fn scopes_allow_what_they_name(
+    #[case::stock_write_grants_no_read("stock:write", Method::GET, "/stock/a", false)]
+    #[case("stock:read", Method::GET, "/stock/a", true)]
+    #[case::paths_are_exact("wallets:read", Method::GET, "//wallets/a", false)]
+    #[case::no_extra_segments("wallets:read", Method::GET, "/wallets/a/..", false)]
+    fn scopes_allow_exactly_what_they_name(
         #[case] scope: &str,
         #[case] method: Method,
         #[case] path: &str,
         #[case] allowed: bool,
     ) {
-        // Proves the scope table: read is GET only, write is any method, * is all.
+        // Proves the scope table: each scope grants its one operation, no
+        // write grants a read, and only * reaches anything else.
         let scope: Scope = scope.parse().expect("valid");
-        let resource = Resource::of_path(path).expect("an API path");
-        assert_eq!(scope.allows(&method, resource), allowed);
+        assert_eq!(scope.allows(&Operation::of(&method, path)), allowed);
     }
 
     #[rstest::rstest]
     #[case(
-        "[[key]]\nname = \"a\"\nsha256 = \"00\"\nscopes = [\"*\"]",
-        "64 hexadecimal"
+        "[[key]]\nname = \"a\"\nsha256 = \"00\"\ncustomers = [\"*\"]\nscopes = [\"*\"]",
+        "line 3, key \"a\": sha256 must be 64 hexadecimal"
     )]
     #[case(
-        "[[key]]\nname = \"a\"\nsha256 = \"{h}\"\nscopes = [\"orders:delete\"]",
-        ":read or :write"
+        "[[key]]\nname = \"a\"\nsha256 = \"{h}\"\ncustomers = [\"*\"]\nscopes = [\"orders:delete\"]",
+        "line 5, key \"a\": scope \"orders:delete\" is unknown; scopes are *, orders:read"
+    )]
+    #[case::old_wallet_scope_is_refused_with_its_replacement(
+        "[[key]]\nname = \"a\"\nsha256 = \"{h}\"\ncustomers = [\"*\"]\nscopes = [\"orders:read\",\n  \"wallets:write\"]",
+        "line 6, key \"a\": scope \"wallets:write\" no longer exists: use wallets:top-up"
+    )]
+    #[case::a_key_without_customers_is_refused(
+        "[[key]]\nname = \"a\"\nsha256 = \"{h}\"\nscopes = [\"*\"]",
+        "line 2, key \"a\": customers is missing"
     )]
     #[case(
-        "[[key]]\nname = \"a\"\nsha256 = \"{h}\"\nscopes = [\"*\"]\nrate_per_second = 0",
+        "[[key]]\nname = \"a\"\nsha256 = \"{h}\"\ncustomers = []\nscopes = [\"*\"]",
+        "customers must not be empty"
+    )]
+    #[case(
+        "[[key]]\nname = \"a\"\nsha256 = \"{h}\"\ncustomers = [\"*\", \"bob\"]\nscopes = [\"*\"]",
+        "either [\"*\"] or a list"
+    )]
+    #[case(
+        "[[key]]\nname = \"a\"\nsha256 = \"{h}\"\ncustomers = [\"bob\", \"bo b\"]\nscopes = [\"*\"]",
+        "line 4, key \"a\": customers: customer id \"bo b\""
+    )]
+    #[case(
+        "[[key]]\nname = \"a b\"\nsha256 = \"{h}\"\ncustomers = [\"*\"]\nscopes = [\"*\"]",
+        "name: principal \"a b\" may only contain"
+    )]
+    #[case(
+        "[[key]]\nname = \"a\"\nsha256 = \"{h}\"\ncustomers = [\"*\"]\nscopes = [\"*\"]\nrate_per_second = 0",
         "positive"
     )]
     #[case(
-        "[[key]]\nname = \"a\"\nsha256 = \"{h}\"\nscopes = []\ncolour = 1",
-        "unknown field"
+        "[[key]]\nname = \"a\"\nsha256 = \"{h}\"\ncustomers = [\"*\"]\nscopes = []\ncolour = 1",
+        "line 6: unknown field `colour`"
     )]
-    fn bad_keys_files_are_refused_with_the_reason(#[case] text: &str, #[case] reason: &str) {
-        // Proves a keys file with a mistake is refused, naming the mistake.
+    fn bad_keys_files_are_refused_with_the_line_and_the_reason(
+        #[case] text: &str,
+        #[case] reason: &str,
+    ) {
+        // Proves a keys file with a mistake is refused in one line naming
+        // the line, the key and the mistake.
         let text = text.replace("{h}", &to_hex(&hash_key("k")));
         let error = parse_keys(&text).expect_err("refused").to_string();
         assert!(error.contains(reason), "{error}");
+        assert!(!error.contains('\n'), "one line: {error}");
+    }
+
+    #[test]
+    fn the_forwarded_principal_reads_back_what_the_gateway_writes() {
+        // Proves the principal headers round-trip, a client's own copy is
+        // replaced, and a partial or repeated pair is refused.
+        let forwarded = Forwarded {
+            principal: Principal::new("shop").expect("valid"),
+            customers: Customers::Only(
+                ["alice", "bob"]
+                    .into_iter()
+                    .map(|id| CustomerId::new(id).expect("valid"))
+                    .collect(),
+            ),
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(PRINCIPAL, HeaderValue::from_static("forged"));
+        headers.insert(PRINCIPAL_CUSTOMERS, HeaderValue::from_static("*"));
+        forwarded.write_to(&mut headers);
+        assert_eq!(
+            Forwarded::from_headers(&headers).expect("valid"),
+            Some(forwarded)
+        );
+        assert_eq!(
+            Forwarded::from_headers(&HeaderMap::new()).expect("valid"),
+            None
+        );
+        headers.append(PRINCIPAL, HeaderValue::from_static("other"));
+        assert!(Forwarded::from_headers(&headers).is_err());
+        headers.remove(PRINCIPAL);
+        assert!(Forwarded::from_headers(&headers).is_err());
     }
 
     #[test]
@@ -522,7 +930,7 @@ mod tests {
         // Proves a key is found by its hash and a near miss is not.
         let key = new_key();
         let text = format!(
-            "[[key]]\nname = \"shop\"\nsha256 = \"{}\"\nscopes = [\"orders:write\"]",
+            "[[key]]\nname = \"shop\"\nsha256 = \"{}\"\ncustomers = [\"*\"]\nscopes = [\"orders:write\"]",
             to_hex(&hash_key(&key))
         );
         let gateway = Gateway::new(parse_keys(&text).expect("valid"));

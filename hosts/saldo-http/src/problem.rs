@@ -94,6 +94,30 @@ impl Problem {
         .field("Idempotency-Key")
     }
 
+    /// 400 for a request carrying more than one `Idempotency-Key` header:
+    /// which one the client meant is not ours to guess.
+    pub fn idempotency_key_repeated() -> Problem {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "idempotency_key_repeated",
+            "Exactly one Idempotency-Key header is allowed",
+            "the request carries several Idempotency-Key headers; send one",
+        )
+        .field("Idempotency-Key")
+    }
+
+    /// 403 for a request acting for a customer its API key does not act for.
+    /// The answer depends only on the request and the key, never on what is
+    /// stored, so it reveals nothing about the customer.
+    pub fn customer_forbidden(detail: impl Into<String>) -> Problem {
+        Problem::new(
+            StatusCode::FORBIDDEN,
+            "customer_forbidden",
+            "The API key may not act for this customer",
+            detail,
+        )
+    }
+
     /// 404 for a resource that does not exist.
     pub fn not_found(code: &'static str, detail: impl Into<String>) -> Problem {
         Problem::new(StatusCode::NOT_FOUND, code, "Not found", detail)

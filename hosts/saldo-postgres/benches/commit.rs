@@ -67,6 +67,7 @@ fn place_order(id: u64) -> PlaceOrder {
         }],
         currency: Currency::EUR,
         idempotency_key: IdempotencyKey::new(format!("bench-{id}")).expect("valid"),
+        principal: None,
         correlation_id: CorrelationId::new(format!("bench-{id}")).expect("valid"),
         traceparent: Traceparent::root(Id128::derive("bench", &[&id.to_be_bytes()])),
     }
@@ -245,6 +246,7 @@ fn main() {
                 customer: CustomerId::new(format!("w{index}")).expect("valid"),
                 amount: eur(1_000_000),
                 idempotency_key: IdempotencyKey::new(format!("setup-{index}")).expect("valid"),
+                principal: None,
                 correlation_id: CorrelationId::new("setup").expect("valid"),
                 traceparent: Traceparent::root(Id128::derive("setup", &[&index.to_be_bytes()])),
             };

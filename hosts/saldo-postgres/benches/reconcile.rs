@@ -50,6 +50,7 @@ fn templates() -> Templates {
         customer: CustomerId::new("c-template").expect("valid"),
         amount: eur(TOP_UP_MINOR),
         idempotency_key: IdempotencyKey::new("t").expect("valid"),
+        principal: None,
         correlation_id: CorrelationId::new("t").expect("valid"),
         traceparent: trace.clone(),
     };
@@ -75,6 +76,7 @@ fn templates() -> Templates {
         }],
         currency: Currency::EUR,
         idempotency_key: IdempotencyKey::new("k").expect("valid"),
+        principal: None,
         correlation_id: CorrelationId::new("r-template").expect("valid"),
         traceparent: trace,
     };

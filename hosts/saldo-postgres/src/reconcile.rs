@@ -101,8 +101,6 @@ impl Scope {
             }
         }
     }
-
-
 }
 
 impl Reconciler {

@@ -8,7 +8,7 @@ use saldo_domain::decision::{
 };
 use saldo_domain::messages::{Envelope, Service};
 use saldo_domain::store::CommitError;
-use saldo_idempotency::{Fingerprint, IdempotencyKey, IdempotencyRecord};
+use saldo_idempotency::{Fingerprint, IdempotencyRecord, ScopedKey};
 use saldo_ledger::{AccountId, ChainHash, Entry, Posting, StoredEntry};
 use saldo_types::{Currency, Id128, OrderId, Timestamp};
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -213,7 +213,7 @@ impl PgStore {
         }
         let mut idempotency = BTreeMap::new();
         for service in Service::ALL {
-            let keys: Vec<&IdempotencyKey> = read_set
+            let keys: Vec<&ScopedKey> = read_set
                 .idempotency
                 .iter()
                 .filter(|(owner, _)| *owner == service)
@@ -222,7 +222,7 @@ impl PgStore {
             if keys.is_empty() {
                 continue;
             }
-            let texts: Vec<&str> = keys.iter().map(|key| key.as_str()).collect();
+            let texts: Vec<String> = keys.iter().map(|key| key.to_string()).collect();
             let sql = format!(
                 "SELECT key, version, record::text FROM {}.idempotency_keys WHERE key = ANY($1)",
                 schema(service)
@@ -232,7 +232,7 @@ impl PgStore {
                 .fetch_all(&mut *connection)
                 .await?
             {
-                let key = IdempotencyKey::new(row.try_get::<String, _>(0)?).map_err(corrupt)?;
+                let key = ScopedKey::parse(row.try_get::<&str, _>(0)?).map_err(corrupt)?;
                 let record = Versioned {
                     version: to_u64(row.try_get(1)?, "version")?,
                     value: from_json(row.try_get::<&str, _>(2)?, "idempotency record")?,
@@ -612,7 +612,7 @@ async fn write_idempotency(
                 .iter()
                 .map(|write| {
                     Ok(serde_json::json!({
-                        "key": write.key.as_str(),
+                        "key": write.key.to_string(),
                         "expected": to_i64(write.expected, "version")?,
                         "record": write.record,
                         "expires_at": to_i64(write.record.expires_at.unix_ms(), "expires_at")?,
@@ -622,10 +622,10 @@ async fn write_idempotency(
             let written = run_records(transaction, sql, records).await?;
             if let Some(missed) = group
                 .iter()
-                .find(|write| !written.contains(write.key.as_str()))
+                .find(|write| !written.contains(&write.key.to_string()))
             {
                 return Err(PgCommitError::Conflict(CommitError::IdempotencyConflict {
-                    key: missed.key.as_str().to_owned(),
+                    key: missed.key.to_string(),
                 }));
             }
         }

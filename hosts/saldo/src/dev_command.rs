@@ -117,6 +117,7 @@ async fn seed(backend: &MemoryBackend, rules: &Rules) -> anyhow::Result<()> {
             amount: Money::from_minor(amount_minor, Currency::EUR),
             idempotency_key: IdempotencyKey::new(format!("demo-seed-{customer}"))
                 .context("demo key")?,
+            principal: None,
             correlation_id: CorrelationId::new("demo-seed").context("demo correlation id")?,
             traceparent: Traceparent::root(Id128::derive("demo-seed", &[customer.as_bytes()])),
         };

@@ -10,6 +10,7 @@ use axum::http::Uri;
 use clap::Args;
 use saldo_http::gateway::{Gateway, Scope, hash_key, new_key, parse_keys, to_hex};
 use saldo_http::proxy::{self, Upstreams};
+use saldo_types::{CustomerId, Principal};
 
 use crate::service_command::{runtime, shutdown};
 
@@ -72,11 +73,25 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<ExitCode> {
 /// Arguments of `saldo api-key`.
 #[derive(Debug, Args)]
 pub struct ApiKeyArgs {
-    /// Who gets the key (shown in logs and 403 answers).
-    #[arg(long)]
+    /// Who gets the key: its principal (shown in logs and 403 answers, and
+    /// the namespace of its idempotency keys). Letters, digits and . _ : -
+    #[arg(long, value_parser = parse_name)]
     name: String,
-    /// What it may do: orders:read, orders:write, wallets:read,
-    /// wallets:write, stock:read, stock:write, or * (repeatable).
+    /// A customer the key acts for (repeatable; required unless
+    /// --all-customers).
+    #[arg(
+        long = "customer",
+        value_parser = parse_customer,
+        required_unless_present = "all_customers",
+        conflicts_with = "all_customers"
+    )]
+    customers: Vec<String>,
+    /// The key acts for every customer (a back-office key).
+    #[arg(long)]
+    all_customers: bool,
+    /// What it may do, exactly: orders:read, orders:write, wallets:read,
+    /// wallets:top-up, stock:read, stock:write, or * (repeatable). A write
+    /// scope grants no read.
     #[arg(long = "scope", required = true, value_parser = parse_scope)]
     scopes: Vec<String>,
     /// Sustained requests per second.
@@ -91,13 +106,34 @@ fn parse_scope(text: &str) -> Result<String, String> {
     text.parse::<Scope>().map(|_| text.to_owned())
 }
 
+fn parse_name(text: &str) -> Result<String, String> {
+    Principal::new(text)
+        .map(|_| text.to_owned())
+        .map_err(|error| error.to_string())
+}
+
+fn parse_customer(text: &str) -> Result<String, String> {
+    if text == "*" {
+        return Err("use --all-customers for a back-office key".to_owned());
+    }
+    CustomerId::new(text)
+        .map(|_| text.to_owned())
+        .map_err(|error| error.to_string())
+}
+
 /// Prints a new key once, and the entry (with only its hash) for the keys file.
 pub fn run_api_key(args: &ApiKeyArgs) -> anyhow::Result<ExitCode> {
     let key = new_key();
+    let customers = if args.all_customers {
+        vec!["*".to_owned()]
+    } else {
+        args.customers.clone()
+    };
     let mut entry = format!(
-        "[[key]]\nname = {:?}\nsha256 = \"{}\"\nscopes = {:?}\n",
+        "[[key]]\nname = {:?}\nsha256 = \"{}\"\ncustomers = {:?}\nscopes = {:?}\n",
         args.name,
         to_hex(&hash_key(&key)),
+        customers,
         args.scopes
     );
     if let Some(rate) = args.rate_per_second {

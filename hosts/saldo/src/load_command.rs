@@ -386,6 +386,8 @@ impl fmt::Display for RequestError {
 /// was refused: `reason` is what the report counts it under.
 #[derive(Debug)]
 struct WriteFailed {
+    /// The refusing answer's status; `None` when no answer came.
+    status: Option<StatusCode>,
     reason: String,
 }
 
@@ -409,15 +411,15 @@ impl Http {
         &self,
         method: Method,
         url: &str,
-        idempotency_key: Option<&str>,
+        headers: &[(&str, &str)],
         body: Option<&Value>,
     ) -> Result<Reply, RequestError> {
         let mut request = Request::builder().method(method).uri(url);
         if let Some(key) = &self.api_key {
             request = request.header("X-Api-Key", key);
         }
-        if let Some(key) = idempotency_key {
-            request = request.header("Idempotency-Key", key);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         let payload = match body {
             Some(body) => {
@@ -456,22 +458,20 @@ impl Http {
         &self,
         method: Method,
         url: &str,
-        idempotency_key: Option<&str>,
+        headers: &[(&str, &str)],
         body: &Value,
     ) -> Result<Reply, WriteFailed> {
         let mut pause = RETRY_PAUSE_INITIAL;
         let mut last_failure = String::new();
         for attempt in 1..=WRITE_ATTEMPTS_MAX {
-            match self
-                .send(method.clone(), url, idempotency_key, Some(body))
-                .await
-            {
+            match self.send(method.clone(), url, headers, Some(body)).await {
                 Ok(reply) if reply.status.is_success() => return Ok(reply),
                 Ok(reply) if reply.is_transient() => {
                     last_failure = format!("{} {}", reply.status.as_u16(), reply.code());
                 }
                 Ok(reply) => {
                     return Err(WriteFailed {
+                        status: Some(reply.status),
                         reason: format!("{} {}", reply.status.as_u16(), reply.code()),
                     });
                 }
@@ -489,6 +489,7 @@ impl Http {
             }
         }
         Err(WriteFailed {
+            status: None,
             reason: format!("{last_failure} after {WRITE_ATTEMPTS_MAX} attempts"),
         })
     }
@@ -577,8 +578,17 @@ async fn set_stock(
                 "currency": CURRENCY,
             });
             let url = format!("{base}/stock/{}", sku_name(sku_index));
-            http.write(Method::PUT, &url, None, &body)
-                .await
+            // Seeding sets the level whatever an earlier run left: an
+            // existing SKU answers 428, and the write is repeated over any
+            // version (`If-Match: *`).
+            let written = match http.write(Method::PUT, &url, &[], &body).await {
+                Err(failed) if failed.status == Some(StatusCode::PRECONDITION_REQUIRED) => {
+                    http.write(Method::PUT, &url, &[("If-Match", "*")], &body)
+                        .await
+                }
+                other => other,
+            };
+            written
                 .map(drop)
                 .map_err(|failed| format!("PUT {url}: {}", failed.reason))
         }
@@ -603,7 +613,7 @@ async fn top_up_wallets(
             let body = json!({ "amount_minor": top_up.amount_minor, "currency": CURRENCY });
             let url = format!("{base}/wallets/{}/top-ups", customer_name(top_up.customer));
             let key = format!("load-{run_id}-top-up-{}-{}", top_up.customer, top_up.part);
-            http.write(Method::POST, &url, Some(&key), &body)
+            http.write(Method::POST, &url, &[("Idempotency-Key", &key)], &body)
                 .await
                 .map(drop)
                 .map_err(|failed| format!("POST {url}: {}", failed.reason))
@@ -660,7 +670,12 @@ async fn place(
             });
             let key = format!("load-{run_id}-order-{index}");
             let reply = http
-                .write(Method::POST, &format!("{base}/orders"), Some(&key), &body)
+                .write(
+                    Method::POST,
+                    &format!("{base}/orders"),
+                    &[("Idempotency-Key", &key)],
+                    &body,
+                )
                 .await
                 .map_err(|failed| failed.reason)?;
             reply.body["order_id"]
@@ -848,7 +863,7 @@ async fn read_orders(
         let (http, base, orders) = (http.clone(), base.clone(), orders.clone());
         async move {
             let url = format!("{base}/orders/{}", orders[position].1);
-            match http.send(Method::GET, &url, None, None).await {
+            match http.send(Method::GET, &url, &[], None).await {
                 Ok(reply) if reply.status == StatusCode::OK => parse_order(&reply.body),
                 Ok(_) | Err(_) => Ok(None),
             }

@@ -122,8 +122,35 @@ fn bad_arguments_give_one_readable_line_and_a_non_zero_exit() {
             "cannot read the keys file /nonexistent/keys.toml",
         ),
         (
-            vec!["api-key", "--name", "x", "--scope", "orders:delete"],
-            "must end in :read or :write",
+            vec![
+                "api-key",
+                "--name",
+                "x",
+                "--all-customers",
+                "--scope",
+                "orders:delete",
+            ],
+            "scope \"orders:delete\" is unknown; scopes are *, orders:read",
+        ),
+        (
+            vec![
+                "api-key",
+                "--name",
+                "x",
+                "--customer",
+                "alice",
+                "--scope",
+                "wallets:write",
+            ],
+            "use wallets:top-up to top up and wallets:read to read",
+        ),
+        (
+            vec!["api-key", "--name", "x", "--scope", "*"],
+            "--customer <CUSTOMERS>",
+        ),
+        (
+            vec!["api-key", "--name", "x", "--customer", "*", "--scope", "*"],
+            "use --all-customers for a back-office key",
         ),
         (
             vec![
@@ -648,6 +675,7 @@ fn services_killed_with_sigkill_mid_flow_lose_nothing_and_charge_nothing_twice()
                 customer: CustomerId::new(format!("c{customer}")).expect("valid"),
                 amount: eur(if customer < 8 { 10_000 } else { 150 }),
                 idempotency_key: IdempotencyKey::new(format!("seed-{customer}")).expect("valid"),
+                principal: None,
                 correlation_id: CorrelationId::new("seed").expect("valid"),
                 traceparent: Traceparent::root(Id128::derive("seed", &[&[customer]])),
             };
@@ -677,6 +705,7 @@ fn services_killed_with_sigkill_mid_flow_lose_nothing_and_charge_nothing_twice()
                 }],
                 currency: Currency::EUR,
                 idempotency_key: IdempotencyKey::new(format!("k{index}")).expect("valid"),
+                principal: None,
                 correlation_id: CorrelationId::new(format!("r{index}")).expect("valid"),
                 traceparent: Traceparent::root(Id128::derive("kill-test", &[&index.to_be_bytes()])),
             };
@@ -1184,6 +1213,118 @@ fn dev_mode_runs_the_readme_walkthrough_to_confirmation_and_cancellation() {
     processes.stop_all();
 }
 
+/// Issues a key with `saldo api-key`; the key and its keys-file entry.
+fn issue_key(arguments: &[&str]) -> (String, String) {
+    let mut all = vec!["api-key"];
+    all.extend_from_slice(arguments);
+    let issued = saldo(&all);
+    assert!(
+        issued.status.success(),
+        "{}",
+        String::from_utf8_lossy(&issued.stderr)
+    );
+    let issued = stdout(&issued);
+    let (key, entry) = issued.split_once("\n\n").expect("the key, then the entry");
+    (key.trim().to_owned(), entry.to_owned())
+}
+
+#[test]
+fn the_gateway_in_dev_mode_binds_issued_keys_to_their_customers_and_namespaces() {
+    // Regression for issue #14.5-7 end to end: keys issued by `saldo
+    // api-key --customer` act only for their customers, read nothing their
+    // scopes do not name, and two clients using one Idempotency-Key get
+    // their own orders.
+    use serde_json::json;
+    let reading = ["--scope", "orders:write", "--scope", "orders:read"];
+    let (shop_a, entry_a) = issue_key(
+        &[
+            &["--name", "shop-a", "--customer", "alice"][..],
+            &reading[..],
+        ]
+        .concat(),
+    );
+    let (shop_b, entry_b) = issue_key(
+        &[
+            &[
+                "--name",
+                "shop-b",
+                "--customer",
+                "alice",
+                "--customer",
+                "carol",
+            ][..],
+            &reading[..],
+        ]
+        .concat(),
+    );
+    let (bob_app, entry_bob) = issue_key(
+        &[
+            &["--name", "bob-app", "--customer", "bob"][..],
+            &reading[..],
+        ]
+        .concat(),
+    );
+    assert!(
+        entry_b.contains("customers = [\"alice\", \"carol\"]"),
+        "{entry_b}"
+    );
+    let keys_file =
+        std::env::temp_dir().join(format!("saldo-dev-keys-{}.toml", std::process::id()));
+    std::fs::write(&keys_file, format!("{entry_a}\n{entry_b}\n{entry_bob}"))
+        .expect("writes the keys file");
+    let keys_path = keys_file.to_str().expect("utf-8 path");
+    let (mut processes, address) =
+        start_saldo(&["dev", "--listen", "127.0.0.1:0", "--keys", keys_path]);
+    let place = |key: &str, idempotency: &str, customer: &str| {
+        let body = json!({ "customer": customer, "currency": "EUR", "lines": [{ "sku": "book", "quantity": 1 }] });
+        http(
+            &address,
+            "POST",
+            "/orders",
+            &[("X-Api-Key", key), ("Idempotency-Key", idempotency)],
+            Some(&body),
+        )
+        .expect("dev answers")
+    };
+    let (status, _, refused) = place(&shop_a, "k", "bob");
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (403, Some("customer_forbidden"))
+    );
+    let (status, _, first) = place(&shop_a, "k", "alice");
+    assert_eq!(status, 201, "{first}");
+    let (status, _, second) = place(&shop_b, "k", "alice");
+    assert_eq!(status, 201, "{second}");
+    assert_ne!(
+        first["order_id"], second["order_id"],
+        "shop-b got its own order"
+    );
+    let path = format!("/orders/{}", first["order_id"].as_str().expect("an id"));
+    let (status, _, own) =
+        http(&address, "GET", &path, &[("X-Api-Key", &shop_a)], None).expect("answers");
+    assert_eq!((status, own["customer"].as_str()), (200, Some("alice")));
+    let (status, _, hidden) =
+        http(&address, "GET", &path, &[("X-Api-Key", &bob_app)], None).expect("answers");
+    assert_eq!(
+        (status, hidden["code"].as_str()),
+        (404, Some("order_not_found"))
+    );
+    let (status, _, wallet) = http(
+        &address,
+        "GET",
+        "/wallets/alice",
+        &[("X-Api-Key", &shop_a)],
+        None,
+    )
+    .expect("answers");
+    assert_eq!(
+        (status, wallet["code"].as_str()),
+        (403, Some("scope_missing"))
+    );
+    processes.stop_all();
+    let _ = std::fs::remove_file(&keys_file);
+}
+
 #[test]
 fn a_configuration_file_sets_what_flags_do_not_and_its_mistakes_are_one_line() {
     // Proves `--config FILE`: its settings apply to the subcommand, and a
@@ -1260,6 +1401,7 @@ impl Production {
             "api-key",
             "--name",
             "e2e",
+            "--all-customers",
             "--scope",
             "*",
             "--rate-per-second",

@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use saldo_idempotency::{IdempotencyKey, IdempotencyRecord};
+use saldo_idempotency::{IdempotencyRecord, ScopedKey};
 use saldo_ledger::{Account, AccountId, Posting, PostingId};
 
 use crate::decision::{
@@ -45,7 +45,7 @@ pub struct BatchReadSet {
     /// Inbox receipts by consumer and message.
     pub inbox: BTreeSet<(Service, MessageId)>,
     /// Idempotency records by service and key.
-    pub idempotency: BTreeSet<(Service, IdempotencyKey)>,
+    pub idempotency: BTreeSet<(Service, ScopedKey)>,
 }
 
 impl BatchReadSet {
@@ -82,7 +82,7 @@ pub struct Loaded {
     /// Inbox receipts by consumer and message.
     pub inbox: BTreeMap<(Service, MessageId), InboxReceipt>,
     /// Idempotency records by service and key.
-    pub idempotency: BTreeMap<(Service, IdempotencyKey), StoredRecord>,
+    pub idempotency: BTreeMap<(Service, ScopedKey), StoredRecord>,
 }
 
 impl Loaded {
@@ -238,7 +238,7 @@ pub struct Batch {
     postings: Vec<Posting>,
     inbox: Vec<InboxReceipt>,
     outbox: Vec<(Service, Envelope)>,
-    idempotency: BTreeMap<(Service, IdempotencyKey), IdempotencyWrite>,
+    idempotency: BTreeMap<(Service, ScopedKey), IdempotencyWrite>,
     decided: usize,
 }
 
@@ -414,6 +414,7 @@ mod tests {
             customer: CustomerId::new(customer).expect("valid"),
             amount: Money::from_minor(amount_minor, Currency::EUR),
             idempotency_key: IdempotencyKey::new(key).expect("valid"),
+            principal: None,
             correlation_id: CorrelationId::new(key).expect("valid"),
             traceparent: Traceparent::root(Id128::derive("batch-test", &[key.as_bytes()])),
         }

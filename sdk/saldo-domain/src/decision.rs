@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use saldo_idempotency::{Fingerprint, IdempotencyKey, IdempotencyRecord};
+use saldo_idempotency::{Fingerprint, IdempotencyRecord, ScopedKey};
 use saldo_ledger::{Account, AccountId, Posting, PostingId};
 use saldo_types::{CustomerId, OrderId, Sku, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -119,8 +119,8 @@ pub struct InboxReceipt {
 pub struct IdempotencyWrite {
     /// The owning service.
     pub service: Service,
-    /// The client's key.
-    pub key: IdempotencyKey,
+    /// The client's key in its namespace.
+    pub key: ScopedKey,
     /// The version loaded (0 for a new key).
     pub expected: Version,
     /// The record to store.
@@ -191,7 +191,7 @@ pub struct ReadSet {
     /// The inbox receipt for this consumer and message.
     pub inbox: Option<(Service, MessageId)>,
     /// The idempotency record for this service and key.
-    pub idempotency: Option<(Service, IdempotencyKey)>,
+    pub idempotency: Option<(Service, ScopedKey)>,
 }
 
 /// A row as loaded: its version and content.

@@ -6,12 +6,16 @@
 //! point of no return). Users see `PENDING`, `CONFIRMED` or
 //! `CANCELLED(reason)`.
 
-use saldo_idempotency::{Fingerprint, IdempotencyKey, IdempotencyRecord, Verdict};
+use saldo_idempotency::{
+    Fingerprint, IdempotencyKey, IdempotencyRecord, Namespace, ScopedKey, Verdict,
+};
 use saldo_saga::{
     Definition, Ending, Failure, HistoryEvent, HistoryRecord, Outcome, Phase, Reply, RetryPolicy,
     SagaCommand, SagaInput, SagaInstance, StepSpec, Transition,
 };
-use saldo_types::{CorrelationId, Currency, CustomerId, Id128, Money, OrderId, Timestamp};
+use saldo_types::{
+    CorrelationId, Currency, CustomerId, Id128, Money, OrderId, Principal, Timestamp,
+};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -253,6 +257,9 @@ pub struct PlaceOrder {
     pub currency: Currency,
     /// The client's idempotency key.
     pub idempotency_key: IdempotencyKey,
+    /// The client the gateway authenticated, if one did; it names the
+    /// namespace of the idempotency key (see [`PlaceOrder::scoped_key`]).
+    pub principal: Option<Principal>,
     /// The request's correlation id.
     pub correlation_id: CorrelationId,
     /// The request's trace.
@@ -260,6 +267,16 @@ pub struct PlaceOrder {
 }
 
 impl PlaceOrder {
+    /// The idempotency key in its namespace: the principal's when the
+    /// gateway authenticated one, otherwise the customer's. Two clients
+    /// never see each other's answers.
+    pub fn scoped_key(&self) -> ScopedKey {
+        ScopedKey::new(
+            Namespace::of(self.principal.as_ref(), &self.customer),
+            self.idempotency_key.clone(),
+        )
+    }
+
     /// The fingerprint of what the request means (not of the generated order id).
     pub fn fingerprint(&self) -> Fingerprint {
         let mut lines = Vec::with_capacity(self.lines.len() * 24);
@@ -379,7 +396,7 @@ pub struct OrderAccepted {
 pub fn place_order_read_set(request: &PlaceOrder) -> ReadSet {
     ReadSet {
         rows: vec![RowKey::Order(request.order_id.clone())],
-        idempotency: Some((Service::Order, request.idempotency_key.clone())),
+        idempotency: Some((Service::Order, request.scoped_key())),
         ..ReadSet::default()
     }
 }
@@ -436,7 +453,7 @@ pub fn decide_place_order(
     };
     decision.idempotency = Some(IdempotencyWrite {
         service: Service::Order,
-        key: request.idempotency_key.clone(),
+        key: request.scoped_key(),
         expected: stored.map_or(0, |record| record.version),
         record: IdempotencyRecord::completed(
             fingerprint,

@@ -7,9 +7,13 @@
 //! stored outcome and never moves money twice. A refund that arrives before
 //! its charge leaves a tombstone, so the late charge is refused.
 
-use saldo_idempotency::{Fingerprint, IdempotencyKey, IdempotencyRecord, Verdict};
+use saldo_idempotency::{
+    Fingerprint, IdempotencyKey, IdempotencyRecord, Namespace, ScopedKey, Verdict,
+};
 use saldo_ledger::{AccountId, Applied, Book, Memo, Posting, PostingId, Rejection};
-use saldo_types::{CorrelationId, Currency, CustomerId, Id128, Money, OrderId, Timestamp};
+use saldo_types::{
+    CorrelationId, Currency, CustomerId, Id128, Money, OrderId, Principal, Timestamp,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::decision::{Decided, Decision, IdempotencyWrite, ReadSet, Row, RowKey, Snapshot};
@@ -391,10 +395,24 @@ pub struct TopUp {
     pub amount: Money,
     /// The client's idempotency key.
     pub idempotency_key: IdempotencyKey,
+    /// The client the gateway authenticated, if one did; it names the
+    /// namespace of the idempotency key (see [`TopUp::scoped_key`]).
+    pub principal: Option<Principal>,
     /// The request's correlation id.
     pub correlation_id: CorrelationId,
     /// The request's trace.
     pub traceparent: Traceparent,
+}
+
+impl TopUp {
+    /// The idempotency key in its namespace: the principal's when the
+    /// gateway authenticated one, otherwise the wallet owner's.
+    pub fn scoped_key(&self) -> ScopedKey {
+        ScopedKey::new(
+            Namespace::of(self.principal.as_ref(), &self.customer),
+            self.idempotency_key.clone(),
+        )
+    }
 }
 
 /// The answer to a top-up.
@@ -451,22 +469,41 @@ pub fn top_up_read_set(request: &TopUp) -> ReadSet {
             RowKey::Account(AccountId::wallet(request.customer.clone(), currency)),
             RowKey::Account(AccountId::Funding { currency }),
         ],
-        postings: vec![top_up_id(&request.customer, &request.idempotency_key)],
-        idempotency: Some((Service::Payment, request.idempotency_key.clone())),
+        postings: vec![top_up_id(&request.customer, &request.scoped_key())],
+        idempotency: Some((Service::Payment, request.scoped_key())),
         ..ReadSet::default()
     }
 }
 
-/// The id of a top-up posting.
-pub fn top_up_id(customer: &CustomerId, key: &IdempotencyKey) -> PostingId {
-    Id128::derive(
-        "posting",
-        &[
-            b"top_up",
-            customer.as_str().as_bytes(),
-            key.as_str().as_bytes(),
-        ],
-    )
+/// The id of a top-up posting, derived from the wallet and the scoped key,
+/// so that two clients using the same key never share a posting (a shared
+/// id would make the second top-up look like a retry of the first and move
+/// no money). In the customer's own namespace the id is what it was before
+/// keys had namespaces, so a retry across that upgrade still moves money once.
+pub fn top_up_id(customer: &CustomerId, key: &ScopedKey) -> PostingId {
+    let client_key = key.key().as_str().as_bytes();
+    match key.namespace() {
+        Namespace::Customer(owner) => {
+            assert_eq!(
+                owner, customer,
+                "a top-up in a customer namespace is keyed by the wallet's owner"
+            );
+            Id128::derive(
+                "posting",
+                &[b"top_up", customer.as_str().as_bytes(), client_key],
+            )
+        }
+        Namespace::Principal(principal) => Id128::derive(
+            "posting",
+            &[
+                b"top_up",
+                customer.as_str().as_bytes(),
+                client_key,
+                b"principal",
+                principal.as_str().as_bytes(),
+            ],
+        ),
+    }
 }
 
 /// Decides a top-up: opens the wallet on first use and posts funding -> wallet.
@@ -532,7 +569,7 @@ pub fn decide_top_up(
     book.open_account(AccountId::Funding {
         currency: amount.currency(),
     });
-    let posting_id = top_up_id(&request.customer, &request.idempotency_key);
+    let posting_id = top_up_id(&request.customer, &request.scoped_key());
     let posting = Posting::transfer(
         posting_id,
         AccountId::Funding {
@@ -561,7 +598,7 @@ pub fn decide_top_up(
     };
     decision.idempotency = Some(IdempotencyWrite {
         service: Service::Payment,
-        key: request.idempotency_key.clone(),
+        key: request.scoped_key(),
         expected: stored.map_or(0, |record| record.version),
         record: IdempotencyRecord::completed(
             fingerprint,

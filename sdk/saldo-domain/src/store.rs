@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
-use saldo_idempotency::{IdempotencyKey, IdempotencyRecord};
+use saldo_idempotency::{IdempotencyRecord, ScopedKey};
 use saldo_ledger::{Account, Entry, PostingId};
 use saldo_types::{Money, OrderId, Timestamp};
 
@@ -114,8 +114,7 @@ pub struct MemoryStore {
     entries: Vec<Entry>,
     entry_by_posting: BTreeMap<PostingId, usize>,
     inbox: HashMap<(Service, MessageId), InboxReceipt, FixedState>,
-    idempotency:
-        BTreeMap<(Service, IdempotencyKey), Versioned<IdempotencyRecord<serde_json::Value>>>,
+    idempotency: BTreeMap<(Service, ScopedKey), Versioned<IdempotencyRecord<serde_json::Value>>>,
     outboxes: BTreeMap<Service, Outbox>,
     timers: BTreeSet<(Timestamp, OrderId)>,
 }
@@ -302,7 +301,7 @@ impl MemoryStore {
                 .map_or(0, |record| record.version);
             if found != write.expected {
                 return Err(CommitError::IdempotencyConflict {
-                    key: write.key.as_str().to_owned(),
+                    key: write.key.to_string(),
                 });
             }
         }
@@ -391,7 +390,7 @@ impl MemoryStore {
     ) -> impl Iterator<
         Item = (
             Service,
-            &IdempotencyKey,
+            &ScopedKey,
             &Versioned<IdempotencyRecord<serde_json::Value>>,
         ),
     > {

@@ -84,6 +84,7 @@ impl World {
             customer: customer(who),
             amount,
             idempotency_key: key(idempotency_key),
+            principal: None,
             correlation_id: CorrelationId::new(format!("top-up-{idempotency_key}")).expect("valid"),
             traceparent: Traceparent::root(Id128::derive("test", &[idempotency_key.as_bytes()])),
         };
@@ -129,6 +130,7 @@ impl World {
             lines,
             currency: EUR,
             idempotency_key: key(idempotency_key),
+            principal: None,
             correlation_id: CorrelationId::new(format!("request-{idempotency_key}"))
                 .expect("valid"),
             traceparent: Traceparent::root(Id128::derive("test", &[idempotency_key.as_bytes()])),

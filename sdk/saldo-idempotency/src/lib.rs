@@ -18,10 +18,17 @@
 //!
 //! Fingerprints hash a canonical encoding ([`Fingerprint::of_json`] sorts
 //! object keys), so two requests that mean the same thing match.
+//!
+//! A client's [`IdempotencyKey`] is only unique among that client's requests,
+//! so it is stored inside a [`Namespace`] as a [`ScopedKey`]: the
+//! authenticated principal when the edge forwarded one, otherwise the
+//! customer the request acts for ([`Namespace::of`]). Two namespaces never
+//! share a record: the stored text of a scoped key is injective (its parts
+//! are separated by a space, which neither part may contain).
 
 use std::fmt;
 
-use saldo_types::Timestamp;
+use saldo_types::{CustomerId, Principal, Timestamp};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
@@ -79,6 +86,121 @@ impl TryFrom<String> for IdempotencyKey {
 impl From<IdempotencyKey> for String {
     fn from(key: IdempotencyKey) -> String {
         key.0
+    }
+}
+
+/// Whose idempotency keys a key belongs to. Records in different namespaces
+/// never meet, so one client cannot replay, or collide with, another's.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Namespace {
+    /// The client the gateway authenticated.
+    Principal(Principal),
+    /// No gateway vouched for the client: the customer the request acts for.
+    Customer(CustomerId),
+}
+
+impl Namespace {
+    /// The namespacing rule: the authenticated principal when the edge
+    /// forwarded one, otherwise the customer the request acts for.
+    pub fn of(principal: Option<&Principal>, customer: &CustomerId) -> Namespace {
+        match principal {
+            Some(principal) => Namespace::Principal(principal.clone()),
+            None => Namespace::Customer(customer.clone()),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Namespace::Principal(_) => "principal",
+            Namespace::Customer(_) => "customer",
+        }
+    }
+
+    fn name(&self) -> &str {
+        match self {
+            Namespace::Principal(principal) => principal.as_str(),
+            Namespace::Customer(customer) => customer.as_str(),
+        }
+    }
+}
+
+/// A client's key within its namespace: what a record is stored under.
+///
+/// Its text form (`Display`, serde, the database column) is
+/// `KIND NAMESPACE KEY`, for example `principal shop-frontend order-17`. No
+/// part may contain a space (kinds are fixed words, namespaces are text ids,
+/// keys are visible ASCII), so different scoped keys never share a text.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ScopedKey {
+    namespace: Namespace,
+    key: IdempotencyKey,
+}
+
+/// Why a stored scoped key could not be read back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text:?} is not a scoped idempotency key (KIND NAMESPACE KEY)")]
+pub struct ScopedKeyError {
+    /// The refused text.
+    pub text: String,
+}
+
+impl ScopedKey {
+    /// The client's `key` inside `namespace`.
+    pub fn new(namespace: Namespace, key: IdempotencyKey) -> ScopedKey {
+        ScopedKey { namespace, key }
+    }
+
+    /// Whose key it is.
+    pub fn namespace(&self) -> &Namespace {
+        &self.namespace
+    }
+
+    /// The key as the client sent it.
+    pub fn key(&self) -> &IdempotencyKey {
+        &self.key
+    }
+
+    /// Reads back the text form written by `Display`.
+    pub fn parse(text: &str) -> Result<ScopedKey, ScopedKeyError> {
+        let refused = || ScopedKeyError {
+            text: text.to_owned(),
+        };
+        let mut parts = text.splitn(3, ' ');
+        let (Some(kind), Some(name), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(refused());
+        };
+        let namespace = match kind {
+            "principal" => Namespace::Principal(Principal::new(name).map_err(|_| refused())?),
+            "customer" => Namespace::Customer(CustomerId::new(name).map_err(|_| refused())?),
+            _ => return Err(refused()),
+        };
+        let key = IdempotencyKey::new(key).map_err(|_| refused())?;
+        Ok(ScopedKey { namespace, key })
+    }
+}
+
+impl fmt::Display for ScopedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} {}",
+            self.namespace.kind(),
+            self.namespace.name(),
+            self.key.as_str()
+        )
+    }
+}
+
+impl Serialize for ScopedKey {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ScopedKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        ScopedKey::parse(&text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -384,6 +506,59 @@ mod tests {
             IdempotencyKey::new("k".repeat(KEY_LENGTH_MAX + 1)),
             Err(KeyError::TooLong)
         );
+    }
+
+    fn scoped(namespace: Namespace, key: &str) -> ScopedKey {
+        ScopedKey::new(namespace, IdempotencyKey::new(key).expect("valid"))
+    }
+
+    fn principal(name: &str) -> Namespace {
+        Namespace::Principal(Principal::new(name).expect("valid"))
+    }
+
+    fn customer(name: &str) -> Namespace {
+        Namespace::Customer(CustomerId::new(name).expect("valid"))
+    }
+
+    #[test]
+    fn the_namespace_is_the_principal_when_one_is_forwarded_else_the_customer() {
+        // Proves the namespacing rule: a forwarded principal wins over the
+        // customer the request names.
+        let alice = CustomerId::new("alice").expect("valid");
+        let shop = Principal::new("shop").expect("valid");
+        assert_eq!(Namespace::of(Some(&shop), &alice), principal("shop"));
+        assert_eq!(Namespace::of(None, &alice), customer("alice"));
+    }
+
+    #[rstest]
+    #[case::same_key_other_principal(scoped(principal("a"), "k"), scoped(principal("b"), "k"))]
+    #[case::principal_versus_customer(scoped(principal("a"), "k"), scoped(customer("a"), "k"))]
+    #[case::key_cannot_shift_into_the_namespace(
+        scoped(principal("a"), "b:k"),
+        scoped(principal("a:b"), "k")
+    )]
+    fn scoped_keys_of_different_namespaces_never_share_a_text(
+        #[case] first: ScopedKey,
+        #[case] second: ScopedKey,
+    ) {
+        // Proves the stored text is injective: two namespaces, or a key
+        // crafted to look like another namespace, never meet in storage.
+        assert_ne!(first, second);
+        assert_ne!(first.to_string(), second.to_string());
+        for key in [first, second] {
+            assert_eq!(ScopedKey::parse(&key.to_string()), Ok(key));
+        }
+    }
+
+    #[rstest]
+    #[case::bare_client_key("order-1")]
+    #[case::unknown_kind("tenant a k")]
+    #[case::namespace_invalid("customer a/b k")]
+    #[case::key_with_space("customer a k k")]
+    #[case::key_missing("principal a")]
+    fn malformed_scoped_keys_are_refused(#[case] text: &str) {
+        // Proves storage text that no scoped key writes is not read back as one.
+        assert!(ScopedKey::parse(text).is_err(), "{text}");
     }
 
     #[test]

@@ -275,6 +275,7 @@ impl Simulation {
             let request = TopUp {
                 amount: wallet.amount,
                 idempotency_key: IdempotencyKey::new(format!("top-up-{index}")).expect("valid key"),
+                principal: None,
                 correlation_id: CorrelationId::new(format!("setup-{index}")).expect("valid id"),
                 traceparent: Traceparent::root(Id128::derive(
                     "sim-setup",
@@ -748,6 +749,7 @@ impl Simulation {
             lines: planned.lines.clone(),
             currency: CURRENCY,
             idempotency_key: IdempotencyKey::new(format!("k{}", request.index)).expect("valid key"),
+            principal: None,
             correlation_id: CorrelationId::new(format!("r{}", request.index)).expect("valid id"),
             traceparent: Traceparent::root(Id128::derive(
                 "sim-request",

@@ -128,6 +128,13 @@ text_id!(
     "sku"
 );
 text_id!(
+    /// Who an authenticated client is: the name of its API key, which the
+    /// gateway forwards to the services. Idempotency keys are kept apart per
+    /// principal (see `saldo_idempotency::Namespace`).
+    Principal,
+    "principal"
+);
+text_id!(
     /// Ties together every message, row and log line caused by one client request.
     CorrelationId,
     "correlation id"

@@ -19,6 +19,6 @@ mod money;
 mod time;
 
 pub use currency::{Currency, CurrencyError};
-pub use id::{CorrelationId, CustomerId, Id128, IdError, OrderId, Sku};
+pub use id::{CorrelationId, CustomerId, Id128, IdError, OrderId, Principal, Sku};
 pub use money::{Money, MoneyError};
 pub use time::Timestamp;

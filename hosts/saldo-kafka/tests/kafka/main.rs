@@ -151,6 +151,7 @@ async fn seed(store: &PgStore) {
             customer: CustomerId::new(customer).expect("valid"),
             amount: eur(amount),
             idempotency_key: IdempotencyKey::new(format!("seed-{customer}")).expect("valid"),
+            principal: None,
             correlation_id: CorrelationId::new("seed").expect("valid"),
             traceparent: Traceparent::root(Id128::derive("seed", &[customer.as_bytes()])),
         };
@@ -184,6 +185,7 @@ async fn place(store: &PgStore, order: &str, customer: &str, quantity: u32) {
         }],
         currency: Currency::EUR,
         idempotency_key: IdempotencyKey::new(format!("key-{order}")).expect("valid"),
+        principal: None,
         correlation_id: CorrelationId::new(format!("c-{order}")).expect("valid"),
         traceparent: Traceparent::root(Id128::derive("test", &[order.as_bytes()])),
     };

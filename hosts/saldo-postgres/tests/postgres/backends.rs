@@ -134,7 +134,7 @@ pub fn memory_dump(store: &MemoryStore) -> Dump {
         .map(|(service, key, record)| {
             (
                 service,
-                key.as_str().to_owned(),
+                key.to_string(),
                 record.version,
                 record.value.clone(),
             )
@@ -175,6 +175,7 @@ impl Driver {
             customer: CustomerId::new(customer).expect("valid"),
             amount,
             idempotency_key: IdempotencyKey::new(key).expect("valid"),
+            principal: None,
             correlation_id: CorrelationId::new(format!("c-{key}")).expect("valid"),
             traceparent: Traceparent::root(Id128::derive("test", &[key.as_bytes()])),
         };
@@ -213,6 +214,7 @@ impl Driver {
             lines,
             currency: EUR,
             idempotency_key: IdempotencyKey::new(key).expect("valid"),
+            principal: None,
             correlation_id: CorrelationId::new(format!("c-{key}")).expect("valid"),
             traceparent: Traceparent::root(Id128::derive("test", &[key.as_bytes()])),
         };

@@ -259,6 +259,7 @@ async fn concurrent_top_ups_and_payments_keep_the_balance_equal_to_its_entries()
                 customer: CustomerId::new("alice").expect("valid"),
                 amount: eur(100),
                 idempotency_key: IdempotencyKey::new(format!("top-up-{index}")).expect("valid"),
+                principal: None,
                 correlation_id: CorrelationId::new(format!("c-top-up-{index}")).expect("valid"),
                 traceparent: Traceparent::root(Id128::derive("test", &[&[index]])),
             };
@@ -398,6 +399,7 @@ async fn every_batched_statement_runs_with_only_its_services_privileges() {
             lines: vec![line("apple", 1)],
             currency: saldo_types::Currency::EUR,
             idempotency_key: IdempotencyKey::new(format!("key-{id}")).expect("valid"),
+            principal: None,
             correlation_id: CorrelationId::new(format!("c-{id}")).expect("valid"),
             traceparent: Traceparent::root(Id128::derive("role-test", &[id.as_bytes()])),
         })
