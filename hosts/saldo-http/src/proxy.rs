@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::extract::{Extension, Request, State};
 use axum::http::{HeaderName, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -91,6 +91,13 @@ pub fn router(upstreams: Upstreams, metrics: Option<PrometheusHandle>) -> Router
             "/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
         )
+        // The API's route templates, so that metrics and logs name the
+        // route; any other path is forwarded too and labelled `unmatched`.
+        .route("/orders", any(forward))
+        .route("/orders/{order_id}", any(forward))
+        .route("/wallets/{customer}", any(forward))
+        .route("/wallets/{customer}/top-ups", any(forward))
+        .route("/stock/{sku}", any(forward))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(forward)
         .layer(axum::middleware::from_fn(observe))
@@ -101,12 +108,15 @@ async fn metrics_page(State(proxy): State<Arc<Proxy>>) -> Response {
     crate::api::metrics_response(proxy.metrics.as_ref())
 }
 
-/// Ready when every upstream says it is ready.
+/// Ready when every upstream says it is ready. The answer (open to anyone)
+/// names which upstream is not ready in words; the cause (addresses, error
+/// text) goes to the log only.
 async fn readyz(State(proxy): State<Arc<Proxy>>) -> Response {
     let mut failures = Vec::new();
     for (name, base) in proxy.upstreams.all() {
         let Some(uri) = upstream_uri(base, "/readyz") else {
-            failures.push(format!("{name}: {base} is not an http://HOST:PORT address"));
+            tracing::warn!(upstream = name, %base, "the upstream's address is not http://HOST:PORT");
+            failures.push(format!("{name}: misconfigured"));
             continue;
         };
         let request = Request::get(uri)
@@ -114,8 +124,14 @@ async fn readyz(State(proxy): State<Arc<Proxy>>) -> Response {
             .expect("a GET with a parsed URI is valid");
         match tokio::time::timeout(Duration::from_secs(2), proxy.client.request(request)).await {
             Ok(Ok(response)) if response.status().is_success() => {}
-            Ok(Ok(response)) => failures.push(format!("{name}: {}", response.status())),
-            Ok(Err(error)) => failures.push(format!("{name}: {error}")),
+            Ok(Ok(response)) => {
+                tracing::warn!(upstream = name, status = %response.status(), "the upstream is not ready");
+                failures.push(format!("{name}: not ready"));
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(upstream = name, %error, "the upstream does not answer /readyz");
+                failures.push(format!("{name}: unreachable"));
+            }
             Err(_) => failures.push(format!("{name}: no answer within 2 s")),
         }
     }
@@ -178,14 +194,17 @@ async fn forward(
             }
             Response::from_parts(parts, Body::new(body))
         }
-        Ok(Err(error)) => Problem::new(
-            StatusCode::BAD_GATEWAY,
-            "upstream_unavailable",
-            "The service behind the gateway did not answer",
-            error.to_string(),
-        )
-        .retry_after_ms(1_000)
-        .into_response(),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, resource = ?resource, "the upstream did not answer");
+            Problem::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_unavailable",
+                "The service behind the gateway did not answer",
+                "The service is unreachable; try again shortly.".to_owned(),
+            )
+            .retry_after_ms(1_000)
+            .into_response()
+        }
         Err(_) => Problem::new(
             StatusCode::GATEWAY_TIMEOUT,
             "upstream_timeout",

@@ -1611,3 +1611,50 @@ async fn a_request_with_two_idempotency_keys_is_refused() {
     assert_eq!(store.rows().count(), 0);
     assert_eq!(store.idempotency_records().count(), 0);
 }
+
+#[tokio::test]
+async fn the_gateway_tells_an_unreachable_upstream_in_words_without_its_internals() {
+    // Regression (issue #14.12): the gateway's 502 carried the HTTP client's
+    // error text and its open /readyz the upstreams' addresses and errors.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let address = closed.local_addr().expect("address");
+    drop(closed);
+    let uri: axum::http::Uri = format!("http://{address}").parse().expect("uri");
+    let router = saldo_http::proxy::router(
+        saldo_http::proxy::Upstreams {
+            order: uri.clone(),
+            payment: uri.clone(),
+            inventory: uri,
+        },
+        Some(metrics_handle()),
+    );
+    let forwarded = send(&router, "GET", "/orders/ord_1", &[], None).await;
+    assert_eq!(
+        code(&forwarded),
+        (StatusCode::BAD_GATEWAY, Some("upstream_unavailable"))
+    );
+    let ready = send(&router, "GET", "/readyz", &[], None).await;
+    assert_eq!(
+        code(&ready),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("not_ready"))
+    );
+    assert_eq!(
+        ready.body["detail"],
+        "order: unreachable; payment: unreachable; inventory: unreachable"
+    );
+    for answer in [&forwarded, &ready] {
+        let text = answer.body.to_string().to_lowercase();
+        for internal in [
+            address.port().to_string().as_str(),
+            "127.0.0.1",
+            "refused",
+            "error",
+        ] {
+            assert!(!text.contains(internal), "{internal} in {text}");
+        }
+    }
+    // Forwarded requests are labelled by the API's route template.
+    let page = send(&router, "GET", "/metrics", &[], None).await;
+    let page = page.body.as_str().expect("text").to_owned();
+    assert!(page.contains(r#"route="/orders/{order_id}""#), "{page}");
+}
