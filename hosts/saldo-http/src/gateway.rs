@@ -336,6 +336,11 @@ pub enum KeysError {
     /// Not TOML of the expected shape (the text names the line).
     #[error("keys file{0}")]
     Malformed(String),
+    /// No `[[key]]` entry at all: a gateway started on it would admit nobody.
+    #[error(
+        "keys file has no [[key]] entry, so the gateway would admit nobody (issue keys with saldo api-key)"
+    )]
+    Empty,
     /// A key entry is invalid.
     #[error("keys file line {line}, key {name:?}: {reason}")]
     Invalid {
@@ -414,6 +419,9 @@ pub fn parse_keys(text: &str) -> Result<Vec<ApiKey>, KeysError> {
             None => format!(": {message}"),
         })
     })?;
+    if file.key.is_empty() {
+        return Err(KeysError::Empty);
+    }
     let mut keys: Vec<ApiKey> = Vec::with_capacity(file.key.len());
     for entry in file.key {
         let name_text = entry.name.get_ref().clone();
@@ -882,6 +890,8 @@ mod tests {
         "[[key]]\nname = \"a\"\nsha256 = \"{h}\"\ncustomers = [\"*\"]\nscopes = []\ncolour = 1",
         "line 6: unknown field `colour`"
     )]
+    #[case("", "no [[key]] entry, so the gateway would admit nobody")]
+    #[case("# keys come later\n", "no [[key]] entry")]
     fn bad_keys_files_are_refused_with_the_line_and_the_reason(
         #[case] text: &str,
         #[case] reason: &str,

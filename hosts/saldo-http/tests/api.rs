@@ -1062,6 +1062,15 @@ async fn a_declared_length_above_the_limit_is_refused_before_the_body(#[case] ta
 }
 
 #[test]
+fn the_openapi_document_names_whichever_server_serves_it() {
+    // Regression (issue #16.8): the served document always named
+    // http://127.0.0.1:8080, whatever --listen said; a relative server URL
+    // is the one that served it, behind a gateway too.
+    let document: Value = serde_json::from_str(saldo_http::api::OPENAPI).expect("valid JSON");
+    assert_eq!(document["servers"][0]["url"], "/");
+}
+
+#[test]
 fn the_openapi_document_states_the_bounds_the_sdk_enforces() {
     // Regression (issue #14.13): path parameters and fields were bare
     // strings and integers, so a fuzzer generating from the document wrote

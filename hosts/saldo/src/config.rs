@@ -19,6 +19,7 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 
@@ -153,6 +154,25 @@ fn subcommand_of(command: &clap::Command, argv: &[OsString]) -> Option<(usize, S
             .map(|_| (position, text.into_owned()));
     }
     None
+}
+
+/// Parses `250ms`, `30s`, `5m` or `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30s or 5m"))?;
+    let ms = match unit {
+        "ms" => value,
+        "s" | "" => value.saturating_mul(1_000),
+        "m" => value.saturating_mul(60_000),
+        "h" => value.saturating_mul(3_600_000),
+        _ => return Err(format!("{text:?}: the unit must be ms, s, m or h")),
+    };
+    Ok(Duration::from_millis(ms))
 }
 
 #[cfg(test)]

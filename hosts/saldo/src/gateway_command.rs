@@ -144,12 +144,13 @@ pub fn run_api_key(args: &ApiKeyArgs) -> anyhow::Result<ExitCode> {
     }
     // Refuse to print an entry the gateway would refuse.
     parse_keys(&entry)?;
-    // The key on the first line, then the entry (only its hash) for the
-    // gateway's keys file.
-    println!("{key}\n");
+    // The entry (only its hash) on stdout, so that `saldo api-key ... >>
+    // keys.toml` appends a loadable entry; the key itself on stderr's first
+    // line, never into the keys file.
     print!("{entry}");
+    eprintln!("{key}");
     eprintln!(
-        "The first line is the key for {}: hand it over now, it is stored nowhere. Add the [[key]] entry to the gateway's keys file.",
+        "The line above is the key for {}: hand it over now, it is stored nowhere. The [[key]] entry went to stdout, for the gateway's keys file.",
         args.name
     );
     Ok(ExitCode::SUCCESS)

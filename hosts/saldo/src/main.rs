@@ -49,6 +49,8 @@ enum Command {
     /// Run the payment service: its consumer and (with --http-address) the wallet API.
     Payment(service_command::ServiceArgs),
     /// Run the outbox publisher of one service.
+    // It shares the services' connection flags, but has no HTTP API.
+    #[command(mut_arg("http_address", |arg| arg.hide(true)))]
     Outbox(service_command::OutboxArgs),
     /// Run a Kafka-protocol broker for development and tests (librdkafka's mock cluster).
     Broker(service_command::BrokerArgs),

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
+
+use crate::config::parse_duration;
 use saldo_kafka::wall_clock;
 use saldo_postgres::reconcile::{Reconciler, RunReport};
 use saldo_reconcile::{FindingKind, Settings};
@@ -17,7 +19,7 @@ use sqlx::postgres::PgPoolOptions;
 #[derive(Debug, Args)]
 pub struct ReconcileArgs {
     /// PostgreSQL URL; use the read-only `saldo_reconcile` role.
-    #[arg(long, env = "SALDO_RECONCILE_DATABASE_URL", hide_env_values = true)]
+    #[arg(long, env = "SALDO_DATABASE_URL", hide_env_values = true)]
     database_url: String,
     /// Run once, print a report, exit 0 when clean and 1 with findings.
     #[arg(long, conflicts_with = "interval")]
@@ -42,25 +44,6 @@ pub struct ReconcileArgs {
     /// Where to serve Prometheus metrics (with --interval).
     #[arg(long, default_value = "127.0.0.1:9464")]
     metrics_address: SocketAddr,
-}
-
-/// Parses `250ms`, `30s`, `5m` or `1h`.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 30s or 5m"))?;
-    let ms = match unit {
-        "ms" => value,
-        "s" | "" => value.saturating_mul(1_000),
-        "m" => value.saturating_mul(60_000),
-        "h" => value.saturating_mul(3_600_000),
-        _ => return Err(format!("{text:?}: the unit must be ms, s, m or h")),
-    };
-    Ok(Duration::from_millis(ms))
 }
 
 /// Runs the command.

@@ -3,8 +3,8 @@
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -32,7 +32,14 @@ pub struct SimArgs {
     /// Worker threads (default: every core).
     #[arg(long)]
     threads: Option<usize>,
+    /// When stderr is not a terminal (a CI log, a soak under nohup), print a
+    /// progress line this often instead of the progress bar.
+    #[arg(long, default_value = "10s", value_parser = crate::config::parse_duration)]
+    progress_every: Duration,
 }
+
+/// How often the plain progress reporter checks whether the run ended.
+const PROGRESS_POLL: Duration = Duration::from_millis(100);
 
 /// Runs the command; the exit code is 1 when an invariant broke.
 pub fn run(args: &SimArgs) -> anyhow::Result<ExitCode> {
@@ -76,38 +83,76 @@ pub fn run(args: &SimArgs) -> anyhow::Result<ExitCode> {
     let first_violation: Mutex<Option<Box<ViolationReport>>> = Mutex::new(None);
     let last_report = Mutex::new(None);
     let started = Instant::now();
+    let finished = AtomicBool::new(false);
+    let plain_progress = !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    if plain_progress {
+        eprintln!(
+            "saldo sim: running {} seed(s) from {} on {threads} thread(s)",
+            args.seeds, args.seed
+        );
+    }
     std::thread::scope(|scope| {
-        for _ in 0..threads {
+        if plain_progress && !args.progress_every.is_zero() {
             scope.spawn(|| {
-                loop {
-                    let index = next.fetch_add(1, Ordering::Relaxed);
-                    if index >= args.seeds {
-                        break;
+                let mut next_line = Instant::now() + args.progress_every;
+                while !finished.load(Ordering::Relaxed) {
+                    std::thread::sleep(PROGRESS_POLL.min(args.progress_every));
+                    if Instant::now() < next_line {
+                        continue;
                     }
-                    let seed = args.seed + index;
-                    let report = saldo_sim::run(
-                        SimConfig::new(seed, args.orders, profile),
-                        args.trace.is_some(),
+                    next_line += args.progress_every;
+                    let done = progress.position();
+                    let elapsed_ms = u64::try_from(started.elapsed().as_millis())
+                        .unwrap_or(u64::MAX)
+                        .max(1);
+                    eprintln!(
+                        "saldo sim: {done}/{} seeds, {} seeds/s, {} s elapsed",
+                        args.seeds,
+                        done.saturating_mul(1_000) / elapsed_ms,
+                        elapsed_ms / 1_000
                     );
-                    totals.lock().expect("not poisoned").absorb(&report.stats);
-                    if let Some(violation) = report.violation.clone() {
-                        let mut first = first_violation.lock().expect("not poisoned");
-                        if first
-                            .as_ref()
-                            .is_none_or(|known| violation.seed < known.seed)
-                        {
-                            *first = Some(violation);
-                        }
-                        // Later seeds cannot be the first failure any more.
-                        next.store(args.seeds, Ordering::Relaxed);
-                    }
-                    if args.seeds == 1 {
-                        *last_report.lock().expect("not poisoned") = Some(report);
-                    }
-                    progress.inc(1);
                 }
             });
         }
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    loop {
+                        let index = next.fetch_add(1, Ordering::Relaxed);
+                        if index >= args.seeds {
+                            break;
+                        }
+                        let seed = args.seed + index;
+                        let report = saldo_sim::run(
+                            SimConfig::new(seed, args.orders, profile),
+                            args.trace.is_some(),
+                        );
+                        totals.lock().expect("not poisoned").absorb(&report.stats);
+                        if let Some(violation) = report.violation.clone() {
+                            let mut first = first_violation.lock().expect("not poisoned");
+                            if first
+                                .as_ref()
+                                .is_none_or(|known| violation.seed < known.seed)
+                            {
+                                *first = Some(violation);
+                            }
+                            // Later seeds cannot be the first failure any more.
+                            next.store(args.seeds, Ordering::Relaxed);
+                        }
+                        if args.seeds == 1 {
+                            *last_report.lock().expect("not poisoned") = Some(report);
+                        }
+                        progress.inc(1);
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            if let Err(panic) = worker.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+        finished.store(true, Ordering::Relaxed);
     });
     progress.finish_and_clear();
     let elapsed = started.elapsed();

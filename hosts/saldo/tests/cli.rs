@@ -192,6 +192,81 @@ fn bad_arguments_give_one_readable_line_and_a_non_zero_exit() {
         stdout(&help).contains("SALDO_LISTEN"),
         "help names the environment variables"
     );
+    // An outbox publisher has no HTTP API, so its help offers none.
+    let help = saldo(&["outbox", "--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    assert!(!stdout(&help).contains("--http-address"), "{}", stdout(&help));
+}
+
+#[test]
+fn an_issued_key_appended_to_a_keys_file_loads_and_an_empty_file_is_refused() {
+    // Regression (issue #16.8): `saldo api-key ... > file` wrote the secret
+    // above the [[key]] entry, so the file it made did not load; an empty
+    // keys file started a gateway that admitted nobody, silently.
+    let directory = std::env::temp_dir().join(format!("saldo-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&directory).expect("a directory");
+    let keys = directory.join("keys.toml");
+    let empty = directory.join("empty.toml");
+    std::fs::write(&empty, "# no keys yet\n").expect("writes");
+    let mut file = std::fs::File::create(&keys).expect("creates");
+    for name in ["shop", "back-office"] {
+        let issued = Command::new(env!("CARGO_BIN_EXE_saldo"))
+            .args(["api-key", "--name", name, "--all-customers", "--scope", "*"])
+            .stdout(file.try_clone().expect("a handle"))
+            .output()
+            .expect("runs");
+        assert!(issued.status.success());
+        let key = String::from_utf8_lossy(&issued.stderr);
+        assert!(key.starts_with("sk_"), "the key on stderr: {key}");
+    }
+    use std::io::Write as _;
+    file.flush().expect("flushes");
+    let text = std::fs::read_to_string(&keys).expect("reads");
+    assert!(!text.contains("sk_"), "no secret in the keys file: {text}");
+    let parsed = saldo_http::gateway::parse_keys(&text).expect("the appended file loads");
+    assert_eq!(parsed.len(), 2);
+    let refused = saldo(&[
+        "gateway",
+        "--keys",
+        empty.to_str().expect("UTF-8"),
+        "--order-url",
+        "http://127.0.0.1:1",
+        "--payment-url",
+        "http://127.0.0.1:2",
+        "--inventory-url",
+        "http://127.0.0.1:3",
+    ]);
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("would admit nobody"), "{stderr}");
+    std::fs::remove_dir_all(&directory).expect("cleans up");
+}
+
+#[test]
+fn sim_prints_progress_lines_when_its_output_is_not_a_terminal() {
+    // Regression (issue #16.8): `saldo sim` printed nothing until the end
+    // when stderr was not a terminal, so a long soak was silent.
+    let output = saldo(&[
+        "sim",
+        "--seeds",
+        "300",
+        "--orders",
+        "50",
+        "--faults",
+        "chaos",
+        "--threads",
+        "1",
+        "--progress-every",
+        "100ms",
+    ]);
+    assert_eq!(output.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.starts_with("saldo sim: running 300 seed(s) from 0 on 1 thread(s)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(" seeds/s, "), "a progress line: {stderr}");
 }
 
 #[test]
@@ -1223,9 +1298,12 @@ fn issue_key(arguments: &[&str]) -> (String, String) {
         "{}",
         String::from_utf8_lossy(&issued.stderr)
     );
-    let issued = stdout(&issued);
-    let (key, entry) = issued.split_once("\n\n").expect("the key, then the entry");
-    (key.trim().to_owned(), entry.to_owned())
+    let key = String::from_utf8_lossy(&issued.stderr)
+        .lines()
+        .next()
+        .expect("the key on stderr's first line")
+        .to_owned();
+    (key, stdout(&issued))
 }
 
 #[test]
@@ -1410,8 +1488,12 @@ impl Production {
             "100000",
         ]);
         assert!(issued.status.success());
-        let issued = stdout(&issued);
-        let (api_key, entry) = issued.split_once("\n\n").expect("the key, then the entry");
+        let api_key = String::from_utf8_lossy(&issued.stderr)
+            .lines()
+            .next()
+            .expect("the key on stderr's first line")
+            .to_owned();
+        let entry = stdout(&issued);
         let keys_file = std::env::temp_dir().join(format!(
             "saldo-e2e-keys-{suffix}-{}.toml",
             std::process::id()
