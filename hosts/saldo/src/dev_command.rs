@@ -50,13 +50,48 @@ pub struct DevArgs {
     #[arg(long)]
     no_seed: bool,
     /// The browser harness's page, served at /harness/ (build it with
-    /// `bash harness/build.sh`).
-    #[arg(long, value_name = "DIR", env = "SALDO_HARNESS_DIR", default_value = HARNESS_DIR)]
-    harness: PathBuf,
+    /// `bash harness/build.sh`). Default: the first built page of
+    /// `SHARE/saldo/harness` beside the installed binary (`BIN/../share`),
+    /// `./harness/web` and the checkout this binary was built from.
+    #[arg(long, value_name = "DIR", env = "SALDO_HARNESS_DIR")]
+    harness: Option<PathBuf>,
 }
 
-/// Where the page is in a checkout of the repository.
-const HARNESS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../harness/web");
+/// Where the page is in the checkout this binary was built from.
+const HARNESS_DIR_OF_BUILD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../harness/web");
+
+/// Where to look for the page when `--harness` is not given, in order: an
+/// installed layout, the working directory's checkout, the build's checkout.
+fn harness_candidates() -> Vec<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Ok(binary) = std::env::current_exe()
+        && let Some(bin) = binary.parent()
+    {
+        candidates.push(bin.join("../share/saldo/harness"));
+    }
+    candidates.push(PathBuf::from("harness/web"));
+    candidates.push(PathBuf::from(HARNESS_DIR_OF_BUILD));
+    candidates
+}
+
+/// `--harness` when given, else the first candidate with a built page, else
+/// the first that exists (whose page then says how to build it).
+fn harness_dir(given: Option<&PathBuf>) -> PathBuf {
+    if let Some(given) = given {
+        return given.clone();
+    }
+    let candidates = harness_candidates();
+    candidates
+        .iter()
+        .find(|dir| is_built(dir))
+        .or_else(|| candidates.iter().find(|dir| dir.is_dir()))
+        .unwrap_or(&candidates[candidates.len() - 1])
+        .clone()
+}
+
+fn is_built(dir: &std::path::Path) -> bool {
+    dir.join("pkg").join("saldo_harness_bg.wasm").is_file()
+}
 
 /// The harness's static page, served as files; `/harness` redirects to
 /// `/harness/` so the page's relative links resolve. Without a build, the
@@ -64,7 +99,7 @@ const HARNESS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../harness/we
 fn harness_routes(dir: &std::path::Path) -> axum::Router {
     use axum::response::{Html, IntoResponse, Redirect};
     use axum::routing::get;
-    let built = dir.join("pkg").join("saldo_harness_bg.wasm").is_file();
+    let built = is_built(dir);
     let router = axum::Router::new().route(
         "/harness",
         get(|| async { Redirect::permanent("/harness/") }),
@@ -264,15 +299,18 @@ pub fn run(args: &DevArgs) -> anyhow::Result<ExitCode> {
         }
         // The page is static and public: it runs the simulator in the
         // browser and never calls the API.
-        let router = router.merge(harness_routes(&args.harness));
+        let router = router.merge(harness_routes(&harness_dir(args.harness.as_ref())));
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let address = listener.local_addr().context("local address")?;
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut bus = tokio::spawn(Bus::new(backend, rules, stopped.clone()).run(stopped));
+        // Signal handlers first: once the banner is out, a SIGTERM must stop
+        // the process cleanly.
+        let stop_requested = shutdown();
         print_banner(address, args.no_seed, args.keys.is_some());
-        let server = saldo_http::serve(listener, router, shutdown());
+        let server = saldo_http::serve(listener, router, stop_requested);
         // The bus never stops by itself: if it does, the process must not
         // carry on accepting orders that nothing delivers.
         tokio::select! {

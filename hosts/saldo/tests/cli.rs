@@ -195,7 +195,11 @@ fn bad_arguments_give_one_readable_line_and_a_non_zero_exit() {
     // An outbox publisher has no HTTP API, so its help offers none.
     let help = saldo(&["outbox", "--help"]);
     assert_eq!(help.status.code(), Some(0));
-    assert!(!stdout(&help).contains("--http-address"), "{}", stdout(&help));
+    assert!(
+        !stdout(&help).contains("--http-address"),
+        "{}",
+        stdout(&help)
+    );
 }
 
 #[test]
@@ -1174,6 +1178,53 @@ fn start_saldo(arguments: &[&str]) -> (Processes, String) {
         .unwrap_or_else(|| panic!("the banner names the URL: {first_line}"))
         .to_owned();
     (Processes(vec![("dev", child)]), address)
+}
+
+#[test]
+fn an_installed_binary_serves_the_page_installed_beside_it() {
+    // Regression (issue #16.8): --harness defaulted to a path baked in at
+    // build time, so a binary installed elsewhere served no page. Now it
+    // finds BIN/../share/saldo/harness by itself.
+    let root = std::env::temp_dir().join(format!("saldo-installed-{}", std::process::id()));
+    let page = root.join("share/saldo/harness");
+    std::fs::create_dir_all(page.join("pkg")).expect("temp dir");
+    std::fs::create_dir_all(root.join("bin")).expect("temp dir");
+    std::fs::write(
+        page.join("index.html"),
+        "<!doctype html><title>installed</title>",
+    )
+    .expect("writes");
+    std::fs::write(page.join("pkg").join("saldo_harness_bg.wasm"), b"\0asm").expect("writes");
+    let binary = root.join("bin/saldo");
+    std::fs::copy(env!("CARGO_BIN_EXE_saldo"), &binary).expect("installs");
+    let mut child = Command::new(&binary)
+        .args(["dev", "--listen", "127.0.0.1:0"])
+        .current_dir(&root)
+        .env_remove("SALDO_HARNESS_DIR")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("saldo starts");
+    let mut first_line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("piped")),
+        &mut first_line,
+    )
+    .expect("reads its first line");
+    let address = first_line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("the banner names the URL: {first_line}"))
+        .to_owned();
+    let mut processes = Processes(vec![("dev", child)]);
+    let (status, _, body) = http(&address, "GET", "/harness/", &[], None).expect("answers");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, Some("<!doctype html><title>installed</title>"))
+    );
+    processes.stop_all();
+    std::fs::remove_dir_all(&root).expect("cleans up");
 }
 
 #[test]
