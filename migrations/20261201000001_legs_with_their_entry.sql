@@ -5,6 +5,16 @@
 -- pair of legs to an old entry and move money between accounts while every
 -- hash still verified (issue #14). Reconciliation checks the same from the
 -- other side: the stored legs and columns must equal the hashed posting.
+-- Leg indexes are the posting's: 0 to n - 1. With the primary key
+-- (sequence, leg) and the count checked at commit below, every index of a
+-- committed entry is taken, so no leg can be added to it later whatever
+-- else is tried (a negative index would name a posting leg from the end in
+-- jsonb and must not pass).
+ALTER TABLE payment.ledger_legs ADD CONSTRAINT ledger_legs_index_from_zero CHECK (leg >= 0);
+-- Every posting has a list of legs.
+ALTER TABLE payment.ledger_entries ADD CONSTRAINT ledger_entries_posting_has_legs
+    CHECK (jsonb_typeof(posting->'legs') = 'array');
+
 CREATE FUNCTION payment.legs_only_with_their_entry() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -20,6 +30,7 @@ BEGIN
             USING ERRCODE = 'insufficient_privilege';
     END IF;
     IF posted IS NULL
+       OR NEW.leg < 0
        OR posted->>'account' IS DISTINCT FROM NEW.account_id
        OR posted->>'side' IS DISTINCT FROM NEW.side
        OR (posted->'amount'->>'amount_minor')::bigint IS DISTINCT FROM NEW.amount_minor
@@ -42,7 +53,7 @@ DECLARE
     stored bigint;
 BEGIN
     SELECT count(*) INTO stored FROM payment.ledger_legs WHERE sequence = NEW.sequence;
-    IF stored <> jsonb_array_length(NEW.posting->'legs') THEN
+    IF stored IS DISTINCT FROM jsonb_array_length(NEW.posting->'legs') THEN
         RAISE EXCEPTION 'ledger entry % refused: % legs stored, its posting has %', NEW.sequence, stored, jsonb_array_length(NEW.posting->'legs')
             USING ERRCODE = 'integrity_constraint_violation';
     END IF;

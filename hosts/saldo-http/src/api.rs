@@ -716,18 +716,35 @@ fn if_match(headers: &HeaderMap) -> Result<Option<IfMatch>, Problem> {
     for value in headers.get_all(header::IF_MATCH) {
         present = true;
         let text = value.to_str().map_err(|_| malformed())?;
-        for tag in text.split(',').map(str::trim) {
-            if tag == "*" {
+        let mut rest = text;
+        loop {
+            rest = rest.trim_start_matches([' ', '\t', ',']);
+            if rest.is_empty() {
+                break;
+            }
+            if rest.starts_with('*') {
                 return Ok(Some(IfMatch::Any));
             }
-            let weak = tag.strip_prefix("W/");
-            let quoted = weak
-                .unwrap_or(tag)
+            let weak = rest.starts_with("W/");
+            let quoted = rest
+                .strip_prefix("W/")
+                .unwrap_or(rest)
                 .strip_prefix('"')
-                .and_then(|rest| rest.strip_suffix('"'))
                 .ok_or_else(malformed)?;
-            // A weak tag never matches under If-Match's strong comparison.
-            if let (None, Ok(version)) = (weak, quoted.parse::<u64>()) {
+            // An entity tag is everything up to the closing quote, commas
+            // included (RFC 9110 8.8.3).
+            let end = quoted.find('"').ok_or_else(malformed)?;
+            let (tag, after) = (&quoted[..end], &quoted[end + 1..]);
+            if !after.is_empty() && !after.starts_with([' ', '\t', ',']) {
+                return Err(malformed());
+            }
+            rest = after;
+            // Strong comparison is character by character: only this
+            // service's own form of a version ("7", not "07" or "+7")
+            // matches, and a weak tag never does.
+            if let (false, Ok(version)) = (weak, tag.parse::<u64>())
+                && version.to_string() == tag
+            {
                 versions.push(version);
             }
         }

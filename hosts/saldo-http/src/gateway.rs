@@ -475,6 +475,17 @@ pub fn parse_keys(text: &str) -> Result<Vec<ApiKey>, KeysError> {
                 "the name is used twice".to_owned(),
             ));
         }
+        // One key, one principal: a copied entry whose hash was not changed
+        // would otherwise give the key whichever entry comes last.
+        if let Some(other) = keys.iter().find(|key| key.hash == hash) {
+            return Err(invalid(
+                entry.sha256.span(),
+                format!(
+                    "the same key (sha256) is already the key of {:?}",
+                    other.name.as_str()
+                ),
+            ));
+        }
         keys.push(ApiKey {
             name,
             hash,
@@ -891,6 +902,10 @@ mod tests {
         "line 6: unknown field `colour`"
     )]
     #[case("", "no [[key]] entry, so the gateway would admit nobody")]
+    #[case(
+        "[[key]]\nname = \"narrow\"\nsha256 = \"{h}\"\ncustomers = [\"alice\"]\nscopes = [\"orders:read\"]\n[[key]]\nname = \"wide\"\nsha256 = \"{h}\"\ncustomers = [\"*\"]\nscopes = [\"*\"]",
+        "line 8, key \"wide\": the same key (sha256) is already the key of \"narrow\""
+    )]
     #[case("# keys come later\n", "no [[key]] entry")]
     fn bad_keys_files_are_refused_with_the_line_and_the_reason(
         #[case] text: &str,

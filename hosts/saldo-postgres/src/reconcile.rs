@@ -16,7 +16,7 @@
 //! finding in the previous run (findings are levels: one that still holds is
 //! reported again however old its order), and the chain resumes from the
 //! last verified entry, after checking that entry is still as it was verified
-//! and that the legs of every verified entry are unchanged. Each entry's
+//! and that the rows (columns, postings, legs) of every verified entry are unchanged. Each entry's
 //! stored columns and legs are compared with its hashed posting; operator
 //! checkpoints ([`Reconciler::expect_checkpoint`]) are checked on every run.
 
@@ -27,9 +27,9 @@ use saldo_domain::messages::{OrderLine, Service};
 use saldo_domain::order::{CancelReason, OrderStatus};
 use saldo_ledger::{ChainHash, Checkpoint, Entry, StoredEntry, StoredLeg};
 use saldo_reconcile::{
-    ChainVerifier, Finding, LedgerFact, LegsDigest, OrderFact, OrderFacts, PaymentFact,
-    PaymentKind, ReservationKind, Settings, check_account, check_checkpoint, check_dead_letters,
-    check_entry_balance, check_order, check_outbox_row, check_stock, check_verified_legs,
+    ChainVerifier, Finding, LedgerFact, OrderFact, OrderFacts, PaymentFact, PaymentKind,
+    ReservationKind, RowsDigest, Settings, check_account, check_checkpoint, check_dead_letters,
+    check_entry_balance, check_order, check_outbox_row, check_stock, check_verified_rows,
 };
 use saldo_types::{OrderId, Timestamp};
 use sqlx::postgres::{PgPool, PgRow};
@@ -62,7 +62,7 @@ pub struct Reconciler {
     settings: Settings,
     chain: ChainVerifier,
     legs_checked_through: i64,
-    legs_verified: LegsDigest,
+    rows_verified: RowsDigest,
     checkpoints: Vec<Checkpoint>,
     open_orders: Vec<String>,
     last_run: Option<Timestamp>,
@@ -111,7 +111,7 @@ impl Reconciler {
             settings,
             chain: ChainVerifier::default(),
             legs_checked_through: 0,
-            legs_verified: LegsDigest::default(),
+            rows_verified: RowsDigest::default(),
             checkpoints: Vec::new(),
             open_orders: Vec::new(),
             last_run: None,
@@ -187,9 +187,9 @@ impl Reconciler {
         let (chain_findings, entries_verified) = chain_result?;
         findings.extend(order_findings);
         findings.extend(chain_findings);
-        self.legs_verified = legs_digest(
+        self.rows_verified = rows_digest(
             chain_connection,
-            self.legs_verified,
+            self.rows_verified,
             self.chain.watermark().map_or(0, |(sequence, _)| sequence),
         )
         .await?;
@@ -205,6 +205,7 @@ impl Reconciler {
             .filter_map(|id| id.strip_prefix("order:"))
             .map(str::to_owned)
             .collect();
+        self.open_orders.sort();
         self.open_orders.dedup();
         let full = matches!(scope, Scope::All);
         self.last_run = Some(now);
@@ -216,7 +217,7 @@ impl Reconciler {
         })
     }
 
-    /// The operator's checkpoints, the last verified entry and the legs of
+    /// The operator's checkpoints, the last verified entry and the rows of
     /// every verified entry: each must still be as it was seen.
     async fn judge_checkpoints(
         &self,
@@ -242,14 +243,14 @@ impl Reconciler {
             let stored = stored.map(chain_hash).transpose()?;
             findings.extend(check_checkpoint(*checkpoint, stored, source));
         }
-        if self.legs_verified.through > 0 {
-            let now = legs_digest(
+        if self.rows_verified.through > 0 {
+            let now = rows_digest(
                 connection,
-                LegsDigest::default(),
-                self.legs_verified.through,
+                RowsDigest::default(),
+                self.rows_verified.through,
             )
             .await?;
-            findings.extend(check_verified_legs(self.legs_verified, now));
+            findings.extend(check_verified_rows(self.rows_verified, now));
         }
         Ok(findings)
     }
@@ -449,20 +450,24 @@ fn chain_hash(bytes: Vec<u8>) -> Result<ChainHash, StoreError> {
     ))
 }
 
-/// `base` extended with the leg rows of entries after `base.through` up to
-/// `through`.
-async fn legs_digest(
+/// `base` extended with the rows (entries and legs) of entries after
+/// `base.through` up to `through`.
+async fn rows_digest(
     connection: &mut PgConnection,
-    base: LegsDigest,
+    base: RowsDigest,
     through: u64,
-) -> Result<LegsDigest, StoreError> {
+) -> Result<RowsDigest, StoreError> {
     if through <= base.through {
         return Ok(base);
     }
     let row = sqlx::query(
-        "SELECT count(*), COALESCE(sum(hashtextextended(sequence || ':' || leg || ':' || account_id || ':' || side || ':' \
-         || amount_minor || ':' || currency, 0)::numeric), 0)::text \
-         FROM payment.ledger_legs WHERE sequence > $1 AND sequence <= $2",
+        "WITH legs AS (SELECT count(*) AS rows, COALESCE(sum(hashtextextended(concat_ws('|', sequence, leg, quote_literal(account_id), side, \
+             amount_minor, currency), 0)::numeric), 0) AS sum FROM payment.ledger_legs WHERE sequence > $1 AND sequence <= $2), \
+         entries AS (SELECT count(*) AS rows, COALESCE(sum(hashtextextended(concat_ws('|', sequence, quote_nullable(posting_id), \
+             quote_nullable(recorded_at), quote_nullable(reverses), quote_nullable(order_id), quote_nullable(purpose), \
+             quote_nullable(correlation_id), quote_nullable(traceparent), quote_nullable(posting::text), encode(previous_hash, 'hex'), \
+             encode(hash, 'hex')), 0)::numeric), 0) AS sum FROM payment.ledger_entries WHERE sequence > $1 AND sequence <= $2) \
+         SELECT (legs.rows + entries.rows)::bigint, (legs.sum + entries.sum)::text FROM legs, entries",
     )
     .bind(i64::try_from(base.through).map_err(corrupt)?)
     .bind(i64::try_from(through).map_err(corrupt)?)
@@ -472,8 +477,8 @@ async fn legs_digest(
     let sum: i128 = row
         .try_get::<String, _>(1)?
         .parse()
-        .map_err(|error| corrupt(format!("legs digest: {error}")))?;
-    Ok(LegsDigest {
+        .map_err(|error| corrupt(format!("rows digest: {error}")))?;
+    Ok(RowsDigest {
         through,
         count: base.count + count,
         sum: base.sum + sum,

@@ -552,11 +552,11 @@ pub fn check_checkpoint(
     ))
 }
 
-/// A digest of the leg rows of entries `1..=through`: how many, and the sum
-/// of a hash of each row (the store computes it; any inserted, deleted or
-/// changed row moves it).
+/// A digest of the rows of entries `1..=through`, the entries' own and their
+/// legs: how many, and the sum of a hash of each row (the store computes it;
+/// any inserted, deleted or changed row moves it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct LegsDigest {
+pub struct RowsDigest {
     /// The last entry covered.
     pub through: u64,
     /// Leg rows.
@@ -565,15 +565,16 @@ pub struct LegsDigest {
     pub sum: i128,
 }
 
-/// Judges the leg rows of entries already verified: the digest recorded when
-/// they were verified against the digest of the same rows now.
-pub fn check_verified_legs(recorded: LegsDigest, now: LegsDigest) -> Option<Finding> {
+/// Judges the rows of entries already verified (their columns, postings and
+/// legs): the digest recorded when they were verified against the digest of
+/// the same rows now.
+pub fn check_verified_rows(recorded: RowsDigest, now: RowsDigest) -> Option<Finding> {
     (recorded != now).then(|| {
         Finding::new(
             FindingKind::EntryRowsDisagreeWithPosting,
-            vec![format!("legs_through_entry:{}", recorded.through)],
+            vec![format!("entries_through:{}", recorded.through)],
             format!(
-                "the legs of entries 1 to {} changed after they were verified ({} rows then, {} now)",
+                "the rows of entries 1 to {} changed after they were verified ({} rows then, {} now)",
                 recorded.through, recorded.count, now.count
             ),
         )

@@ -283,14 +283,14 @@ fn stored_rows_checkpoints_and_verified_legs_are_judged() {
     assert_eq!("1:zz".parse::<saldo_ledger::Checkpoint>().ok(), None);
     assert_eq!("0:".parse::<saldo_ledger::Checkpoint>().ok(), None);
     assert_eq!(checkpoint.to_string().parse(), Ok(checkpoint));
-    let digest = LegsDigest {
+    let digest = RowsDigest {
         through: 4,
         count: 8,
         sum: 12,
     };
-    assert_eq!(check_verified_legs(digest, digest), None);
+    assert_eq!(check_verified_rows(digest, digest), None);
     assert_eq!(
-        check_verified_legs(digest, LegsDigest { count: 9, ..digest }).map(|f| f.kind),
+        check_verified_rows(digest, RowsDigest { count: 9, ..digest }).map(|f| f.kind),
         Some(FindingKind::EntryRowsDisagreeWithPosting)
     );
 }

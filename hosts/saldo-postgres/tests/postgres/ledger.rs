@@ -145,6 +145,14 @@ async fn legs_are_written_only_with_their_entry_and_only_as_its_posting_states()
              SELECT 4, leg, account_id, side, amount_minor, currency FROM payment.ledger_legs WHERE sequence = 1 AND leg = 0",
             "1 legs stored, its posting has 2",
         ),
+        // jsonb reads a negative index from the end: leg -2 is the posting's
+        // leg 0, so without a bound this stored two debits and no credit.
+        (
+            "INSERT INTO payment.ledger_legs (sequence, leg, account_id, side, amount_minor, currency) \
+             SELECT 4, i.leg, account_id, side, amount_minor, currency FROM payment.ledger_legs, (VALUES (0), (-2)) AS i(leg) \
+             WHERE sequence = 1 AND ledger_legs.leg = 0",
+            "it is not the leg its posting states",
+        ),
     ] {
         payment.execute("BEGIN").await.expect("begins");
         payment.execute(copy_entry).await.expect("appends an entry");

@@ -508,8 +508,14 @@ async fn a_rewritten_chain_is_reported_against_checkpoints_and_by_the_reconciler
                     .await
                     .expect("runs")
             ),
-            rewritten,
-            "run {hour} after the rewrite"
+            vec![
+                (
+                    FindingKind::EntryRowsDisagreeWithPosting,
+                    "entries_through:2".to_owned()
+                ),
+                (FindingKind::ChainRewritten, "entry:2".to_owned()),
+            ],
+            "run {hour} after the rewrite: the verified rows changed too"
         );
     }
     // A checkpoint past the chain's end is reported as gone.
@@ -522,4 +528,35 @@ async fn a_rewritten_chain_is_reported_against_checkpoints_and_by_the_reconciler
         found(ahead.run(later()).await.expect("runs")),
         vec![(FindingKind::ChainRewritten, "entry:9".to_owned())]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_changed_behind_a_periodic_reconciler_are_reported_on_its_next_run() {
+    // Proves a periodic reconciler, which only verifies new entries, still
+    // sees an entry it verified earlier being changed behind the triggers'
+    // back: a charge moved to another order in the column reconciliation
+    // reads, while the hash and the posting are left alone.
+    let driver = settled().await;
+    let mut periodic = reconciler(&driver).await;
+    assert_eq!(periodic.run(later()).await.expect("runs").findings, vec![]);
+    admin(
+        &driver,
+        "ALTER TABLE payment.ledger_entries DISABLE TRIGGER ledger_entries_append_only; \
+         UPDATE payment.ledger_entries SET order_id = 'o3' WHERE sequence = 2; \
+         ALTER TABLE payment.ledger_entries ENABLE TRIGGER ledger_entries_append_only",
+    )
+    .await;
+    for hour in 1..=2 {
+        let report = periodic
+            .run(later().plus_ms(hour * 3_600_000))
+            .await
+            .expect("runs");
+        assert!(
+            report.findings.iter().any(|finding| finding.kind
+                == FindingKind::EntryRowsDisagreeWithPosting
+                && finding.ids == vec!["entries_through:2".to_owned()]),
+            "run {hour}: {:#?}",
+            report.findings
+        );
+    }
 }
