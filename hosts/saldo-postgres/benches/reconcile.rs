@@ -294,8 +294,13 @@ async fn generate(url: &str, orders: u64) {
     copy(&mut connection, "COPY payment.payments (order_id, version, customer_id, amount_minor, currency, state, body, updated_at) FROM STDIN WITH (FORMAT csv)", payments_csv).await;
     copy(&mut connection, "COPY inventory.reservations (order_id, version, state, body, updated_at) FROM STDIN WITH (FORMAT csv)", reservations_csv).await;
     copy(&mut connection, "COPY payment.accounts (account_id, version, kind, currency, balance_minor, held_minor) FROM STDIN WITH (FORMAT csv)", accounts_csv).await;
+    // A bulk load by the tables' owner, like a restore: entries and legs in
+    // one transaction, so the legs pass the rule that they are written with
+    // their entry (migration 20261201000001).
+    connection.execute("BEGIN").await.expect("begins");
     copy(&mut connection, "COPY payment.ledger_entries (sequence, posting_id, recorded_at, reverses, order_id, purpose, correlation_id, traceparent, posting, previous_hash, hash) FROM STDIN WITH (FORMAT csv)", entries).await;
     copy(&mut connection, "COPY payment.ledger_legs (sequence, leg, account_id, side, amount_minor, currency) FROM STDIN WITH (FORMAT csv)", legs).await;
+    connection.execute("COMMIT").await.expect("commits");
     connection.execute(sqlx::AssertSqlSafe(format!("INSERT INTO inventory.stock (sku, version, on_hand, reserved, unit_price_minor, currency) VALUES ('s0', 1, 1000000000, 0, {PRICE_MINOR}, 'EUR')"))).await.expect("stock");
     connection
         .execute(sqlx::AssertSqlSafe(format!(

@@ -170,6 +170,7 @@ impl Reconciler {
             .map_or(0, |(sequence, _)| sequence as i64);
         self.chain.begin_pass();
         let mut chain = std::mem::take(&mut self.chain);
+        let rows_before = self.rows_verified;
         let (orders, chain_result) = tokio::join!(
             judge_orders(
                 first,
@@ -180,19 +181,21 @@ impl Reconciler {
                 now,
                 &self.settings
             ),
-            verify_chain(chain_connection, &mut chain, chain_from),
+            async {
+                let verified = verify_chain(chain_connection, &mut chain, chain_from).await?;
+                // The digest of what this pass verified, while the orders
+                // are still being judged on the other connections.
+                let through = chain.watermark().map_or(0, |(sequence, _)| sequence);
+                let digest = rows_digest(chain_connection, rows_before, through).await?;
+                Ok::<_, StoreError>((verified, digest))
+            },
         );
         self.chain = chain;
         let (order_findings, orders_checked) = orders?;
-        let (chain_findings, entries_verified) = chain_result?;
+        let ((chain_findings, entries_verified), digest) = chain_result?;
         findings.extend(order_findings);
         findings.extend(chain_findings);
-        self.rows_verified = rows_digest(
-            chain_connection,
-            self.rows_verified,
-            self.chain.watermark().map_or(0, |(sequence, _)| sequence),
-        )
-        .await?;
+        self.rows_verified = digest;
         findings.extend(self.judge_rest(first, now).await?);
         for connection in connections {
             connection.close().await?;
@@ -461,12 +464,10 @@ async fn rows_digest(
         return Ok(base);
     }
     let row = sqlx::query(
-        "WITH legs AS (SELECT count(*) AS rows, COALESCE(sum(hashtextextended(concat_ws('|', sequence, leg, quote_literal(account_id), side, \
-             amount_minor, currency), 0)::numeric), 0) AS sum FROM payment.ledger_legs WHERE sequence > $1 AND sequence <= $2), \
-         entries AS (SELECT count(*) AS rows, COALESCE(sum(hashtextextended(concat_ws('|', sequence, quote_nullable(posting_id), \
-             quote_nullable(recorded_at), quote_nullable(reverses), quote_nullable(order_id), quote_nullable(purpose), \
-             quote_nullable(correlation_id), quote_nullable(traceparent), quote_nullable(posting::text), encode(previous_hash, 'hex'), \
-             encode(hash, 'hex')), 0)::numeric), 0) AS sum FROM payment.ledger_entries WHERE sequence > $1 AND sequence <= $2) \
+        "WITH legs AS (SELECT count(*) AS rows, COALESCE(sum(hash_record_extended(l, 0)::numeric), 0) AS sum \
+             FROM payment.ledger_legs l WHERE sequence > $1 AND sequence <= $2), \
+         entries AS (SELECT count(*) AS rows, COALESCE(sum(hash_record_extended(e, 0)::numeric), 0) AS sum \
+             FROM payment.ledger_entries e WHERE sequence > $1 AND sequence <= $2) \
          SELECT (legs.rows + entries.rows)::bigint, (legs.sum + entries.sum)::text FROM legs, entries",
     )
     .bind(i64::try_from(base.through).map_err(corrupt)?)
