@@ -213,6 +213,15 @@ mod tests {
         ) -> Result<(), Unavailable> {
             self.inner.record_dead_letter(consumer, letter).await
         }
+        async fn purge(
+            &self,
+            service: Service,
+            horizons: &saldo_domain::retention::Horizons,
+            now: Timestamp,
+            limit: usize,
+        ) -> Result<saldo_domain::store::Purged, Unavailable> {
+            self.inner.purge(service, horizons, now, limit).await
+        }
         async fn ready(&self) -> Result<(), Unavailable> {
             Ok(())
         }

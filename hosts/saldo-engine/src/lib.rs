@@ -19,6 +19,8 @@
 //!   `saldo dev`'s bus hand it their messages and acknowledge after it.
 //! - [`timers`] fires due saga deadlines in batches, for the order service
 //!   and for `saldo dev`.
+//! - [`retention`] purges each service's inbox receipts and idempotency
+//!   records past their horizons, in bounded statements (ADR 0015).
 //! - [`GroupCommit`] gathers concurrent HTTP requests of one kind into
 //!   shared transactions, each request with its own answer.
 //! - [`OutboxSource`] is the outbox's port: what a publisher claims, marks
@@ -32,6 +34,7 @@ mod delivery;
 mod group;
 mod memory;
 mod outbox;
+pub mod retention;
 mod run;
 mod store;
 pub mod timers;

@@ -6,6 +6,8 @@ use async_trait::async_trait;
 use saldo_domain::MemoryStore;
 use saldo_domain::batch::{BatchReadSet, Commit, Loaded};
 use saldo_domain::messages::Service;
+use saldo_domain::retention::Horizons;
+use saldo_domain::store::Purged;
 use saldo_ledger::{AccountId, Entry};
 use saldo_types::{OrderId, Timestamp};
 
@@ -103,6 +105,16 @@ impl Store for MemoryBackend {
         }
         letters.push((consumer, letter.clone()));
         Ok(())
+    }
+
+    async fn purge(
+        &self,
+        service: Service,
+        horizons: &Horizons,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Purged, Unavailable> {
+        Ok(self.lock().purge(service, horizons, now, limit))
     }
 
     async fn ready(&self) -> Result<(), Unavailable> {

@@ -3,7 +3,8 @@
 use async_trait::async_trait;
 use saldo_domain::batch::{BatchReadSet, Commit, Loaded};
 use saldo_domain::messages::Service;
-use saldo_domain::store::CommitError;
+use saldo_domain::retention::Horizons;
+use saldo_domain::store::{CommitError, Purged};
 use saldo_ledger::{AccountId, Entry};
 use saldo_types::{OrderId, Timestamp};
 
@@ -58,6 +59,17 @@ pub trait Store: Send + Sync + 'static {
         consumer: Service,
         letter: &DeadLetter,
     ) -> Result<(), Unavailable>;
+
+    /// Deletes up to `limit` of `service`'s inbox receipts older than the
+    /// inbox horizon and up to `limit` of its expired idempotency records
+    /// (`saldo_domain::retention`, ADR 0015), each in one short statement.
+    async fn purge(
+        &self,
+        service: Service,
+        horizons: &Horizons,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Purged, Unavailable>;
 
     /// Whether the store answers (for `/readyz`).
     async fn ready(&self) -> Result<(), Unavailable>;

@@ -827,6 +827,15 @@ impl Store for DownStore {
     ) -> Result<(), saldo_engine::Unavailable> {
         Err(saldo_engine::Unavailable(INTERNALS.to_owned()))
     }
+    async fn purge(
+        &self,
+        _: Service,
+        _: &saldo_domain::retention::Horizons,
+        _: Timestamp,
+        _: usize,
+    ) -> Result<saldo_domain::store::Purged, saldo_engine::Unavailable> {
+        Err(saldo_engine::Unavailable(INTERNALS.to_owned()))
+    }
     async fn ready(&self) -> Result<(), saldo_engine::Unavailable> {
         Err(saldo_engine::Unavailable(INTERNALS.to_owned()))
     }

@@ -14,11 +14,18 @@
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use saldo_domain::messages::{Payload, Service, UnknownMessageType, consumer_of_type};
+use saldo_domain::retention::TopicRetention;
+
+/// The longest a start-up waits for the broker to describe its topics. A
+/// broker answers in milliseconds; one that does not answer in time (the
+/// mock cluster never does) leaves the retention unknown, which is judged
+/// against the operator's stated retention, so a short wait is safe.
+pub const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Partitions per topic unless configured otherwise.
 pub const PARTITIONS_DEFAULT: i32 = 8;
@@ -93,4 +100,71 @@ pub async fn ensure(
         }
     }
     Ok(created)
+}
+
+/// Asks the broker for the `retention.ms` of each topic (DescribeConfigs).
+/// A topic the broker cannot describe, or a broker that does not implement
+/// the request (librdkafka's mock cluster), is [`TopicRetention::Unknown`]:
+/// the caller decides what stands in for it. A value that does not parse is
+/// an error, never a guess.
+pub async fn retention_of(
+    bootstrap_servers: &str,
+    topics: &[&str],
+) -> Result<Vec<(String, TopicRetention)>, KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap_servers)
+        .create()?;
+    let resources: Vec<ResourceSpecifier<'_>> = topics
+        .iter()
+        .map(|topic| ResourceSpecifier::Topic(topic))
+        .collect();
+    let options = AdminOptions::new().request_timeout(Some(DESCRIBE_TIMEOUT));
+    let unknown = || {
+        topics
+            .iter()
+            .map(|topic| ((*topic).to_owned(), TopicRetention::Unknown))
+            .collect()
+    };
+    let results = match admin.describe_configs(&resources, &options).await {
+        Ok(results) => results,
+        Err(error) => {
+            tracing::warn!(%error, "the broker did not describe its topics");
+            return Ok(unknown());
+        }
+    };
+    if results.len() != topics.len() {
+        tracing::warn!(
+            asked = topics.len(),
+            answered = results.len(),
+            "the broker described other topics than asked"
+        );
+        return Ok(unknown());
+    }
+    let mut retentions = Vec::with_capacity(topics.len());
+    for (topic, result) in topics.iter().zip(results) {
+        let value = match &result {
+            Ok(resource) => resource
+                .get("retention.ms")
+                .and_then(|entry| entry.value.clone()),
+            Err(code) => {
+                tracing::warn!(topic, %code, "the broker did not describe the topic");
+                None
+            }
+        };
+        let retention = match value.as_deref().map(str::parse::<i64>) {
+            None => TopicRetention::Unknown,
+            Some(Ok(-1)) => TopicRetention::Unlimited,
+            Some(Ok(ms)) if ms >= 0 => TopicRetention::Finite {
+                retention_ms: ms.unsigned_abs(),
+            },
+            Some(_) => {
+                tracing::warn!(topic, ?value, "unreadable retention.ms");
+                return Err(KafkaError::AdminOpCreation(format!(
+                    "topic {topic}: unreadable retention.ms {value:?}"
+                )));
+            }
+        };
+        retentions.push(((*topic).to_owned(), retention));
+    }
+    Ok(retentions)
 }

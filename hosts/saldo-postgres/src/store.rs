@@ -7,7 +7,8 @@ use saldo_domain::decision::{
     IdempotencyWrite, InboxReceipt, ReadSet, Row, RowKey, Snapshot, Version, Versioned, Write,
 };
 use saldo_domain::messages::{Envelope, Service};
-use saldo_domain::store::CommitError;
+use saldo_domain::retention::Horizons;
+use saldo_domain::store::{CommitError, Purged};
 use saldo_idempotency::{Fingerprint, IdempotencyRecord, ScopedKey};
 use saldo_ledger::{AccountId, ChainHash, Entry, Posting, StoredEntry};
 use saldo_types::{Currency, Id128, OrderId, Timestamp};
@@ -379,6 +380,48 @@ impl PgStore {
                 Ok((row.try_get(0)?, envelope))
             })
             .collect()
+    }
+
+    /// Deletes up to `limit` of `service`'s inbox receipts received before
+    /// the inbox horizon and up to `limit` of its expired idempotency
+    /// records, oldest first, one statement each (ADR 0015). Rows locked by
+    /// a commit in flight are skipped: that commit decides them, and a later
+    /// round deletes them if they are still past the horizon.
+    pub async fn purge(
+        &self,
+        service: Service,
+        horizons: &Horizons,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Purged, StoreError> {
+        let schema = schema(service);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let inbox = format!(
+            "DELETE FROM {schema}.inbox WHERE message_id IN (SELECT message_id FROM {schema}.inbox              WHERE received_at < {} ORDER BY received_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            at(1)
+        );
+        let cutoff = horizons.inbox_cutoff(now);
+        let inbox = dynamic(inbox)
+            .bind(to_i64(cutoff.unix_ms(), "cutoff")?)
+            .bind(limit)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        let idempotency = format!(
+            "DELETE FROM {schema}.idempotency_keys WHERE key IN (SELECT key FROM {schema}.idempotency_keys              WHERE expires_at <= {} ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            at(1)
+        );
+        let idempotency = dynamic(idempotency)
+            .bind(to_i64(now.unix_ms(), "now")?)
+            .bind(limit)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        let count = |rows: u64| usize::try_from(rows).expect("at most `limit` rows");
+        Ok(Purged {
+            inbox: count(inbox),
+            idempotency: count(idempotency),
+        })
     }
 
     /// Orders whose saga deadline is due at `now`, earliest first.
@@ -893,6 +936,18 @@ impl saldo_engine::Store for PgStore {
             .await
             .map(drop)
             .map_err(|error| unavailable(StoreError::Database(error)))
+    }
+
+    async fn purge(
+        &self,
+        service: Service,
+        horizons: &Horizons,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Purged, Unavailable> {
+        PgStore::purge(self, service, horizons, now, limit)
+            .await
+            .map_err(unavailable)
     }
 
     async fn ready(&self) -> Result<(), Unavailable> {

@@ -156,7 +156,7 @@ fn subcommand_of(command: &clap::Command, argv: &[OsString]) -> Option<(usize, S
     None
 }
 
-/// Parses `250ms`, `30s`, `5m` or `1h`.
+/// Parses `250ms`, `30s`, `5m`, `1h` or `7d`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -170,7 +170,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" | "" => value.saturating_mul(1_000),
         "m" => value.saturating_mul(60_000),
         "h" => value.saturating_mul(3_600_000),
-        _ => return Err(format!("{text:?}: the unit must be ms, s, m or h")),
+        "d" => value.saturating_mul(86_400_000),
+        _ => return Err(format!("{text:?}: the unit must be ms, s, m, h or d")),
     };
     Ok(Duration::from_millis(ms))
 }

@@ -19,6 +19,7 @@ use saldo_domain::Rules;
 use saldo_domain::inventory::{SetStock, decide_set_stock, set_stock_read_set};
 use saldo_domain::messages::{Service, Traceparent};
 use saldo_domain::payment::{TopUp, decide_top_up, top_up_read_set};
+use saldo_domain::retention::Horizons;
 use saldo_engine::{
     DeadLetter, DeadLetterSink, Deliverer, DeliveryError, Incoming, MemoryBackend, Store, execute,
     timers, wall_clock,
@@ -305,6 +306,20 @@ pub fn run(args: &DevArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let address = listener.local_addr().context("local address")?;
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        // Every service purges its receipts and records past their horizons,
+        // as the service processes do (ADR 0015).
+        let purges: Vec<_> = Service::ALL
+            .into_iter()
+            .map(|service| {
+                let store: Arc<dyn Store> = Arc::new(backend.clone());
+                tokio::spawn(saldo_engine::retention::run(
+                    store,
+                    service,
+                    Horizons::default(),
+                    stopped.clone(),
+                ))
+            })
+            .collect();
         let mut bus = tokio::spawn(Bus::new(backend, rules, stopped.clone()).run(stopped));
         // Signal handlers first: once the banner is out, a SIGTERM must stop
         // the process cleanly.
@@ -322,6 +337,9 @@ pub fn run(args: &DevArgs) -> anyhow::Result<ExitCode> {
         }
         stop.send_replace(true);
         bus.await.context("the bus")?.context("the bus")?;
+        for purge in purges {
+            purge.await.context("a purge")?;
+        }
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })

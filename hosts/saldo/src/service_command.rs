@@ -10,7 +10,8 @@ use anyhow::{Context, bail};
 use clap::Args;
 use saldo_domain::Rules;
 use saldo_domain::messages::Service;
-use saldo_engine::{Store, timers, wall_clock};
+use saldo_domain::retention::Horizons;
+use saldo_engine::{Store, retention, timers, wall_clock};
 use saldo_kafka::consumer::ConsumerRunner;
 use saldo_kafka::publisher::OutboxPublisher;
 use saldo_kafka::topics;
@@ -20,6 +21,8 @@ use std::sync::Arc;
 use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use saldo_http::api::{Api, Check};
+
+use crate::config::parse_duration;
 
 /// The longest a publisher waits between empty rounds: commits wake it at
 /// once through their notification, so this only bounds a missed one.
@@ -59,6 +62,48 @@ pub struct ServiceArgs {
     /// for `inventory`.
     #[arg(long, env = "SALDO_HTTP_ADDRESS")]
     http_address: Option<std::net::SocketAddr>,
+    /// How long inbox receipts are kept before the purge deletes them (ADR
+    /// 0015). A consumer refuses to start when this is shorter than the
+    /// retention.ms of the topic it consumes.
+    #[arg(long, default_value = "7d", value_parser = parse_duration, env = "SALDO_INBOX_HORIZON")]
+    inbox_horizon: Duration,
+    /// The retention assumed for a consumed topic whose retention.ms the
+    /// broker does not report (librdkafka's mock cluster, a broker that
+    /// refuses DescribeConfigs); the inbox horizon must cover it too.
+    #[arg(long, default_value = "7d", value_parser = parse_duration, env = "SALDO_TOPIC_RETENTION")]
+    topic_retention: Duration,
+}
+
+impl ServiceArgs {
+    fn horizons(&self) -> Horizons {
+        Horizons {
+            inbox_ms: millis(self.inbox_horizon),
+        }
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Refuses to start a consumer whose inbox horizon is shorter than the
+/// retention of the topic it consumes (the rule is the sdk's).
+async fn check_inbox_horizon(service: Service, args: &ServiceArgs) -> anyhow::Result<()> {
+    let topic = topics::consumed_by(service);
+    let retentions = topics::retention_of(&args.kafka_bootstrap, &[topic])
+        .await
+        .context("cannot read the retention of the consumed topic")?;
+    let stated = millis(args.topic_retention);
+    let assumed =
+        saldo_domain::retention::check_inbox_horizon(&args.horizons(), stated, &retentions)?;
+    for topic in assumed {
+        tracing::warn!(
+            topic,
+            topic_retention_ms = stated,
+            "the broker did not report the topic's retention.ms; assuming --topic-retention"
+        );
+    }
+    Ok(())
 }
 
 /// Installs the metrics recorder when anything will serve it, and serves
@@ -223,6 +268,7 @@ pub fn run_consumer(service: Service, args: &ServiceArgs) -> anyhow::Result<Exit
             .await
             .context("cannot connect to the database")?;
         prepare_topics(args).await;
+        check_inbox_horizon(service, args).await?;
         let metrics = serve_metrics(args).await?;
         let group = format!("{}-{}", args.group_prefix, service.name());
         let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -259,6 +305,12 @@ pub fn run_consumer(service: Service, args: &ServiceArgs) -> anyhow::Result<Exit
             None => None,
         };
         let mut consumer = tokio::spawn(runner.run(stopped.clone()));
+        let mut purge = tokio::spawn(retention::run(
+            shared.clone(),
+            service,
+            args.horizons(),
+            stopped.clone(),
+        ));
         let mut deadlines = tokio::spawn({
             let (store, rules, stopped) = (shared, rules, stopped.clone());
             async move {
@@ -290,6 +342,10 @@ pub fn run_consumer(service: Service, args: &ServiceArgs) -> anyhow::Result<Exit
                 ended.context("timer task")?;
                 bail!("the deadline timers stopped by themselves");
             }
+            ended = &mut purge => {
+                ended.context("purge task")?;
+                bail!("the purge stopped by itself");
+            }
         }
         tracing::info!(%service, "stopping: finishing requests and messages in flight");
         stop.send_replace(true);
@@ -301,6 +357,7 @@ pub fn run_consumer(service: Service, args: &ServiceArgs) -> anyhow::Result<Exit
             .context("consumer task")?
             .context("consumer")?;
         deadlines.await.context("timer task")?;
+        purge.await.context("purge task")?;
         Ok(ExitCode::SUCCESS)
     })
 }

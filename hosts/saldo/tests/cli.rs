@@ -1998,3 +1998,57 @@ fn restarts_of_postgresql_and_the_broker_mid_flow_lose_nothing() {
     );
     production.stop();
 }
+
+#[test]
+fn a_consumer_refuses_to_start_when_its_inbox_horizon_is_shorter_than_its_topics_retention() {
+    // Proves (#14 point 10) a consumer whose inbox receipts would be purged
+    // before its topic forgets the message exits 2 with one readable line,
+    // and with a horizon that covers the retention starts and stops cleanly.
+    // The mock broker does not report retention.ms, so --topic-retention stands in.
+    let (admin_url, name, url) = fresh_database("horizon");
+    assert_eq!(
+        saldo(&["migrate", "--database-url", &url]).status.code(),
+        Some(0)
+    );
+    let mut processes = Processes(Vec::new());
+    let bootstrap = spawn_broker(&mut processes);
+    let service = |horizon: &str, retention: &str| {
+        vec![
+            "payment".to_owned(),
+            "--database-url".to_owned(),
+            url.clone(),
+            "--kafka-bootstrap".to_owned(),
+            bootstrap.clone(),
+            "--create-topics".to_owned(),
+            "false".to_owned(),
+            "--inbox-horizon".to_owned(),
+            horizon.to_owned(),
+            "--topic-retention".to_owned(),
+            retention.to_owned(),
+        ]
+    };
+    for (horizon, retention) in [("1d", "7d"), ("7d", "8d")] {
+        let arguments = service(horizon, retention);
+        let refused = saldo(&arguments.iter().map(String::as_str).collect::<Vec<_>>());
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        let last = stderr.lines().last().unwrap_or_default();
+        assert_eq!(refused.status.code(), Some(2), "{stderr}");
+        assert!(
+            last.starts_with("saldo: inbox horizon ")
+                && last.contains("is shorter than --topic-retention")
+                && last.contains("saldo.payment.commands"),
+            "{stderr}"
+        );
+    }
+    let address = format!("127.0.0.1:{}", free_port());
+    let mut arguments = service("7d", "7d");
+    arguments.extend(["--http-address".to_owned(), address.clone()]);
+    processes.spawn(
+        "payment",
+        &arguments.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[],
+    );
+    http_wait(&address, "/healthz", &[], 60, |_| true);
+    processes.stop_all();
+    psql(&admin_url, &format!("DROP DATABASE {name} WITH (FORCE)"));
+}

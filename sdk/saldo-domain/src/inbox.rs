@@ -1,6 +1,13 @@
 //! The inbox check every consumer runs first, built on the one idempotency
 //! decision: a message id seen before with the same content is a duplicate;
 //! seen before with other content is a reused id, which is refused.
+//!
+//! A receipt is evidence for as long as it is stored: its age never turns a
+//! known message into a new one. Hosts delete receipts older than their
+//! inbox horizon (by default [`INBOX_RETENTION_MS`], ADR 0015); a message
+//! redelivered after its receipt was purged is fresh to the inbox, and each
+//! decider absorbs it because the effect it would have is already recorded
+//! per order (a payment row, a reservation, a saga step that moved on).
 
 use saldo_idempotency::{Fingerprint, IdempotencyRecord, RecordState, Verdict};
 use saldo_types::Timestamp;
@@ -9,9 +16,11 @@ use crate::decision::{Decided, Decision, InboxReceipt, Snapshot};
 use crate::messages::{Envelope, Payload, Service};
 use crate::{ConsumeError, MessageOutcome};
 
-/// How long an inbox receipt is kept (7 days): longer than any redelivery
-/// window of the broker. Past it, the per-order idempotency of each decider
-/// still makes a very late redelivery harmless.
+/// How long hosts keep an inbox receipt unless configured otherwise (7 days,
+/// Kafka's default `retention.ms`): no message older than its topic's
+/// retention can be redelivered, so a horizon at least that long means a
+/// redelivery always finds its receipt. Past it, the per-order idempotency
+/// of each decider still absorbs a very late redelivery.
 pub const INBOX_RETENTION_MS: u64 = 7 * 24 * 3_600_000;
 
 /// What the inbox says about a message.
@@ -47,22 +56,28 @@ pub fn check(
             fingerprint: receipt.fingerprint,
             state: RecordState::Completed { outcome: () },
             created_at: receipt.received_at,
-            expires_at: receipt.received_at.plus_ms(INBOX_RETENTION_MS),
+            // A stored receipt never expires in the decision: the horizon
+            // only says when a host may purge it (see the module doc).
+            expires_at: Timestamp::from_unix_ms(u64::MAX),
         }
     });
     match saldo_idempotency::decide(stored.as_ref(), &fingerprint, now) {
         Verdict::Replay(()) => Ok(InboxVerdict::Duplicate),
         Verdict::Mismatch => Err(ConsumeError::MessageIdReused(envelope.message_id)),
         // Receipts are written in the same transaction as the effect, so
-        // none is ever in flight; an expired one counts as new.
-        Verdict::Fresh | Verdict::Expired | Verdict::InFlight { .. } => {
-            Ok(InboxVerdict::Fresh(InboxReceipt {
-                consumer,
-                message_id: envelope.message_id,
-                fingerprint,
-                received_at: now,
-            }))
+        // none is ever in flight, and none expires (see above).
+        Verdict::Expired | Verdict::InFlight { .. } => {
+            unreachable!(
+                "receipt of {}: a receipt is completed and never expires",
+                envelope.message_id
+            )
         }
+        Verdict::Fresh => Ok(InboxVerdict::Fresh(InboxReceipt {
+            consumer,
+            message_id: envelope.message_id,
+            fingerprint,
+            received_at: now,
+        })),
     }
 }
 

@@ -129,13 +129,20 @@ pub fn decide_message(
 
 fn replay_reservation(existing: &ReservationRow) -> Payload {
     match existing.state {
-        ReservationState::Held | ReservationState::Committed => Payload::StockReserved {
-            amount: existing
-                .amount
-                .expect("held and committed reservations are priced"),
-        },
+        // Released: only a held reservation is released, and every reserve
+        // command of the order was handled before the release that follows
+        // it on the same partition, each answered "reserved". A redelivery
+        // after its receipt was purged gets that answer again, so the reply
+        // (whose id derives from the command) keeps its content.
+        ReservationState::Held | ReservationState::Committed | ReservationState::Released => {
+            Payload::StockReserved {
+                amount: existing
+                    .amount
+                    .expect("held, committed and released reservations are priced"),
+            }
+        }
         ReservationState::Rejected { reason } => Payload::StockRejected { reason },
-        ReservationState::Released | ReservationState::Cancelled => Payload::StockRejected {
+        ReservationState::Cancelled => Payload::StockRejected {
             reason: StockRejection::OrderCancelled,
         },
     }

@@ -11,6 +11,9 @@
 //!   committed as one; the one batch decider of hosts and simulator.
 //! - [`decision`]: decisions as data, read sets and snapshots: the rhythm
 //!   every host follows (load, decide, commit atomically, acknowledge).
+//! - [`retention`]: the horizons of inbox receipts and idempotency
+//!   records, what may be purged, and the start-up check of the inbox
+//!   horizon against the consumed topics' retention (ADR 0015).
 //! - [`store`]: the in-memory store that commits decisions atomically with
 //!   version checks, and [`store::execute`], the rhythm's driver.
 //!
@@ -24,6 +27,7 @@ pub mod inventory;
 pub mod messages;
 pub mod order;
 pub mod payment;
+pub mod retention;
 pub mod store;
 
 use saldo_ledger::Rejection;

@@ -245,9 +245,17 @@ fn charge(
             Verdict::Replay(PaymentState::Failed { reason }) => {
                 Ok(Payload::PaymentFailed { reason: *reason })
             }
-            Verdict::Replay(_) => Ok(Payload::PaymentFailed {
-                reason: PaymentFailure::OrderCancelled,
+            // Refunded: every charge command of the order was handled
+            // before the refund that follows it on the same partition, and
+            // each was answered from the captured charge. A redelivery after
+            // its receipt was purged gets that answer again, so the reply
+            // (whose id derives from the command) keeps its content.
+            Verdict::Replay(PaymentState::Refunded { .. }) => Ok(Payload::PaymentSucceeded {
+                amount: existing.amount,
             }),
+            Verdict::Replay(PaymentState::CancelledBeforeCharge) => {
+                unreachable!("order {order_id}: a tombstone is answered above")
+            }
             _ => Err(ConsumeError::Refused(
                 CommandRefused::ChargeDiffersFromRecorded,
             )),
@@ -584,17 +592,35 @@ pub fn decide_top_up(
             &request.traceparent,
         ),
     );
-    match book.post(posting) {
-        // Exists: the idempotency record expired but the posting is there;
-        // the money moved once, which is what matters.
-        Ok(_) => commit_book(&mut decision, snapshot, &mut book),
+    // The posting's identity is the wallet, the key and the amount, never the
+    // request's correlation id or trace (`Memo::same_cause`): a retry after
+    // its idempotency record expired or was purged finds the posting and
+    // answers as the first request did, moving no money (ADR 0015).
+    let replayed = match book.post(posting) {
+        Ok(Applied::Created) => false,
+        Ok(Applied::Exists) => true,
+        Err(
+            Rejection::ExistsWithDifferentAmounts
+            | Rejection::ExistsWithDifferentAccounts
+            | Rejection::ExistsWithDifferentMemo,
+        ) => return Err(TopUpError::IdempotencyKeyReused),
         Err(rejection) => return Err(TopUpError::Ledger(rejection)),
-    }
+    };
+    commit_book(&mut decision, snapshot, &mut book);
+    assert!(
+        !replayed
+            || (decision.postings.is_empty()
+                && !decision
+                    .writes
+                    .iter()
+                    .any(|write| matches!(write.row, Row::Account(_)))),
+        "a top-up that found its posting moves no money"
+    );
     let applied = TopUpApplied {
         customer: request.customer.clone(),
         posting_id,
         amount,
-        replayed: false,
+        replayed,
     };
     decision.idempotency = Some(IdempotencyWrite {
         service: Service::Payment,

@@ -13,6 +13,7 @@ use saldo_types::{Money, OrderId, Timestamp};
 use crate::batch::{Batch, BatchReadSet, Commit, Increment, Loaded};
 use crate::decision::{Decided, InboxReceipt, ReadSet, Row, RowKey, Snapshot, Version, Versioned};
 use crate::messages::{Envelope, MessageId, Service};
+use crate::retention::Horizons;
 
 /// The most times an input is decided again after version conflicts before
 /// the conflict is reported to the caller.
@@ -72,6 +73,15 @@ struct Outbox {
     next_sequence: u64,
     pending: BTreeMap<u64, Arc<Envelope>>,
     published: u64,
+}
+
+/// What one purge deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// Inbox receipts deleted.
+    pub inbox: usize,
+    /// Idempotency records deleted.
+    pub idempotency: usize,
 }
 
 /// An outbox row waiting to be published.
@@ -397,6 +407,48 @@ impl MemoryStore {
         self.idempotency
             .iter()
             .map(|((service, key), record)| (*service, key, record))
+    }
+
+    /// Deletes up to `limit` inbox receipts of `service` older than the
+    /// horizon and up to `limit` of its expired idempotency records, oldest
+    /// key first (ADR 0015). Deleting changes no decision's outcome: a
+    /// redelivery or retry past the horizon is absorbed by its decider.
+    pub fn purge(
+        &mut self,
+        service: Service,
+        horizons: &Horizons,
+        now: Timestamp,
+        limit: usize,
+    ) -> Purged {
+        let mut receipts: Vec<(Service, MessageId)> = self
+            .inbox
+            .iter()
+            .filter(|(key, receipt)| {
+                key.0 == service && horizons.receipt_purgeable(receipt.received_at, now)
+            })
+            .map(|(key, _)| *key)
+            .collect();
+        receipts.sort();
+        receipts.truncate(limit);
+        for key in &receipts {
+            self.inbox.remove(key);
+        }
+        let records: Vec<(Service, ScopedKey)> = self
+            .idempotency
+            .iter()
+            .filter(|(key, record)| {
+                key.0 == service && horizons.record_purgeable(&record.value, now)
+            })
+            .map(|(key, _)| key.clone())
+            .take(limit)
+            .collect();
+        for key in &records {
+            self.idempotency.remove(key);
+        }
+        Purged {
+            inbox: receipts.len(),
+            idempotency: records.len(),
+        }
     }
 
     /// How many inbox receipts a consumer holds.

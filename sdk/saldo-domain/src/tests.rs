@@ -1003,3 +1003,294 @@ fn a_negative_quantity_is_refused_like_zero(
     // where zero got `quantity_must_be_positive`; now both get the latter.
     assert_eq!(crate::order::line_quantity(3, requested), expected);
 }
+
+/// Retention (#14 point 10, ADR 0015): receipts and records past their
+/// horizon, and the redeliveries and retries that come after.
+mod retention {
+    use super::*;
+    use crate::retention::{Horizons, IDEMPOTENCY_RETENTION_MS, INBOX_RETENTION_MS};
+    use crate::store::Purged;
+
+    /// Delivers every message until none are left, returning each as delivered.
+    fn run_to_rest(world: &mut World) -> Vec<Envelope> {
+        let mut delivered = Vec::new();
+        let mut queue: VecDeque<Envelope> = VecDeque::new();
+        loop {
+            queue.extend(world.drain_outboxes());
+            let Some(envelope) = queue.pop_front() else {
+                return delivered;
+            };
+            world
+                .deliver(&envelope)
+                .expect("a correct flow never dead-letters");
+            delivered.push(envelope);
+        }
+    }
+
+    /// Everything a redelivery must leave as it was.
+    fn state(world: &World) -> (Vec<(RowKey, Row)>, usize) {
+        let mut rows: Vec<(RowKey, Row)> = world
+            .store
+            .rows()
+            .map(|(key, row)| (key.clone(), row.value.clone()))
+            .collect();
+        rows.sort_by_key(|(key, _)| format!("{key:?}"));
+        (rows, world.store.entries().len())
+    }
+
+    fn purge_everything(world: &mut World) -> usize {
+        let horizons = Horizons::default();
+        let mut purged = 0;
+        for service in Service::ALL {
+            let Purged { inbox, idempotency } =
+                world.store.purge(service, &horizons, world.now, usize::MAX);
+            purged += inbox + idempotency;
+        }
+        purged
+    }
+
+    #[test]
+    fn a_message_redelivered_after_its_receipt_expired_is_absorbed() {
+        // Regression: a redelivery after the receipt's expiry counted as new,
+        // its receipt collided with the stored one ("already handled") and
+        // the message was dead-lettered; a stored receipt is a duplicate at any age.
+        let mut world = stocked_world();
+        world
+            .place("alice", vec![line("apple", 2)], "k")
+            .expect("placed");
+        let delivered = run_to_rest(&mut world);
+        assert_eq!(world.order(1).status(), OrderStatus::Confirmed);
+        let before = state(&world);
+        world.now = world.now.plus_ms(INBOX_RETENTION_MS + 1);
+        for envelope in &delivered {
+            assert_eq!(
+                world.deliver(envelope),
+                Ok(MessageOutcome::Duplicate),
+                "{}",
+                envelope.message_type()
+            );
+        }
+        assert!(world.drain_outboxes().is_empty());
+        assert_eq!(state(&world), before);
+    }
+
+    #[rstest]
+    #[case::confirmed(vec![line("apple", 2)], OrderStatus::Confirmed)]
+    #[case::stock_released_after_a_refused_payment(vec![line("apple", 10), line("pear", 2)], OrderStatus::Cancelled(CancelReason::InsufficientFunds))]
+    #[case::stock_rejected(vec![line("apple", 1), line("pear", 3)], OrderStatus::Cancelled(CancelReason::OutOfStock))]
+    fn a_message_redelivered_after_every_receipt_was_purged_has_no_second_effect(
+        #[case] lines: Vec<OrderLine>,
+        #[case] status: OrderStatus,
+    ) {
+        // Proves that with every receipt purged, each participant answers a
+        // redelivered command from the recorded effect with the very reply
+        // it sent first, and the order service ignores the redelivered replies.
+        let mut world = stocked_world();
+        world.place("alice", lines, "k").expect("placed");
+        let delivered = run_to_rest(&mut world);
+        assert_eq!(world.order(1).status(), status);
+        let before = state(&world);
+        world.now = world.now.plus_ms(INBOX_RETENTION_MS + 1);
+        assert!(purge_everything(&mut world) >= delivered.len());
+        for envelope in &delivered {
+            world.deliver(envelope).expect("absorbed, not refused");
+        }
+        let replies = world.drain_outboxes();
+        for reply in &replies {
+            let original = delivered
+                .iter()
+                .find(|first| first.message_id == reply.message_id)
+                .expect("only replies sent before are sent again");
+            assert_eq!(reply.payload, original.payload, "the same reply, re-sent");
+            assert_eq!(
+                world.deliver(reply),
+                Ok(MessageOutcome::Duplicate),
+                "the order service received it just now"
+            );
+        }
+        assert_eq!(state(&world).0, before.0, "no row changed");
+        assert_eq!(state(&world).1, before.1, "no ledger entry added");
+        world.check_invariants();
+    }
+
+    #[test]
+    fn a_reservation_redelivered_after_its_release_gets_its_first_reply() {
+        // Regression: a ReserveStock redelivered after inventory's receipt was
+        // purged and the reservation released answered "rejected" under the
+        // id of the first "reserved"; the order service, still holding that
+        // reply's receipt, refused it as a reused message id (a dead letter).
+        let mut world = stocked_world();
+        world
+            .place("alice", vec![line("apple", 10), line("pear", 2)], "k")
+            .expect("placed");
+        let delivered = run_to_rest(&mut world);
+        let reserve = delivered
+            .iter()
+            .find(|envelope| matches!(envelope.payload, Payload::ReserveStock { .. }))
+            .expect("reserved first")
+            .clone();
+        world.now = world.now.plus_ms(INBOX_RETENTION_MS + 1);
+        let purged = world.store.purge(
+            Service::Inventory,
+            &Horizons::default(),
+            world.now,
+            usize::MAX,
+        );
+        assert!(purged.inbox > 0);
+        world.deliver(&reserve).expect("absorbed");
+        let reply = world.drain_outboxes().remove(0);
+        assert_eq!(world.deliver(&reply), Ok(MessageOutcome::Duplicate));
+        assert_eq!(world.stock("apple"), (10, 0), "nothing held again");
+    }
+
+    #[test]
+    fn a_charge_redelivered_after_its_refund_gets_its_first_reply() {
+        // Regression: a ChargePayment redelivered after payment's receipt was
+        // purged and the charge refunded answered "failed" under the id of
+        // the first "succeeded"; it is answered as first, and moves no money.
+        let mut world = stocked_world();
+        world
+            .place("alice", vec![line("apple", 1)], "k")
+            .expect("placed");
+        let reserve = world.drain_outboxes().remove(0);
+        world.deliver(&reserve).expect("reserved");
+        let reserved = world.drain_outboxes().remove(0);
+        world.deliver(&reserved).expect("saga moved");
+        let charge = world.drain_outboxes().remove(0);
+        world.deliver(&charge).expect("charged");
+        let succeeded = world.drain_outboxes().remove(0);
+        let refund = Envelope::caused_by(
+            &charge,
+            &[b"test-refund"],
+            world.now,
+            Payload::RefundPayment {
+                customer: customer("alice"),
+                amount: eur(150),
+            },
+        );
+        world.deliver(&refund).expect("refunded");
+        world.drain_outboxes();
+        assert_eq!(world.balance("alice"), eur(2_000));
+        let entries = world.store.entries().len();
+        world.now = world.now.plus_ms(INBOX_RETENTION_MS + 1);
+        world.store.purge(
+            Service::Payment,
+            &Horizons::default(),
+            world.now,
+            usize::MAX,
+        );
+        world.deliver(&charge).expect("absorbed");
+        let again = world.drain_outboxes().remove(0);
+        assert_eq!(
+            (again.message_id, &again.payload),
+            (succeeded.message_id, &succeeded.payload)
+        );
+        assert_eq!(
+            world.balance("alice"),
+            eur(2_000),
+            "charged once, refunded once"
+        );
+        assert_eq!(world.store.entries().len(), entries);
+    }
+
+    fn top_up_request(amount: Money, correlation: &str) -> TopUp {
+        TopUp {
+            customer: customer("alice"),
+            amount,
+            idempotency_key: key("wallet-key"),
+            principal: None,
+            correlation_id: CorrelationId::new(correlation).expect("valid"),
+            traceparent: Traceparent::root(Id128::derive("test", &[correlation.as_bytes()])),
+        }
+    }
+
+    fn top_up(
+        world: &mut World,
+        request: &TopUp,
+    ) -> Result<crate::payment::TopUpApplied, ExecuteError<TopUpError>> {
+        let policy = world.rules.payment;
+        let now = world.now;
+        execute(
+            &mut world.store,
+            &top_up_read_set(request),
+            now,
+            |snapshot| decide_top_up(&policy, snapshot, request, now),
+        )
+    }
+
+    #[rstest]
+    #[case::record_expired(false)]
+    #[case::record_purged(true)]
+    fn a_top_up_retried_after_its_record_expired_answers_as_the_first(#[case] purged: bool) {
+        // Regression: a retry after the idempotency record expired carried a
+        // new correlation id, which made its posting "different" and answered
+        // 422 ledger_refused; it finds the posting, answers with it and moves
+        // no money, and another amount under the key is a reused key.
+        let mut world = World::new();
+        let first = top_up(&mut world, &top_up_request(eur(5_000), "request-1")).expect("top-up");
+        let entry = world.store.entries()[0].clone();
+        world.now = world.now.plus_ms(IDEMPOTENCY_RETENTION_MS + 1);
+        if purged {
+            assert_eq!(purge_everything(&mut world), 1);
+        }
+        let retried = top_up(&mut world, &top_up_request(eur(5_000), "request-2")).expect("retry");
+        assert_eq!(
+            (retried.posting_id, retried.amount, retried.replayed),
+            (first.posting_id, first.amount, true)
+        );
+        assert_eq!(world.balance("alice"), eur(5_000), "money moved once");
+        assert_eq!(world.store.entries(), &[entry], "the entry is untouched");
+        assert_eq!(
+            top_up(&mut world, &top_up_request(eur(1), "request-3")).map(|_| ()),
+            Err(ExecuteError::Rejected(TopUpError::IdempotencyKeyReused))
+        );
+    }
+
+    #[test]
+    fn a_purge_deletes_only_what_is_past_its_horizon_and_at_most_the_limit() {
+        // Proves receipts within the horizon and unexpired records survive,
+        // and one purge deletes no more than its limit per table.
+        let mut world = stocked_world();
+        world
+            .place("alice", vec![line("apple", 1)], "k")
+            .expect("placed");
+        run_to_rest(&mut world);
+        let horizons = Horizons::default();
+        let receipts = world.store.inbox_len(Service::Order);
+        assert!(receipts >= 2);
+        let early = world.now.plus_ms(IDEMPOTENCY_RETENTION_MS - 1);
+        assert_eq!(
+            world
+                .store
+                .purge(Service::Order, &horizons, early, usize::MAX),
+            Purged::default(),
+            "nothing is past its horizon yet"
+        );
+        let day_after = world.now.plus_ms(INBOX_RETENTION_MS);
+        assert_eq!(
+            world
+                .store
+                .purge(Service::Order, &horizons, day_after, usize::MAX),
+            Purged {
+                inbox: 0,
+                idempotency: 1
+            },
+            "the order's record expired; receipts are kept to the inbox horizon"
+        );
+        let late = world.now.plus_ms(INBOX_RETENTION_MS + 1);
+        let first = world.store.purge(Service::Order, &horizons, late, 1);
+        assert_eq!(
+            first,
+            Purged {
+                inbox: 1,
+                idempotency: 0
+            }
+        );
+        assert_eq!(world.store.inbox_len(Service::Order), receipts - 1);
+        assert_eq!(
+            world.store.inbox_len(Service::Payment),
+            1,
+            "another service's stay"
+        );
+    }
+}

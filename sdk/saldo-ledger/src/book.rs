@@ -90,7 +90,8 @@ pub enum Rejection {
     /// The id exists with a different reversal link.
     #[error("posting exists with a different reversal link")]
     ExistsWithDifferentReversal,
-    /// The id exists with a different memo.
+    /// The id exists with a memo of a different cause (purpose or order;
+    /// see [`Memo::same_cause`](crate::Memo::same_cause)).
     #[error("posting exists with a different memo")]
     ExistsWithDifferentMemo,
     /// The id is already used by a hold (or a hold id by a posting).
@@ -551,7 +552,7 @@ fn compare_existing(existing: &Posting, retried: &Posting) -> Result<Applied, Re
     if existing.reverses != retried.reverses {
         return Err(Rejection::ExistsWithDifferentReversal);
     }
-    if existing.memo != retried.memo {
+    if !existing.memo.same_cause(&retried.memo) {
         return Err(Rejection::ExistsWithDifferentMemo);
     }
     Ok(Applied::Exists)

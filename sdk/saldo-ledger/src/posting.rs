@@ -66,6 +66,17 @@ pub struct Memo {
     pub traceparent: Option<String>,
 }
 
+impl Memo {
+    /// True when both memos name the same cause: the same purpose and order.
+    /// The correlation id and traceparent say which request carried the
+    /// posting, not what it is, so a retry sent with new ones (a client
+    /// retrying after its idempotency record expired) is the same posting.
+    /// Both are still part of the sealed entry's hash, as first recorded.
+    pub fn same_cause(&self, other: &Memo) -> bool {
+        self.purpose == other.purpose && self.order_id == other.order_id
+    }
+}
+
 /// A balanced set of legs, recorded as one immutable entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Posting {

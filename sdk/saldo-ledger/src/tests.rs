@@ -501,3 +501,46 @@ fn effect_on_is_signed_by_side_and_zero_for_untouched_accounts() {
     assert_eq!(posting.effect_on(&revenue()), Some(eur(250)));
     assert_eq!(posting.effect_on(&wallet("bob")), Some(eur(0)));
 }
+
+#[test]
+fn retried_posting_with_new_trace_context_is_the_same_posting() {
+    // Regression (#14 point 10): a retry carrying a new correlation id and
+    // traceparent was refused as `exists_with_different_memo`; it is the
+    // same posting, answers `exists`, and the first entry keeps its memo and hash.
+    let mut ledger = ledger();
+    let traced = |correlation: &str, trace: &str| Posting {
+        memo: Memo {
+            purpose: "charge".to_owned(),
+            order_id: None,
+            correlation_id: Some(saldo_types::CorrelationId::new(correlation).expect("id")),
+            traceparent: Some(trace.to_owned()),
+        },
+        ..charge("order-1", 2_500)
+    };
+    assert_eq!(
+        ledger.post(traced("first-request", "trace-1"), NOW),
+        Ok(Applied::Created)
+    );
+    let sealed = ledger.entries()[1].clone();
+    assert_eq!(
+        ledger.post(traced("second-request", "trace-2"), NOW),
+        Ok(Applied::Exists)
+    );
+    assert_eq!(ledger.entries().len(), 2, "no second entry");
+    assert_eq!(
+        ledger.entries()[1],
+        sealed,
+        "the entry keeps its first memo"
+    );
+    assert_eq!(
+        ledger.post(
+            Posting {
+                memo: memo("gift"),
+                ..charge("order-1", 2_500)
+            },
+            NOW
+        ),
+        Err(Rejection::ExistsWithDifferentMemo),
+        "another purpose is still another posting"
+    );
+}

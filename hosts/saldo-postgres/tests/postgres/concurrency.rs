@@ -309,7 +309,7 @@ async fn concurrent_top_ups_and_payments_keep_the_balance_equal_to_its_entries()
 }
 
 /// The store connected as `role`, as a service process connects in production.
-async fn store_as(driver: &Driver, role: &str) -> PgStore {
+pub async fn store_as(driver: &Driver, role: &str) -> PgStore {
     let crate::backends::Backend::Postgres(database) = &driver.backend else {
         panic!("postgres only")
     };

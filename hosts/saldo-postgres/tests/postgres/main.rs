@@ -7,3 +7,4 @@ mod ledger;
 mod migrations;
 mod outbox;
 mod reconcile;
+mod retention;
