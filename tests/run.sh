@@ -6,7 +6,8 @@
 #   bash tests/run.sh
 #
 # Steps: toolchain (pinned in rust-toolchain.toml, with the wasm32 target),
-# cargo-nextest, formatting and lints, the sdk built for wasm32, the examples,
+# cargo-nextest, formatting and lints, the Prometheus rules under promtool,
+# the sdk built for wasm32, the examples,
 # every test under nextest with per-test timeouts, then the browser harness:
 # Debian's Chromium, the page (harness/build.sh), its bindings under
 # wasm-bindgen-test and every walkthrough under Playwright.
@@ -80,6 +81,19 @@ step "format and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy --locked --target wasm32-unknown-unknown -p saldo-harness --all-targets -- -D warnings
+
+step "Prometheus rules (promtool)"
+# Debian's prometheus package for promtool: the rules must load, and every
+# alert fires in its unit test where it should and stays quiet where it
+# should not. (The rules file and the dashboard are held to the code's
+# metrics by tests/tests/workspace/monitoring.rs.)
+if ! command -v promtool >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then apt_get=(apt-get); else apt_get=(sudo apt-get); fi
+    "${apt_get[@]}" update -q
+    DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -q --no-install-recommends prometheus
+fi
+promtool check rules deploy/prometheus/saldo-rules.yml
+promtool test rules deploy/prometheus/saldo-rules.test.yml
 
 step "sdk for wasm32-unknown-unknown"
 sdk_packages=()

@@ -1,3 +1,4 @@
 //! The workspace's one integration-test binary; each module is one area.
 
 mod architecture;
+mod monitoring;
