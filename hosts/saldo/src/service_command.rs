@@ -264,6 +264,9 @@ pub(crate) fn shutdown() -> impl std::future::Future<Output = ()> + Send + 'stat
 /// not look alive.
 pub fn run_consumer(service: Service, args: &ServiceArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
+        // Signal handlers before anything can be told to stop: a SIGTERM
+        // right after start must stop the service cleanly, not kill it.
+        let stop_requested = shutdown();
         let store = PgStore::connect(&args.database_url, CONNECTIONS_MAX)
             .await
             .context("cannot connect to the database")?;
@@ -329,7 +332,7 @@ pub fn run_consumer(service: Service, args: &ServiceArgs) -> anyhow::Result<Exit
             }
         };
         tokio::select! {
-            () = shutdown() => {}
+            () = stop_requested => {}
             ended = http_ended => {
                 ended.context("HTTP task")?.context("HTTP server")?;
                 bail!("the HTTP server stopped by itself");
@@ -370,6 +373,7 @@ pub fn run_outbox(args: &OutboxArgs) -> anyhow::Result<ExitCode> {
         );
     }
     runtime()?.block_on(async {
+        let stop_requested = shutdown();
         prepare_topics(&args.connection).await;
         serve_metrics(&args.connection).await?;
         let producer = saldo_kafka::producer::create(&args.connection.kafka_bootstrap)
@@ -380,7 +384,7 @@ pub fn run_outbox(args: &OutboxArgs) -> anyhow::Result<ExitCode> {
         let publisher = OutboxPublisher::new(Box::new(outbox), producer);
         tracing::info!(service = %args.service, "publishing the outbox");
         publisher
-            .run(PUBLISHER_IDLE_MAX, shutdown())
+            .run(PUBLISHER_IDLE_MAX, stop_requested)
             .await
             .context("publisher")?;
         tracing::info!("stopped");
