@@ -434,10 +434,16 @@ async fn a_poison_message_is_dead_lettered_and_later_messages_flow() {
         Duration::from_secs(30),
     )
     .await;
-    assert_eq!(
-        scalar(&store, "SELECT count(*) FROM inventory.dead_letters").await,
-        2
-    );
+    // A batch commits its decided messages before it records the dead
+    // letters of the refused ones: wait for those too, not only for the
+    // reservation.
+    wait_for(
+        &store,
+        "SELECT count(*) FROM inventory.dead_letters",
+        2,
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(
         scalar(
             &store,
