@@ -877,8 +877,15 @@ fn services_killed_with_sigkill_mid_flow_lose_nothing_and_charge_nothing_twice()
 /// Starts `saldo ARGUMENTS` and waits for the first line it prints (its
 /// address); its stderr is discarded.
 fn spawn_with_first_line(arguments: &[&str]) -> (std::process::Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_saldo"))
-        .args(arguments)
+    let mut command = Command::new(env!("CARGO_BIN_EXE_saldo"));
+    command.args(arguments);
+    first_line_of(command)
+}
+
+/// Spawns `command` with its stdout piped and its stderr discarded; the
+/// child and the first line it prints.
+fn first_line_of(mut command: Command) -> (std::process::Child, String) {
+    let mut child = command
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -1171,13 +1178,17 @@ fn http_wait(
 /// process and the address its banner names.
 fn start_saldo(arguments: &[&str]) -> (Processes, String) {
     let (child, first_line) = spawn_with_first_line(arguments);
-    let address = first_line
+    (Processes(vec![("dev", child)]), banner_address(&first_line))
+}
+
+/// The address `saldo dev`'s banner names on its first line.
+fn banner_address(first_line: &str) -> String {
+    first_line
         .split("http://")
         .nth(1)
         .and_then(|rest| rest.split(' ').next())
         .unwrap_or_else(|| panic!("the banner names the URL: {first_line}"))
-        .to_owned();
-    (Processes(vec![("dev", child)]), address)
+        .to_owned()
 }
 
 #[test]
@@ -1197,26 +1208,13 @@ fn an_installed_binary_serves_the_page_installed_beside_it() {
     std::fs::write(page.join("pkg").join("saldo_harness_bg.wasm"), b"\0asm").expect("writes");
     let binary = root.join("bin/saldo");
     std::fs::copy(env!("CARGO_BIN_EXE_saldo"), &binary).expect("installs");
-    let mut child = Command::new(&binary)
+    let mut command = Command::new(&binary);
+    command
         .args(["dev", "--listen", "127.0.0.1:0"])
         .current_dir(&root)
-        .env_remove("SALDO_HARNESS_DIR")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("saldo starts");
-    let mut first_line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().expect("piped")),
-        &mut first_line,
-    )
-    .expect("reads its first line");
-    let address = first_line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .unwrap_or_else(|| panic!("the banner names the URL: {first_line}"))
-        .to_owned();
+        .env_remove("SALDO_HARNESS_DIR");
+    let (child, first_line) = first_line_of(command);
+    let address = banner_address(&first_line);
     let mut processes = Processes(vec![("dev", child)]);
     let (status, _, body) = http(&address, "GET", "/harness/", &[], None).expect("answers");
     assert_eq!(
