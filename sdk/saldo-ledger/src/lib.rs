@@ -33,4 +33,6 @@ pub use ledger::Ledger;
 pub use posting::{LEGS_MAX, Leg, Memo, PURPOSE_LENGTH_MAX, Posting, PostingId, Side};
 
 #[cfg(test)]
+mod mutants_tests;
+#[cfg(test)]
 mod tests;

@@ -719,3 +719,6 @@ impl ChainVerifier {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod mutants_tests;

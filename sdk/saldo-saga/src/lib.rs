@@ -40,3 +40,6 @@ pub use instance::{
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod mutants_tests;

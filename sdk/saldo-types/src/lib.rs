@@ -22,3 +22,6 @@ pub use currency::{Currency, CurrencyError};
 pub use id::{CorrelationId, CustomerId, Id128, IdError, OrderId, Principal, Sku};
 pub use money::{Money, MoneyError};
 pub use time::Timestamp;
+
+#[cfg(test)]
+mod mutants_tests;
