@@ -36,7 +36,7 @@ use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{Connection, Executor, PgConnection, Row as _};
 
 use crate::StoreError;
-use crate::store::{corrupt, unix_ms as ms};
+use crate::store::{corrupt, hash_from, unix_ms as ms};
 
 fn timestamp(value: Option<i64>) -> Option<Timestamp> {
     value.map(|ms| Timestamp::from_unix_ms(u64::try_from(ms).unwrap_or(0)))
@@ -243,7 +243,7 @@ impl Reconciler {
                     .bind(i64::try_from(checkpoint.sequence).map_err(corrupt)?)
                     .fetch_optional(&mut *connection)
                     .await?;
-            let stored = stored.map(chain_hash).transpose()?;
+            let stored = stored.map(hash_from).transpose()?;
             findings.extend(check_checkpoint(*checkpoint, stored, source));
         }
         if self.rows_verified.through > 0 {
@@ -405,7 +405,7 @@ async fn verify_chain(
     let mut verified = 0;
     while let Some(row) = rows.try_next().await? {
         let hash =
-            |index: usize| -> Result<ChainHash, StoreError> { chain_hash(row.try_get(index)?) };
+            |index: usize| -> Result<ChainHash, StoreError> { hash_from(row.try_get(index)?) };
         let entry = Entry {
             sequence: u64::try_from(row.try_get::<i64, _>(0)?).map_err(corrupt)?,
             recorded_at: timestamp(Some(row.try_get(1)?)).expect("present"),
@@ -443,14 +443,6 @@ async fn verify_chain(
         verified += 1;
     }
     Ok((findings, verified))
-}
-
-fn chain_hash(bytes: Vec<u8>) -> Result<ChainHash, StoreError> {
-    Ok(ChainHash(
-        bytes
-            .try_into()
-            .map_err(|_| corrupt("a chain hash is 32 bytes"))?,
-    ))
 }
 
 /// `base` extended with the rows (entries and legs) of entries after

@@ -448,7 +448,7 @@ fn fingerprint_from(bytes: Vec<u8>) -> Result<Fingerprint, StoreError> {
     Ok(Fingerprint::from_bytes(array))
 }
 
-fn hash_from(bytes: Vec<u8>) -> Result<ChainHash, StoreError> {
+pub(crate) fn hash_from(bytes: Vec<u8>) -> Result<ChainHash, StoreError> {
     let array: [u8; 32] = bytes
         .try_into()
         .map_err(|_| corrupt("a chain hash is 32 bytes"))?;

@@ -3,47 +3,12 @@
 //! forms stores and operators read back. See `docs/testing.md`.
 
 use rstest::rstest;
-use saldo_types::{CorrelationId, Currency, CustomerId, Id128, Money, OrderId, Timestamp};
+use saldo_types::{CorrelationId, Currency, CustomerId, Money, OrderId};
 
 use crate::*;
 
-const EUR: Currency = Currency::EUR;
-const NOW: Timestamp = Timestamp::from_unix_ms(1_000);
-
-fn eur(amount_minor: i64) -> Money {
-    Money::from_minor(amount_minor, EUR)
-}
-
-fn wallet(name: &str) -> AccountId {
-    AccountId::wallet(CustomerId::new(name).expect("valid"), EUR)
-}
-
-fn revenue() -> AccountId {
-    AccountId::MerchantRevenue { currency: EUR }
-}
-
-fn funding() -> AccountId {
-    AccountId::Funding { currency: EUR }
-}
-
-fn id(name: &str) -> PostingId {
-    Id128::derive("test", &[name.as_bytes()])
-}
-
-fn memo(purpose: &str) -> Memo {
-    Memo {
-        purpose: purpose.to_owned(),
-        ..Memo::default()
-    }
-}
-
-fn leg(account: AccountId, side: Side, amount: Money) -> Leg {
-    Leg {
-        account,
-        side,
-        amount,
-    }
-}
+// The fixtures of the ledger's rule tables.
+use crate::tests::{EUR, NOW, eur, funding, id, leg, memo, revenue, wallet};
 
 /// A charge of 25.00 EUR from alice's wallet with every memo field set.
 fn charge() -> Posting {

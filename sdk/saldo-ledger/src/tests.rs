@@ -9,30 +9,30 @@ use crate::*;
 /// Cases each required property runs (the Foundation issue asks for 1,000).
 const PROPERTY_CASES: u64 = 1_000;
 
-const EUR: Currency = Currency::EUR;
-const NOW: Timestamp = Timestamp::from_unix_ms(1_000);
+pub(crate) const EUR: Currency = Currency::EUR;
+pub(crate) const NOW: Timestamp = Timestamp::from_unix_ms(1_000);
 
-fn eur(amount_minor: i64) -> Money {
+pub(crate) fn eur(amount_minor: i64) -> Money {
     Money::from_minor(amount_minor, EUR)
 }
 
-fn wallet(name: &str) -> AccountId {
+pub(crate) fn wallet(name: &str) -> AccountId {
     AccountId::wallet(CustomerId::new(name).expect("valid"), EUR)
 }
 
-fn funding() -> AccountId {
+pub(crate) fn funding() -> AccountId {
     AccountId::Funding { currency: EUR }
 }
 
-fn revenue() -> AccountId {
+pub(crate) fn revenue() -> AccountId {
     AccountId::MerchantRevenue { currency: EUR }
 }
 
-fn id(name: &str) -> PostingId {
+pub(crate) fn id(name: &str) -> PostingId {
     Id128::derive("test", &[name.as_bytes()])
 }
 
-fn memo(purpose: &str) -> Memo {
+pub(crate) fn memo(purpose: &str) -> Memo {
     Memo {
         purpose: purpose.to_owned(),
         ..Memo::default()
@@ -70,7 +70,7 @@ fn charge(name: &str, amount_minor: i64) -> Posting {
     )
 }
 
-fn leg(account: AccountId, side: Side, amount: Money) -> Leg {
+pub(crate) fn leg(account: AccountId, side: Side, amount: Money) -> Leg {
     Leg {
         account,
         side,

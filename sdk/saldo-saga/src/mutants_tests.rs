@@ -13,20 +13,37 @@ fn at(unix_ms: u64) -> Timestamp {
 /// reserve (compensable, 2 attempts, 100 ms) -> pay (compensable, 100 ms);
 /// compensations wait 250 ms.
 fn definition() -> Definition<&'static str> {
-    Definition::builder("checkout")
+    reserve_then_pay(
+        "checkout",
+        2,
+        250,
+        RetryPolicy::exponential(RETRY_ATTEMPTS_LIMIT, 10, 40),
+    )
+}
+
+/// reserve -> pay, both compensable with 100 ms deadlines and `attempts`
+/// attempts each; compensations wait `compensation_ms` and retry by
+/// `compensation_retry`.
+fn reserve_then_pay(
+    name: &str,
+    attempts: u32,
+    compensation_ms: u64,
+    compensation_retry: RetryPolicy,
+) -> Definition<&'static str> {
+    Definition::builder(name)
         .step(
             StepSpec::new("reserve", "reserve")
                 .compensate_with("release")
                 .deadline_ms(100)
-                .retry(RetryPolicy::exponential(2, 10, 40)),
+                .retry(RetryPolicy::exponential(attempts, 10, 40)),
         )
         .step(
             StepSpec::new("pay", "pay")
                 .compensate_with("refund")
                 .deadline_ms(100)
-                .retry(RetryPolicy::exponential(2, 10, 40)),
+                .retry(RetryPolicy::exponential(attempts, 10, 40)),
         )
-        .compensation(250, RetryPolicy::exponential(RETRY_ATTEMPTS_LIMIT, 10, 40))
+        .compensation(compensation_ms, compensation_retry)
         .build()
         .expect("valid")
 }
@@ -135,22 +152,12 @@ fn a_rejection_is_reported_as_the_failure_while_turning_back() {
 fn a_compensation_without_backoff_is_resent_at_its_timeout() {
     // Proves a compensation whose retry policy has no delay is sent again
     // in the same transition that sees it time out, not parked for 0 ms.
-    let definition = Definition::builder("eager")
-        .step(
-            StepSpec::new("reserve", "reserve")
-                .compensate_with("release")
-                .deadline_ms(100)
-                .retry(RetryPolicy::exponential(1, 10, 40)),
-        )
-        .step(
-            StepSpec::new("pay", "pay")
-                .compensate_with("refund")
-                .deadline_ms(100)
-                .retry(RetryPolicy::exponential(1, 10, 40)),
-        )
-        .compensation(100, RetryPolicy::exponential(RETRY_ATTEMPTS_LIMIT, 0, 0))
-        .build()
-        .expect("valid");
+    let definition = reserve_then_pay(
+        "eager",
+        1,
+        100,
+        RetryPolicy::exponential(RETRY_ATTEMPTS_LIMIT, 0, 0),
+    );
     let (mut instance, _) = SagaInstance::<&'static str>::start(&definition, at(0));
     instance.handle(
         &definition,

@@ -25,23 +25,30 @@ async fn publish_and_forget(driver: &Driver) {
     }
 }
 
-#[tokio::test]
-async fn a_flow_redelivered_after_each_service_purged_as_its_role_has_no_second_effect() {
-    // Proves every service's role may purge its own inbox and idempotency
-    // rows, that a purge takes only rows past their horizon and at most its
-    // limit, and that every message redelivered afterwards is absorbed.
-    let mut driver = Driver::new(Kind::Postgres).await;
+/// One order of `apples` by a funded alice, run to its end on PostgreSQL;
+/// the driver and every message the run delivered.
+async fn one_order_run(apples: u32) -> (Driver, Vec<Envelope>) {
+    let driver = Driver::new(Kind::Postgres).await;
     driver
         .top_up("alice", eur(1_000), "seed")
         .await
         .expect("funded");
     driver.set_stock("apple", 10, eur(100)).await;
     driver
-        .place("o-1", "alice", vec![line("apple", 2)], "k")
+        .place("o-1", "alice", vec![line("apple", apples)], "k")
         .await
         .expect("placed");
     driver.pump(|_| false).await;
-    let delivered: Vec<Envelope> = driver.pending().await;
+    let delivered = driver.pending().await;
+    (driver, delivered)
+}
+
+#[tokio::test]
+async fn a_flow_redelivered_after_each_service_purged_as_its_role_has_no_second_effect() {
+    // Proves every service's role may purge its own inbox and idempotency
+    // rows, that a purge takes only rows past their horizon and at most its
+    // limit, and that every message redelivered afterwards is absorbed.
+    let (mut driver, delivered) = one_order_run(2).await;
     assert!(delivered.len() >= 5, "{delivered:?}");
     publish_and_forget(&driver).await;
     let before = driver.backend.dump().await;
@@ -104,18 +111,7 @@ async fn a_flow_redelivered_after_each_service_purged_as_its_role_has_no_second_
 async fn a_message_redelivered_after_its_receipt_expired_is_a_duplicate_on_postgres() {
     // Regression: past the receipt's expiry the stored receipt collided
     // with the new one ("already handled") until the message was dead-lettered.
-    let mut driver = Driver::new(Kind::Postgres).await;
-    driver
-        .top_up("alice", eur(1_000), "seed")
-        .await
-        .expect("funded");
-    driver.set_stock("apple", 10, eur(100)).await;
-    driver
-        .place("o-1", "alice", vec![line("apple", 1)], "k")
-        .await
-        .expect("placed");
-    driver.pump(|_| false).await;
-    let delivered = driver.pending().await;
+    let (mut driver, delivered) = one_order_run(1).await;
     driver.now = driver.now.plus_ms(INBOX_RETENTION_MS + 1);
     for envelope in &delivered {
         assert_eq!(
