@@ -7,8 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use saldo_domain::messages::Service;
 use saldo_engine::{OutboxRecord, OutboxSource, Unavailable};
-use sqlx::postgres::PgListener;
-use sqlx::{Connection, PgConnection, Row as _};
+use sqlx::postgres::{PgConnectOptions, PgListener};
+use sqlx::{ConnectOptions, Connection, PgConnection, Row as _};
 
 use crate::store::schema;
 
@@ -34,8 +34,38 @@ fn lock_class(service: Service) -> i32 {
         }
 }
 
+/// How a publisher connects. Its claim must walk the pending index in
+/// sequence order: an index scan marks the entries of published rows dead
+/// as it passes them, so the next claim skips them. The planner prefers a
+/// bitmap scan and a sort for a small pending set, and a bitmap scan never
+/// marks anything: every claim then re-read every row published since the
+/// last vacuum (measured: 17,088 index entries and 1,475 heap pages read to
+/// find 121 pending rows, 29 ms, against 0.14 ms once marked). So bitmap
+/// scans are off for the publisher's connection only.
+pub fn claim_connect_options(database_url: &str) -> Result<PgConnectOptions, sqlx::Error> {
+    Ok(database_url
+        .parse::<PgConnectOptions>()?
+        .options([("enable_bitmapscan", "off")]))
+}
+
+async fn claim_connection(database_url: &str) -> Result<PgConnection, sqlx::Error> {
+    claim_connect_options(database_url)?.connect().await
+}
+
 fn unavailable(error: sqlx::Error) -> Unavailable {
     Unavailable(format!("database: {error}"))
+}
+
+/// The claim: up to `$2` unpublished rows of the lanes `$1`, in sequence
+/// order, except the sequences `$3` already in flight.
+pub fn claim_sql(service: Service) -> String {
+    format!(
+        "SELECT sequence, message_id, order_id, message_type, correlation_id, traceparent, envelope, \
+         (extract(epoch from now() - created_at) * 1000)::bigint FROM {}.outbox \
+         WHERE published_at IS NULL AND ((hashtext(order_id) & 2147483647) % {LANES}) = ANY($1) \
+         AND sequence NOT IN (SELECT unnest($3::bigint[])) ORDER BY sequence LIMIT $2",
+        schema(service)
+    )
 }
 
 /// One publisher's view of a service's outbox in PostgreSQL. It holds its
@@ -53,9 +83,7 @@ pub struct PgOutbox {
 impl PgOutbox {
     /// Connects, and listens for commits to the outbox.
     pub async fn connect(database_url: &str, service: Service) -> Result<PgOutbox, Unavailable> {
-        let connection = PgConnection::connect(database_url)
-            .await
-            .map_err(unavailable)?;
+        let connection = claim_connection(database_url).await.map_err(unavailable)?;
         let mut outbox = PgOutbox {
             service,
             database_url: database_url.to_owned(),
@@ -120,13 +148,9 @@ impl OutboxSource for PgOutbox {
         if self.lanes.is_empty() {
             return Ok(Vec::new());
         }
-        let sql = format!(
-            "SELECT sequence, message_id, order_id, message_type, correlation_id, traceparent, envelope, \
-             (extract(epoch from now() - created_at) * 1000)::bigint FROM {}.outbox \
-             WHERE published_at IS NULL AND ((hashtext(order_id) & 2147483647) % {LANES}) = ANY($1) \
-             AND NOT (sequence = ANY($3)) ORDER BY sequence LIMIT $2",
-            schema(self.service)
-        );
+        // Rows in flight are excluded through a hashed subplan: `NOT (sequence
+        // = ANY($3))` compared every pending row with every row in flight.
+        let sql = claim_sql(self.service);
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(&self.lanes)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -207,7 +231,7 @@ impl OutboxSource for PgOutbox {
         if self.connection.ping().await.is_ok() {
             return false;
         }
-        match PgConnection::connect(&self.database_url).await {
+        match claim_connection(&self.database_url).await {
             Ok(connection) => {
                 tracing::info!(service = %self.service, "reconnected to the database; claiming lanes again");
                 self.connection = connection;

@@ -24,6 +24,9 @@
 #   SALDO_BENCH_ORDERS           orders in the as-fast-as-it-goes run (5000)
 #   SALDO_BENCH_PGBENCH_SECONDS  pgbench duration (15)
 #   SALDO_BENCH_HALF_RATE_SECONDS  length of the half-rate run (20)
+#   SALDO_BENCH_PROFILE          a directory: record every Saldo process with
+#                                `perf record` during the as-fast-as-it-goes
+#                                run, one PROCESS.perf.data each (off)
 set -euo pipefail
 
 readonly ORDERS=${SALDO_BENCH_ORDERS:-5000}
@@ -214,8 +217,49 @@ load() {
         fail "saldo load ($name) failed: $(tail -n 1 "$work/$name.log")"
 }
 
+# cpu_ticks PID: user + system clock ticks the process has used so far.
+cpu_ticks() {
+    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+# postgres_ticks: the same for every server process connected to the
+# benchmark's database (the server's own background processes, shared with
+# other databases, are not counted).
+postgres_ticks() {
+    local total=0 pid
+    for pid in $(psql "$database_url" -qAt -c "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"); do
+        total=$((total + $(cpu_ticks "$pid")))
+    done
+    echo "$total"
+}
+
 echo "== saldo load: $ORDERS orders over $LOAD_CONNECTIONS connections, as fast as it goes"
+ticks_before=()
+for pid in "${pids[@]}"; do
+    ticks_before+=("$(cpu_ticks "$pid")")
+done
+postgres_before=$(postgres_ticks)
+perf_pids=()
+if [[ -n ${SALDO_BENCH_PROFILE:-} ]]; then
+    mkdir -p "$SALDO_BENCH_PROFILE"
+    for index in "${!pids[@]}"; do
+        perf record -F 499 --call-graph dwarf,8192 -o "$SALDO_BENCH_PROFILE/${names[$index]}.perf.data" \
+            -p "${pids[$index]}" >/dev/null 2>&1 &
+        perf_pids+=($!)
+    done
+    backends=$(psql "$database_url" -qAt -c "SELECT string_agg(pid::text, ',') FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    perf record -F 499 -o "$SALDO_BENCH_PROFILE/postgres.perf.data" -p "$backends" >/dev/null 2>&1 &
+    perf_pids+=($!)
+fi
 load fastest --orders "$ORDERS" --connections "$LOAD_CONNECTIONS" --seed 1
+for pid in "${perf_pids[@]}"; do
+    kill -INT "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null || true
+done
+ticks_after=()
+for pid in "${pids[@]}"; do
+    ticks_after+=("$(cpu_ticks "$pid")")
+done
+postgres_after=$(postgres_ticks)
 fastest_per_second=$(json_number orders_terminal_per_second <"$work/fastest.json")
 fastest_placed_per_second=$(json_number placement_per_second <"$work/fastest.json")
 fastest_p50=$(json_number p50 <"$work/fastest.json")
@@ -251,4 +295,13 @@ for index in "${!pids[@]}"; do
     cpu=$(awk -v ticks="$clock_ticks" '{ sub(/^.*\) /, ""); printf "%.1f s", ($12 + $13) / ticks }' "/proc/$pid/stat" 2>/dev/null || true)
     printf '%-44s %s\n' "VmRSS, CPU ${names[$index]}" "${rss:-exited}, ${cpu:-exited}"
 done
+# CPU per order in the as-fast-as-it-goes run: where the two cores went.
+per_order() {
+    awk -v ticks="$1" -v hz="$clock_ticks" -v orders="$ORDERS" 'BEGIN { printf "%.3f ms", ticks / hz * 1000 / orders }'
+}
+for index in "${!pids[@]}"; do
+    printf '%-44s %s\n' "CPU per order, fastest run: ${names[$index]}" \
+        "$(per_order $((ticks_after[index] - ticks_before[index])))"
+done
+printf '%-44s %s\n' "CPU per order, fastest run: PostgreSQL backends" "$(per_order $((postgres_after - postgres_before)))"
 succeeded=true
