@@ -177,7 +177,8 @@ impl OutboxSource for PgOutbox {
 
     async fn mark_published(&mut self, sequences: &[i64]) -> Result<(), Unavailable> {
         let sql = format!(
-            "UPDATE {}.outbox SET published_at = now() WHERE sequence = ANY($1)",
+            "UPDATE {}.outbox AS o SET published_at = now() FROM unnest($1::bigint[]) AS marked(sequence) \
+             WHERE o.sequence = marked.sequence",
             schema(self.service)
         );
         sqlx::query(sqlx::AssertSqlSafe(sql))
