@@ -174,10 +174,9 @@ impl PgStore {
         let mut postings = BTreeMap::new();
         if !read_set.postings.is_empty() {
             let ids: Vec<String> = read_set.postings.iter().map(Id128::to_hex).collect();
-            let found = dynamic(format!(
-                "SELECT posting::text FROM payment.ledger_entries {}",
-                tables::among("posting_id", "text")
-            ))
+            let found = sqlx::query(
+                "SELECT posting::text FROM payment.ledger_entries WHERE posting_id = ANY($1)",
+            )
             .bind(&ids)
             .fetch_all(&mut *connection)
             .await?;
@@ -198,10 +197,9 @@ impl PgStore {
                 continue;
             }
             let sql = format!(
-                "SELECT message_id, fingerprint, {} FROM {}.inbox {}",
+                "SELECT message_id, fingerprint, {} FROM {}.inbox WHERE message_id = ANY($1)",
                 unix_ms("received_at"),
-                schema(service),
-                tables::among("message_id", "text")
+                schema(service)
             );
             for row in dynamic(sql).bind(&ids).fetch_all(&mut *connection).await? {
                 let message_id = Id128::from_hex(row.try_get::<&str, _>(0)?).map_err(corrupt)?;
@@ -227,9 +225,8 @@ impl PgStore {
             }
             let texts: Vec<String> = keys.iter().map(|key| key.to_string()).collect();
             let sql = format!(
-                "SELECT key, version, record::text FROM {}.idempotency_keys {}",
-                schema(service),
-                tables::among("key", "text")
+                "SELECT key, version, record::text FROM {}.idempotency_keys WHERE key = ANY($1)",
+                schema(service)
             );
             for row in dynamic(sql)
                 .bind(&texts)
@@ -741,10 +738,9 @@ async fn seal_postings(
     let mut sequence = to_u64(head.try_get(0)?, "chain sequence")?;
     let mut previous = hash_from(head.try_get::<Vec<u8>, _>(1)?)?;
     let ids: Vec<String> = postings.iter().map(|posting| posting.id.to_hex()).collect();
-    let existing: Option<String> = dynamic_scalar(format!(
-        "SELECT posting_id FROM payment.ledger_entries {} LIMIT 1",
-        tables::among("posting_id", "text")
-    ))
+    let existing: Option<String> = sqlx::query_scalar(
+        "SELECT posting_id FROM payment.ledger_entries WHERE posting_id = ANY($1) LIMIT 1",
+    )
     .bind(&ids)
     .fetch_optional(&mut **transaction)
     .await?;

@@ -222,46 +222,30 @@ impl Table {
 
     fn load_sql(self) -> String {
         format!(
-            "SELECT {key}, version, {columns} FROM {table} {among}",
+            "SELECT {key}, version, {columns} FROM {table} WHERE {key} = ANY($1)",
             key = self.key_column(),
             columns = self.loaded_columns(),
             table = self.name(),
-            among = among(self.key_column(), "text"),
         )
     }
 
     /// Locks the rows under the keys `$1` in key order.
     pub(crate) fn lock_sql(self) -> String {
         format!(
-            "SELECT 1 FROM {table} {among} ORDER BY {key} FOR UPDATE OF {table_name}",
+            "SELECT 1 FROM {table} WHERE {key} = ANY($1) ORDER BY {key} FOR UPDATE",
             key = self.key_column(),
             table = self.name(),
-            table_name = self
-                .name()
-                .split('.')
-                .nth(1)
-                .expect("tables are named schema.table"),
-            among = among(self.key_column(), "text"),
         )
     }
 
     /// The version stored under the keys `$1` (absent keys are absent).
     pub(crate) fn versions_sql(self) -> String {
         format!(
-            "SELECT version FROM {table} {among}",
+            "SELECT version FROM {table} WHERE {key} = ANY($1)",
+            key = self.key_column(),
             table = self.name(),
-            among = among(self.key_column(), "text"),
         )
     }
-}
-
-/// `JOIN unnest($1) ... ON column = ...`: the rows whose `column` is one of
-/// the values of the array `$1`, as a join. `WHERE column = ANY($1)`
-/// compares every row a scan reads with every value of the array; on a
-/// small table the planner scans it whole, and a batch of keys then cost
-/// rows × keys comparisons (the saga benchmark's PostgreSQL profile).
-pub(crate) fn among(column: &str, element_type: &str) -> String {
-    format!("JOIN unnest($1::{element_type}[]) AS wanted(wanted) ON {column} = wanted.wanted")
 }
 
 fn fill(column: &Column) -> String {
