@@ -7,7 +7,8 @@
 #
 # Steps: toolchain (pinned in rust-toolchain.toml, with the wasm32 target),
 # cargo-nextest, formatting and lints, the Prometheus rules under promtool,
-# the sdk built for wasm32, the examples,
+# the Kubernetes manifests under kubernetes-validate, the sdk built for
+# wasm32, the examples,
 # every test under nextest with per-test timeouts, then the browser harness:
 # Debian's Chromium, the page (harness/build.sh), its bindings under
 # wasm-bindgen-test and every walkthrough under Playwright.
@@ -94,6 +95,35 @@ if ! command -v promtool >/dev/null 2>&1; then
 fi
 promtool check rules deploy/prometheus/saldo-rules.yml
 promtool test rules deploy/prometheus/saldo-rules.test.yml
+
+step "Kubernetes manifests (kubernetes-validate)"
+# Every manifest against the Kubernetes schema, offline, refusing unknown
+# fields: kubernetes-validate from PyPI. The example overlay is rendered by
+# kubectl's built-in kustomize where kubectl is installed (this machine kind
+# ships one); Debian's own kubectl is 1.20, whose kustomize 2.0 cannot read
+# today's kustomization syntax, so without kubectl the base's files and the
+# overlay's whole objects are validated file by file (its patches are not
+# objects on their own). The Dockerfile cannot be built here (no container
+# engine); tests/tests/workspace/deploy.rs checks what it names.
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+    python3 -m pip install --quiet kubernetes-validate \
+        || python3 -m pip install --quiet --break-system-packages kubernetes-validate
+fi
+if kubectl kustomize --help >/dev/null 2>&1 \
+    && kubectl kustomize deploy/kubernetes/base >/dev/null 2>&1; then
+    rendered=$(mktemp -d)
+    kubectl kustomize deploy/kubernetes/base >"$rendered/base.yaml"
+    kubectl kustomize deploy/kubernetes/overlays/example >"$rendered/example.yaml"
+    kubernetes-validate --strict --quiet "$rendered/base.yaml" "$rendered/example.yaml"
+    rm -r "$rendered"
+else
+    echo "no kubectl with kustomize: validating the files one by one"
+    kubernetes-validate --strict --quiet \
+        $(ls deploy/kubernetes/base/*.yaml | grep -v '/kustomization.yaml$') \
+        deploy/kubernetes/overlays/example/namespace.yaml \
+        deploy/kubernetes/overlays/example/secrets.yaml \
+        deploy/kubernetes/overlays/example/kafka.yaml
+fi
 
 step "sdk for wasm32-unknown-unknown"
 sdk_packages=()
