@@ -2,6 +2,9 @@
 
 use std::process::{Command, Output};
 
+#[path = "cli/deploy.rs"]
+mod deploy;
+
 fn saldo(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_saldo"))
         .args(args)
@@ -559,6 +562,11 @@ fn reconcile_as_a_service_exposes_gauges_alerts_once_and_stops_on_sigterm() {
         metrics.contains("saldo_reconcile_findings{kind=\"double_charge\"} 0"),
         "every kind is reported, zeros included"
     );
+    // The port Kubernetes probes (deploy/kubernetes/base/reconciler.yaml).
+    for probe in ["/healthz", "/readyz"] {
+        let answer = http(&address.to_string(), "GET", probe, &[], None);
+        assert_eq!(answer.map(|(status, _, _)| status), Some(200), "{probe}");
+    }
     let status = Command::new("kill")
         .args(["-TERM", &service.id().to_string()])
         .status()
