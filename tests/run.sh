@@ -8,7 +8,7 @@
 # Steps: toolchain (pinned in rust-toolchain.toml, with the wasm32 target),
 # cargo-nextest, formatting and lints, the Prometheus rules under promtool,
 # the Kubernetes manifests under kubernetes-validate, the sdk built for
-# wasm32, the examples,
+# wasm32, its doctests, docs and packages, the examples,
 # every test under nextest with per-test timeouts, then the browser harness:
 # Debian's Chromium, the page (harness/build.sh), its bindings under
 # wasm-bindgen-test and every walkthrough under Playwright.
@@ -131,6 +131,24 @@ for manifest in sdk/*/Cargo.toml; do
     sdk_packages+=(-p "$(basename "$(dirname "$manifest")")")
 done
 cargo build --locked --target wasm32-unknown-unknown "${sdk_packages[@]}"
+
+step "sdk as a library: doctests, docs, packages"
+# Each sdk crate's documentation opens with an example that runs here
+# (nextest does not run doctests), renders without a warning, and packages
+# with its README and licence. (`--list` works while the crates stay
+# `publish = false`; see docs/adr/0016-one-image-on-kubernetes-and-the-sdk-as-crates.md.)
+cargo test --locked --doc "${sdk_packages[@]}"
+RUSTDOCFLAGS=-Dwarnings cargo doc --locked --no-deps "${sdk_packages[@]}"
+for manifest in sdk/*/Cargo.toml; do
+    package=$(basename "$(dirname "$manifest")")
+    files=$(cargo package --locked --allow-dirty --no-verify --list -p "$package")
+    for required in Cargo.toml README.md LICENSE src/lib.rs; do
+        if ! grep -qx "$required" <<<"$files"; then
+            echo "tests/run.sh: the package of $package lacks $required" >&2
+            exit 1
+        fi
+    done
+done
 
 step "examples"
 cargo run --locked -q -p saldo-examples --example wallet_ledger
