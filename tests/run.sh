@@ -153,6 +153,7 @@ done
 step "examples"
 cargo run --locked -q -p saldo-examples --example wallet_ledger
 cargo run --locked -q -p saldo-examples --example order_flow
+cargo run --locked -q -p saldo-examples --example trip_booking
 
 step "tests"
 # The test that restarts the machine's PostgreSQL runs on its own, after
