@@ -22,9 +22,11 @@ RUN cargo build --release --locked -p saldo --bin saldo
 RUN bash harness/build.sh
 
 FROM debian:bookworm-slim AS runtime
-# CA certificates for TLS towards managed PostgreSQL and Kafka; nothing else.
+# The binary links glibc, libgcc and zlib dynamically (`ldd`); zlib is in
+# the slim image already and named here so that it stays. CA certificates
+# for TLS towards managed PostgreSQL and Kafka. Nothing else.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
+    && apt-get install -y --no-install-recommends ca-certificates zlib1g \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/saldo /usr/local/bin/saldo
 # `saldo dev` looks for the page at BIN/../share/saldo/harness.
