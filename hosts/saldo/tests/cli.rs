@@ -341,14 +341,20 @@ fn fresh_database(suffix: &str) -> (String, String, String) {
     (admin_url, name, url)
 }
 
-/// A migrated database for the CLI: its URL as the read-only role, and a
-/// function that runs SQL in it as the owner.
-fn reconcile_database(suffix: &str) -> (String, impl Fn(&str)) {
-    let (_, _, url) = fresh_database(suffix);
+/// A fresh database with the migrations applied (by `saldo migrate`).
+fn migrated_database(suffix: &str) -> (String, String, String) {
+    let (admin_url, name, url) = fresh_database(suffix);
     assert_eq!(
         saldo(&["migrate", "--database-url", &url]).status.code(),
         Some(0)
     );
+    (admin_url, name, url)
+}
+
+/// A migrated database for the CLI: its URL as the read-only role, and a
+/// function that runs SQL in it as the owner.
+fn reconcile_database(suffix: &str) -> (String, impl Fn(&str)) {
+    let (_, _, url) = migrated_database(suffix);
     psql(&url, "GRANT saldo_reconcile TO CURRENT_USER");
     // Connect as the read-only role, as an operator would.
     let read_only = format!("{url}?options=-c%20role%3Dsaldo_reconcile");
@@ -732,11 +738,7 @@ fn services_killed_with_sigkill_mid_flow_lose_nothing_and_charge_nothing_twice()
     use saldo_types::{CorrelationId, Currency, CustomerId, Id128, Money, OrderId, Sku, Timestamp};
     const ORDERS: u32 = 200;
 
-    let (admin_url, name, url) = fresh_database("kill");
-    assert_eq!(
-        saldo(&["migrate", "--database-url", &url]).status.code(),
-        Some(0)
-    );
+    let (admin_url, name, url) = migrated_database("kill");
 
     let now = Timestamp::from_unix_ms(
         u64::try_from(
@@ -1527,11 +1529,7 @@ const PRODUCTION_PROCESSES: [&str; 7] = [
 
 impl Production {
     fn start(suffix: &str) -> Production {
-        let (admin_url, database, url) = fresh_database(suffix);
-        assert_eq!(
-            saldo(&["migrate", "--database-url", &url]).status.code(),
-            Some(0)
-        );
+        let (admin_url, database, url) = migrated_database(suffix);
         let issued = saldo(&[
             "api-key",
             "--name",
@@ -2011,11 +2009,7 @@ fn a_consumer_refuses_to_start_when_its_inbox_horizon_is_shorter_than_its_topics
     // before its topic forgets the message exits 2 with one readable line,
     // and with a horizon that covers the retention starts and stops cleanly.
     // The mock broker does not report retention.ms, so --topic-retention stands in.
-    let (admin_url, name, url) = fresh_database("horizon");
-    assert_eq!(
-        saldo(&["migrate", "--database-url", &url]).status.code(),
-        Some(0)
-    );
+    let (admin_url, name, url) = migrated_database("horizon");
     let mut processes = Processes(Vec::new());
     let bootstrap = spawn_broker(&mut processes);
     let service = |horizon: &str, retention: &str| {

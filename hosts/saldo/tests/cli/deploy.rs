@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{Processes, free_port, fresh_database, http, saldo, spawn_broker};
+use super::{Processes, free_port, http, migrated_database, saldo, spawn_broker};
 
 /// The manifests' folder, from this crate's manifest directory.
 fn kubernetes_dir() -> PathBuf {
@@ -279,11 +279,7 @@ fn an_outbox_publisher_serves_the_probes_and_is_ready_only_while_the_broker_answ
     // Proves the publisher's metrics port answers /healthz, /readyz and
     // /metrics (its Kubernetes probes), and that /readyz fails while the
     // broker is down and recovers when it is back.
-    let (_admin_url, _name, url) = fresh_database("probes");
-    assert_eq!(
-        saldo(&["migrate", "--database-url", &url]).status.code(),
-        Some(0)
-    );
+    let (_admin_url, _name, url) = migrated_database("probes");
     let mut processes = Processes(Vec::new());
     let bootstrap = spawn_broker(&mut processes);
     let address = format!("127.0.0.1:{}", free_port());
