@@ -87,8 +87,10 @@ step "Prometheus rules (promtool)"
 # Debian's prometheus package for promtool: the rules must load, and every
 # alert fires in its unit test where it should and stays quiet where it
 # should not. (The rules file and the dashboard are held to the code's
-# metrics by tests/tests/workspace/monitoring.rs.)
-if ! command -v promtool >/dev/null 2>&1; then
+# metrics by tests/tests/workspace/monitoring.rs; the same package's
+# Prometheus server scrapes a running reconciler in
+# hosts/saldo/tests/cli/prometheus.rs.)
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ]; then apt_get=(apt-get); else apt_get=(sudo apt-get); fi
     "${apt_get[@]}" update -q
     DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -q --no-install-recommends prometheus

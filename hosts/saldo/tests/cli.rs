@@ -4,6 +4,8 @@ use std::process::{Command, Output};
 
 #[path = "cli/deploy.rs"]
 mod deploy;
+#[path = "cli/prometheus.rs"]
+mod prometheus;
 
 fn saldo(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_saldo"))
