@@ -7,7 +7,8 @@
 #
 # Steps: toolchain (pinned in rust-toolchain.toml, with the wasm32 target),
 # cargo-nextest, formatting and lints, the Prometheus rules under promtool,
-# the sdk built for wasm32, the examples,
+# the Kubernetes manifests under kubernetes-validate, the sdk built for
+# wasm32, its doctests, docs and packages, the examples,
 # every test under nextest with per-test timeouts, then the browser harness:
 # Debian's Chromium, the page (harness/build.sh), its bindings under
 # wasm-bindgen-test and every walkthrough under Playwright.
@@ -86,14 +87,45 @@ step "Prometheus rules (promtool)"
 # Debian's prometheus package for promtool: the rules must load, and every
 # alert fires in its unit test where it should and stays quiet where it
 # should not. (The rules file and the dashboard are held to the code's
-# metrics by tests/tests/workspace/monitoring.rs.)
-if ! command -v promtool >/dev/null 2>&1; then
+# metrics by tests/tests/workspace/monitoring.rs; the same package's
+# Prometheus server scrapes a running reconciler in
+# hosts/saldo/tests/cli/prometheus.rs.)
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ]; then apt_get=(apt-get); else apt_get=(sudo apt-get); fi
     "${apt_get[@]}" update -q
     DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -q --no-install-recommends prometheus
 fi
 promtool check rules deploy/prometheus/saldo-rules.yml
 promtool test rules deploy/prometheus/saldo-rules.test.yml
+
+step "Kubernetes manifests (kubernetes-validate)"
+# Every manifest against the Kubernetes schema, offline, refusing unknown
+# fields: kubernetes-validate from PyPI. The example overlay is rendered by
+# kubectl's built-in kustomize where kubectl is installed (this machine kind
+# ships one); Debian's own kubectl is 1.20, whose kustomize 2.0 cannot read
+# today's kustomization syntax, so without kubectl the base's files and the
+# overlay's whole objects are validated file by file (its patches are not
+# objects on their own). The Dockerfile cannot be built here (no container
+# engine); tests/tests/workspace/deploy.rs checks what it names.
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+    python3 -m pip install --quiet kubernetes-validate \
+        || python3 -m pip install --quiet --break-system-packages kubernetes-validate
+fi
+if kubectl kustomize --help >/dev/null 2>&1 \
+    && kubectl kustomize deploy/kubernetes/base >/dev/null 2>&1; then
+    rendered=$(mktemp -d)
+    kubectl kustomize deploy/kubernetes/base >"$rendered/base.yaml"
+    kubectl kustomize deploy/kubernetes/overlays/example >"$rendered/example.yaml"
+    kubernetes-validate --strict --quiet "$rendered/base.yaml" "$rendered/example.yaml"
+    rm -r "$rendered"
+else
+    echo "no kubectl with kustomize: validating the files one by one"
+    kubernetes-validate --strict --quiet \
+        $(ls deploy/kubernetes/base/*.yaml | grep -v '/kustomization.yaml$') \
+        deploy/kubernetes/overlays/example/namespace.yaml \
+        deploy/kubernetes/overlays/example/secrets.yaml \
+        deploy/kubernetes/overlays/example/kafka.yaml
+fi
 
 step "sdk for wasm32-unknown-unknown"
 sdk_packages=()
@@ -102,9 +134,28 @@ for manifest in sdk/*/Cargo.toml; do
 done
 cargo build --locked --target wasm32-unknown-unknown "${sdk_packages[@]}"
 
+step "sdk as a library: doctests, docs, packages"
+# Each sdk crate's documentation opens with an example that runs here
+# (nextest does not run doctests), renders without a warning, and packages
+# with its README and licence. (`--list` works while the crates stay
+# `publish = false`; see docs/adr/0016-one-image-on-kubernetes-and-the-sdk-as-crates.md.)
+cargo test --locked --doc "${sdk_packages[@]}"
+RUSTDOCFLAGS=-Dwarnings cargo doc --locked --no-deps "${sdk_packages[@]}"
+for manifest in sdk/*/Cargo.toml; do
+    package=$(basename "$(dirname "$manifest")")
+    files=$(cargo package --locked --allow-dirty --no-verify --list -p "$package")
+    for required in Cargo.toml README.md LICENSE src/lib.rs; do
+        if ! grep -qx "$required" <<<"$files"; then
+            echo "tests/run.sh: the package of $package lacks $required" >&2
+            exit 1
+        fi
+    done
+done
+
 step "examples"
 cargo run --locked -q -p saldo-examples --example wallet_ledger
 cargo run --locked -q -p saldo-examples --example order_flow
+cargo run --locked -q -p saldo-examples --example trip_booking
 
 step "tests"
 # The test that restarts the machine's PostgreSQL runs on its own, after

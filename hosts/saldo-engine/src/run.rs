@@ -80,6 +80,8 @@ where
                     break;
                 }
                 Err(CommitFailure::Conflict(conflict)) => {
+                    // Contention, which SaldoCommitContention watches.
+                    metrics::counter!("saldo_commit_conflicts_total").increment(1);
                     unsettled = Some(InputFailure::Conflict(conflict));
                 }
                 Err(CommitFailure::Unavailable(unavailable)) => {

@@ -92,14 +92,18 @@ impl Api {
     }
 
     /// The router: the configured services' routes plus health, readiness,
-    /// metrics and the OpenAPI document; unknown routes and methods answer
-    /// with problems.
+    /// metrics and (when it serves a service) the OpenAPI document; unknown
+    /// routes and methods answer with problems. With no service set it is
+    /// the probes and metrics of a process that takes no requests (an
+    /// outbox publisher, the reconciler).
     pub fn router(self) -> Router {
         let mut router = Router::new()
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
-            .route("/metrics", get(metrics_page))
-            .route("/openapi.json", get(openapi));
+            .route("/metrics", get(metrics_page));
+        if self.order.is_some() || self.payment.is_some() || self.inventory.is_some() {
+            router = router.route("/openapi.json", get(openapi));
+        }
         if self.order.is_some() {
             router = router
                 .route("/orders", axum::routing::post(post_order))

@@ -24,6 +24,11 @@ struct Cli {
     /// Log lines as human-readable text or as JSON objects.
     #[arg(long, global = true, default_value = "human", env = "SALDO_LOG_FORMAT", value_parser = ["human", "json"])]
     log_format: String,
+    /// Parse the flags, environment variables and file as the command
+    /// would, say whether they are valid, and exit without connecting to
+    /// anything or starting the command.
+    #[arg(long, global = true)]
+    check_config: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -127,6 +132,10 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => return refuse_arguments(&error),
     };
+    if cli.check_config {
+        println!("saldo: the configuration is valid");
+        return ExitCode::SUCCESS;
+    }
     init_logging(&cli.log_format);
     let result = match cli.command {
         Command::Dev(args) => dev_command::run(&args),

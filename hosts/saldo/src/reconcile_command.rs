@@ -135,10 +135,13 @@ async fn serve(
     interval: Duration,
     metrics_address: SocketAddr,
 ) -> anyhow::Result<ExitCode> {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(metrics_address)
-        .install()
-        .with_context(|| format!("cannot serve metrics on {metrics_address}"))?;
+    let mut probes = saldo_http::api::Api::new(wall_clock);
+    probes.metrics = Some(
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .context("cannot install the metrics recorder")?,
+    );
+    crate::service_command::serve_probes(metrics_address, probes).await?;
     eprintln!("saldo reconcile: every {interval:?}, metrics on http://{metrics_address}/metrics");
     let mut alerted: BTreeSet<String> = BTreeSet::new();
     let mut ticker = tokio::time::interval(interval);

@@ -107,7 +107,8 @@ async fn check_inbox_horizon(service: Service, args: &ServiceArgs) -> anyhow::Re
 }
 
 /// Installs the metrics recorder when anything will serve it, and serves
-/// it on `--metrics-address` when that is set.
+/// it on `--metrics-address` when that is set, with `/healthz` and
+/// `/readyz` (the broker answers) for an orchestrator's probes.
 async fn serve_metrics(args: &ServiceArgs) -> anyhow::Result<Option<PrometheusHandle>> {
     if args.metrics_address.is_none() && args.http_address.is_none() {
         return Ok(None);
@@ -116,20 +117,31 @@ async fn serve_metrics(args: &ServiceArgs) -> anyhow::Result<Option<PrometheusHa
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     if let Some(address) = args.metrics_address {
-        let listener = tokio::net::TcpListener::bind(address)
-            .await
-            .with_context(|| format!("cannot serve metrics on {address}"))?;
-        let page = handle.clone();
-        let router = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let page = page.clone();
-                async move { page.render() }
-            }),
-        );
-        tokio::spawn(saldo_http::serve(listener, router, shutdown()));
+        let mut probes = Api::new(wall_clock);
+        probes.checks.push(broker_check(args)?);
+        probes.metrics = Some(handle.clone());
+        serve_probes(address, probes).await?;
     }
     Ok(Some(handle))
+}
+
+/// Serves `probes` (an [`Api`] with no service: health, readiness and
+/// metrics) on `address` until SIGTERM or SIGINT.
+pub(crate) async fn serve_probes(address: std::net::SocketAddr, probes: Api) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot serve metrics on {address}"))?;
+    tokio::spawn(saldo_http::serve(listener, probes.router(), shutdown()));
+    Ok(())
+}
+
+/// The readiness check that the broker answers a metadata request.
+fn broker_check(args: &ServiceArgs) -> anyhow::Result<Arc<dyn Check>> {
+    let probe: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &args.kafka_bootstrap)
+        .create()
+        .context("cannot create the broker probe")?;
+    Ok(Arc::new(BrokerCheck(Arc::new(probe))))
 }
 
 /// `/readyz`'s broker check: the cluster answers a metadata request.
@@ -170,11 +182,7 @@ async fn serve_api(
         Service::Payment => api.payment = Some(backend),
         Service::Inventory => api.inventory = Some(backend),
     }
-    let probe: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &args.kafka_bootstrap)
-        .create()
-        .context("cannot create the broker probe")?;
-    api.checks.push(Arc::new(BrokerCheck(Arc::new(probe))));
+    api.checks.push(broker_check(args)?);
     api.metrics = metrics;
     let listener = tokio::net::TcpListener::bind(address)
         .await

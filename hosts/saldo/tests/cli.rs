@@ -2,6 +2,11 @@
 
 use std::process::{Command, Output};
 
+#[path = "cli/deploy.rs"]
+mod deploy;
+#[path = "cli/prometheus.rs"]
+mod prometheus;
+
 fn saldo(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_saldo"))
         .args(args)
@@ -338,14 +343,20 @@ fn fresh_database(suffix: &str) -> (String, String, String) {
     (admin_url, name, url)
 }
 
-/// A migrated database for the CLI: its URL as the read-only role, and a
-/// function that runs SQL in it as the owner.
-fn reconcile_database(suffix: &str) -> (String, impl Fn(&str)) {
-    let (_, _, url) = fresh_database(suffix);
+/// A fresh database with the migrations applied (by `saldo migrate`).
+fn migrated_database(suffix: &str) -> (String, String, String) {
+    let (admin_url, name, url) = fresh_database(suffix);
     assert_eq!(
         saldo(&["migrate", "--database-url", &url]).status.code(),
         Some(0)
     );
+    (admin_url, name, url)
+}
+
+/// A migrated database for the CLI: its URL as the read-only role, and a
+/// function that runs SQL in it as the owner.
+fn reconcile_database(suffix: &str) -> (String, impl Fn(&str)) {
+    let (_, _, url) = migrated_database(suffix);
     psql(&url, "GRANT saldo_reconcile TO CURRENT_USER");
     // Connect as the read-only role, as an operator would.
     let read_only = format!("{url}?options=-c%20role%3Dsaldo_reconcile");
@@ -559,6 +570,11 @@ fn reconcile_as_a_service_exposes_gauges_alerts_once_and_stops_on_sigterm() {
         metrics.contains("saldo_reconcile_findings{kind=\"double_charge\"} 0"),
         "every kind is reported, zeros included"
     );
+    // The port Kubernetes probes (deploy/kubernetes/base/reconciler.yaml).
+    for probe in ["/healthz", "/readyz"] {
+        let answer = http(&address.to_string(), "GET", probe, &[], None);
+        assert_eq!(answer.map(|(status, _, _)| status), Some(200), "{probe}");
+    }
     let status = Command::new("kill")
         .args(["-TERM", &service.id().to_string()])
         .status()
@@ -724,11 +740,7 @@ fn services_killed_with_sigkill_mid_flow_lose_nothing_and_charge_nothing_twice()
     use saldo_types::{CorrelationId, Currency, CustomerId, Id128, Money, OrderId, Sku, Timestamp};
     const ORDERS: u32 = 200;
 
-    let (admin_url, name, url) = fresh_database("kill");
-    assert_eq!(
-        saldo(&["migrate", "--database-url", &url]).status.code(),
-        Some(0)
-    );
+    let (admin_url, name, url) = migrated_database("kill");
 
     let now = Timestamp::from_unix_ms(
         u64::try_from(
@@ -1519,11 +1531,7 @@ const PRODUCTION_PROCESSES: [&str; 7] = [
 
 impl Production {
     fn start(suffix: &str) -> Production {
-        let (admin_url, database, url) = fresh_database(suffix);
-        assert_eq!(
-            saldo(&["migrate", "--database-url", &url]).status.code(),
-            Some(0)
-        );
+        let (admin_url, database, url) = migrated_database(suffix);
         let issued = saldo(&[
             "api-key",
             "--name",
@@ -2003,11 +2011,7 @@ fn a_consumer_refuses_to_start_when_its_inbox_horizon_is_shorter_than_its_topics
     // before its topic forgets the message exits 2 with one readable line,
     // and with a horizon that covers the retention starts and stops cleanly.
     // The mock broker does not report retention.ms, so --topic-retention stands in.
-    let (admin_url, name, url) = fresh_database("horizon");
-    assert_eq!(
-        saldo(&["migrate", "--database-url", &url]).status.code(),
-        Some(0)
-    );
+    let (admin_url, name, url) = migrated_database("horizon");
     let mut processes = Processes(Vec::new());
     let bootstrap = spawn_broker(&mut processes);
     let service = |horizon: &str, retention: &str| {

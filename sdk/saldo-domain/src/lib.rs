@@ -19,6 +19,43 @@
 //!
 //! Architecture invariant: nothing here does I/O, reads a clock or draws a
 //! random number. Time, ids and seeds are parameters; effects are data.
+//!
+//! # Example
+//!
+//! A wallet top-up through the rhythm on the in-memory store; the same
+//! request again replays its answer and moves no money.
+//!
+//! ```
+//! use saldo_domain::messages::Traceparent;
+//! use saldo_domain::payment::{TopUp, decide_top_up, top_up_read_set};
+//! use saldo_domain::store::execute;
+//! use saldo_domain::{MemoryStore, Rules};
+//! use saldo_idempotency::IdempotencyKey;
+//! use saldo_types::{CorrelationId, Currency, CustomerId, Id128, Money, Timestamp};
+//!
+//! let rules = Rules::default();
+//! let mut store = MemoryStore::new();
+//! let now = Timestamp::from_unix_ms(1_764_000_000_000);
+//! let top_up = TopUp {
+//!     customer: CustomerId::new("ada").expect("valid id"),
+//!     amount: Money::parse("30", Currency::EUR).expect("amount"),
+//!     idempotency_key: IdempotencyKey::new("top-up-1").expect("valid key"),
+//!     principal: None,
+//!     correlation_id: CorrelationId::new("request-1").expect("valid id"),
+//!     traceparent: Traceparent::root(Id128::derive("example", &[b"trace"])),
+//! };
+//! let mut run = |store: &mut MemoryStore| {
+//!     execute(store, &top_up_read_set(&top_up), now, |snapshot| {
+//!         decide_top_up(&rules.payment, snapshot, &top_up, now)
+//!     })
+//!     .expect("a top-up")
+//! };
+//! let first = run(&mut store);
+//! let again = run(&mut store);
+//! assert!(!first.replayed && again.replayed);
+//! assert_eq!(again.posting_id, first.posting_id);
+//! assert_eq!(store.entries().len(), 1, "one posting, however often it is asked");
+//! ```
 
 pub mod batch;
 pub mod decision;

@@ -1,5 +1,5 @@
 //! The in-memory store: the same tables the PostgreSQL schemas hold, and a
-//! commit that applies a [`Decision`] all or nothing with version checks.
+//! commit that applies a [`Decision`](crate::decision::Decision) all or nothing with version checks.
 //! The simulator, `saldo dev` and the browser harness run on it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

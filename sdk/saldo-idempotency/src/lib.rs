@@ -25,6 +25,28 @@
 //! customer the request acts for ([`Namespace::of`]). Two namespaces never
 //! share a record: the stored text of a scoped key is injective (its parts
 //! are separated by a space, which neither part may contain).
+//!
+//! # Example
+//!
+//! ```
+//! use saldo_idempotency::{Fingerprint, IdempotencyRecord, Verdict, decide};
+//! use saldo_types::Timestamp;
+//! use serde_json::json;
+//!
+//! let now = Timestamp::from_unix_ms(1_000);
+//! let request = Fingerprint::of_json(&json!({ "sku": "book", "quantity": 2 }));
+//! assert_eq!(decide::<&str>(None, &request, now), Verdict::Fresh);
+//!
+//! // Stored once the request completed: a retry replays the outcome.
+//! let record = IdempotencyRecord::completed(request, "201 order-1", now, 86_400_000);
+//! // Field order does not change the fingerprint.
+//! let retry = Fingerprint::of_json(&json!({ "quantity": 2, "sku": "book" }));
+//! assert_eq!(decide(Some(&record), &retry, now), Verdict::Replay(&"201 order-1"));
+//!
+//! // The same key for another request is refused.
+//! let other = Fingerprint::of_json(&json!({ "sku": "book", "quantity": 3 }));
+//! assert_eq!(decide(Some(&record), &other, now), Verdict::Mismatch);
+//! ```
 
 use std::fmt;
 

@@ -19,6 +19,43 @@
 //! [`Book`] applies the rules to whatever part of the ledger a decision has
 //! loaded and reports the [`Changes`] to commit; [`Ledger`] is a whole ledger
 //! in memory. No I/O, no clock: time is a parameter.
+//!
+//! # Example
+//!
+//! ```
+//! use saldo_ledger::{AccountId, Applied, Ledger, Memo, Posting, Rejection, verify_chain};
+//! use saldo_types::{Currency, CustomerId, Id128, Money, Timestamp};
+//!
+//! let now = Timestamp::from_unix_ms(0);
+//! let eur = Currency::EUR;
+//! let wallet = AccountId::wallet(CustomerId::new("ada").expect("valid id"), eur);
+//! let funding = AccountId::Funding { currency: eur };
+//! let mut ledger = Ledger::new();
+//! ledger.open_account(wallet.clone());
+//! ledger.open_account(funding.clone());
+//!
+//! let top_up = Posting::transfer(
+//!     Id128::derive("posting", &[b"top_up", b"ada", b"1"]),
+//!     funding.clone(),
+//!     wallet.clone(),
+//!     Money::parse("20", eur).expect("amount"),
+//!     Memo::default(),
+//! );
+//! assert_eq!(ledger.post(top_up.clone(), now), Ok(Applied::Created));
+//! // The same posting again is recognised, not applied twice.
+//! assert_eq!(ledger.post(top_up, now), Ok(Applied::Exists));
+//!
+//! // A wallet never goes below zero: the rejection says why.
+//! let too_much = Posting::transfer(
+//!     Id128::derive("posting", &[b"withdraw", b"ada", b"1"]),
+//!     wallet.clone(),
+//!     funding,
+//!     Money::parse("25", eur).expect("amount"),
+//!     Memo::default(),
+//! );
+//! assert!(matches!(ledger.post(too_much, now), Err(Rejection::InsufficientFunds { .. })));
+//! assert_eq!(verify_chain(None, ledger.entries()), Ok(1));
+//! ```
 
 mod account;
 mod book;

@@ -15,6 +15,25 @@
 //! The facts are designed to be streamed: an order's facts are everything
 //! needed to judge it, so a reader can merge tables sorted by order id and
 //! keep one order in memory at a time.
+//!
+//! # Example
+//!
+//! ```
+//! use saldo_domain::MemoryStore;
+//! use saldo_domain::messages::Service;
+//! use saldo_reconcile::{FindingKind, Settings, Severity, check_dead_letters, memory};
+//! use saldo_types::Timestamp;
+//!
+//! let now = Timestamp::from_unix_ms(0);
+//! // An empty platform is clean.
+//! assert!(memory::reconcile(&MemoryStore::new(), now, &Settings::default()).is_empty());
+//!
+//! // Two dead letters in the inventory service are a finding to look at today.
+//! let finding = check_dead_letters(Service::Inventory, 2).expect("a finding");
+//! assert_eq!(finding.kind, FindingKind::DeadLettersPresent);
+//! assert_eq!(finding.kind.severity(), Severity::Warning);
+//! assert_eq!(finding.kind.name(), "dead_letters_present");
+//! ```
 
 pub mod memory;
 

@@ -25,6 +25,42 @@
 //! compensation, is retried until it is answered, with capped backoff: there
 //! is no safe way to give up on them. Reconciliation reports such a saga as
 //! stuck once it is past its deadline.
+//!
+//! # Example
+//!
+//! A two-step saga whose second step is refused: the first is compensated.
+//!
+//! ```
+//! use saldo_saga::{
+//!     Definition, Ending, Failure, Outcome, Phase, Reply, SagaInput, SagaInstance, StepSpec,
+//! };
+//! use saldo_types::Timestamp;
+//!
+//! let definition = Definition::builder("transfer")
+//!     .step(StepSpec::new("debit", "Debit").compensate_with("Credit").deadline_ms(5_000))
+//!     .step(StepSpec::new("deposit", "Deposit").pivot().deadline_ms(5_000))
+//!     .build()
+//!     .expect("a safe shape");
+//! let now = Timestamp::from_unix_ms(0);
+//! let (mut saga, started) = SagaInstance::<&str>::start(&definition, now);
+//! assert_eq!(started.commands[0].command, "Debit");
+//!
+//! let succeeded = Reply { step: 0, phase: Phase::Action, outcome: Outcome::Succeeded };
+//! let next = saga.handle(&definition, now, SagaInput::Reply(succeeded));
+//! assert_eq!(next.commands[0].command, "Deposit");
+//!
+//! let refused = Reply { step: 1, phase: Phase::Action, outcome: Outcome::Failed("closed") };
+//! let back = saga.handle(&definition, now, SagaInput::Reply(refused));
+//! assert_eq!(back.commands[0].command, "Credit");
+//! assert_eq!(back.commands[0].phase, Phase::Compensation);
+//!
+//! let undone = Reply { step: 0, phase: Phase::Compensation, outcome: Outcome::Succeeded };
+//! saga.handle(&definition, now, SagaInput::Reply(undone));
+//! assert_eq!(
+//!     saga.ending(),
+//!     Some(Ending::Compensated(Failure::Rejected { step: 1, reason: "closed" }))
+//! );
+//! ```
 
 mod definition;
 mod instance;

@@ -29,6 +29,19 @@
 //! live on different partitions or interleave in one); messages of one
 //! order, never, except that a redelivery repeats an earlier message after
 //! later ones, as Kafka does after a consumer crash.
+//!
+//! # Example
+//!
+//! ```
+//! use saldo_sim::{Profile, SimConfig, run};
+//!
+//! let config = SimConfig::new(7, 20, Profile::Heavy);
+//! let report = run(config.clone(), false);
+//! assert!(report.violation.is_none(), "every invariant held");
+//! assert_eq!(report.stats.orders_confirmed + report.stats.orders_cancelled, 20);
+//! // The same seed gives the same trace, byte for byte.
+//! assert_eq!(run(config, false).trace_hash, report.trace_hash);
+//! ```
 
 pub mod broker;
 pub mod config;
