@@ -26,10 +26,11 @@ BEGIN
             CREATE FUNCTION %1$I.refuse_audit_change() RETURNS trigger
             LANGUAGE plpgsql AS $body$
             BEGIN
-                RAISE EXCEPTION 'the audit trail is append-only: % on % is refused', TG_OP, TG_TABLE_NAME
+                RAISE EXCEPTION 'the audit trail is append-only: %% on %% is refused', TG_OP, TG_TABLE_NAME
                     USING ERRCODE = 'insufficient_privilege';
             END
-            $body$$sql$, service);
+            $body$
+            $sql$, service);
         EXECUTE format('CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON %1$I.audit
             FOR EACH ROW EXECUTE FUNCTION %1$I.refuse_audit_change()', service);
         EXECUTE format('CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON %1$I.audit

@@ -444,3 +444,42 @@ pub(crate) mod hex_bytes {
             .collect()
     }
 }
+
+/// One line of an operator's order listing: where the order stands, what
+/// its saga awaits (step, phase, attempt, until when), and its version (the
+/// one an intervention's dry run is decided on).
+pub fn order_summary(
+    definition: &Definition<OrderCommand>,
+    version: Version,
+    row: &OrderRow,
+) -> Value {
+    let status = serde_json::to_value(row.status()).expect("a status serialises");
+    let (step, attempt, phase) = match row.saga.awaiting() {
+        SagaState::ActionReply { step, attempt, .. }
+        | SagaState::ActionRetry { step, attempt, .. } => {
+            (Some(*step), Some(*attempt), Some("action"))
+        }
+        SagaState::CompensationReply { step, attempt, .. }
+        | SagaState::CompensationRetry { step, attempt, .. } => {
+            (Some(*step), Some(*attempt), Some("compensation"))
+        }
+        SagaState::Nothing => (None, None, None),
+    };
+    json!({
+        "order_id": row.order_id,
+        "version": version,
+        "customer": row.customer,
+        "status": status["status"],
+        "reason": status.get("reason").cloned().unwrap_or(Value::Null),
+        "awaiting": row.saga.awaiting().name(),
+        "step": step,
+        "step_name": step.and_then(|step| definition.steps().get(step)).map(|step| step.name.clone()),
+        "phase": phase,
+        "attempt": attempt,
+        "deadline": row.deadline().map(|deadline| deadline.unix_ms()),
+        "amount_minor": row.amount.map(|amount| amount.amount_minor()),
+        "currency": row.currency.code(),
+        "created_at": row.created_at.unix_ms(),
+        "updated_at": row.updated_at.unix_ms(),
+    })
+}

@@ -113,6 +113,8 @@ impl StoryPart {
 pub struct StoryMessage {
     /// The service whose outbox sent it.
     pub sender: Service,
+    /// Its position in that outbox (commit order within the sender).
+    pub sequence: u64,
     /// Its id (hex).
     pub message_id: String,
     /// The message that caused it (hex), if any.
@@ -191,6 +193,7 @@ impl Story {
                 if let Ok(envelope) = Envelope::decode(&message.bytes) {
                     messages.push(StoryMessage {
                         sender: part.service,
+                        sequence: message.sequence,
                         message_id: envelope.message_id.to_hex(),
                         causation_id: envelope.causation_id.map(|id| id.to_hex()),
                         message_type: envelope.message_type().to_owned(),
@@ -225,10 +228,21 @@ impl Story {
 }
 
 /// Orders messages so that each comes after its cause (when the cause is in
-/// the story), and otherwise by time and id. Every message appears once.
+/// the story), and otherwise by time, then by commit order within one
+/// sender's outbox, then by id. Every message appears once.
 fn causal_order(mut messages: Vec<StoryMessage>) -> Vec<StoryMessage> {
-    messages.sort_by(|a, b| (a.occurred_at, &a.message_id).cmp(&(b.occurred_at, &b.message_id)));
-    messages.dedup_by(|a, b| a.message_id == b.message_id);
+    messages.sort_by(|a, b| {
+        (a.occurred_at, a.sender, a.sequence, &a.message_id).cmp(&(
+            b.occurred_at,
+            b.sender,
+            b.sequence,
+            &b.message_id,
+        ))
+    });
+    // A redriven message sits in two outboxes with one id: the first sent
+    // is the story's; the copy's receipts are the same message's.
+    let mut seen = BTreeSet::new();
+    messages.retain(|message| seen.insert(message.message_id.clone()));
     let index: BTreeMap<String, usize> = messages
         .iter()
         .enumerate()
