@@ -1849,7 +1849,7 @@ mod admin {
             .filter_map(|m| m["message_type"].as_str())
             .collect();
         assert_eq!(types, ["ReserveStock", "ReleaseStock"]);
-        assert_eq!(messages[1]["causation_id"].as_str().is_some(), true);
+        assert!(messages[1]["causation_id"].as_str().is_some());
         assert!(
             messages
                 .iter()

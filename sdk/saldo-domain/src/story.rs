@@ -219,10 +219,10 @@ impl Story {
         story.entries.dedup_by_key(|entry| entry.sequence);
         story
             .dead_letters
-            .sort_by(|a, b| (a.service, a.id).cmp(&(b.service, b.id)));
+            .sort_by_key(|letter| (letter.service, letter.id));
         story
             .audit
-            .sort_by(|a, b| (a.at, a.service).cmp(&(b.at, b.service)));
+            .sort_by_key(|record| (record.at, record.service));
         story
     }
 }
