@@ -12,7 +12,7 @@ use saldo_domain::operator::DeadLetterRow;
 use saldo_domain::order::OrderRow;
 use saldo_domain::retention::Horizons;
 use saldo_domain::store::{CommitError, Purged};
-use saldo_domain::story::{OutboxMessage, ReceiptSeen, STORY_ITEMS_MAX, StoryPart, StoryRow};
+use saldo_domain::story::{OutboxMessage, ReceiptSeen, StoryPart, StoryRow};
 use saldo_ledger::{AccountId, Entry};
 use saldo_types::{OrderId, Timestamp};
 
@@ -260,20 +260,7 @@ impl OperatorStore for MemoryBackend {
             })
             .cloned()
             .collect();
-        part.truncated = [
-            part.outbox.len(),
-            part.inbox.len(),
-            part.entries.len(),
-            part.dead_letters.len(),
-            part.audit.len(),
-        ]
-        .into_iter()
-        .any(|length| length > STORY_ITEMS_MAX);
-        part.outbox.truncate(STORY_ITEMS_MAX);
-        part.inbox.truncate(STORY_ITEMS_MAX);
-        part.entries.truncate(STORY_ITEMS_MAX);
-        part.dead_letters.truncate(STORY_ITEMS_MAX);
-        part.audit.truncate(STORY_ITEMS_MAX);
+        part.bound();
         Ok(part)
     }
 

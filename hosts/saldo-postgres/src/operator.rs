@@ -126,6 +126,26 @@ fn audit_columns() -> String {
 }
 
 impl PgStore {
+    /// One page of `sql` (`WHERE id > $1 ... LIMIT $2`), decoded.
+    async fn page<T>(
+        &self,
+        sql: String,
+        after: Option<u64>,
+        limit: usize,
+        decode: impl Fn(&PgRow) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, Unavailable> {
+        let rows = dynamic(sql)
+            .bind(i64::try_from(after.unwrap_or(0)).unwrap_or(i64::MAX))
+            .bind(limit_of(limit))
+            .fetch_all(self.pool())
+            .await
+            .map_err(|error| unavailable(StoreError::Database(error)))?;
+        rows.iter()
+            .map(decode)
+            .collect::<Result<_, _>>()
+            .map_err(unavailable)
+    }
+
     async fn orders_page(
         &self,
         query: &OrderQuery,
@@ -255,18 +275,7 @@ impl PgStore {
             .iter()
             .map(|row| audit_from(service, row).map(|entry| entry.record))
             .collect::<Result<_, _>>()?;
-        part.truncated = [
-            part.outbox.len(),
-            part.entries.len(),
-            part.dead_letters.len(),
-            part.audit.len(),
-        ]
-        .into_iter()
-        .any(|length| length > STORY_ITEMS_MAX);
-        part.outbox.truncate(STORY_ITEMS_MAX);
-        part.entries.truncate(STORY_ITEMS_MAX);
-        part.dead_letters.truncate(STORY_ITEMS_MAX);
-        part.audit.truncate(STORY_ITEMS_MAX);
+        part.bound();
         Ok(part)
     }
 }
@@ -303,16 +312,8 @@ impl OperatorStore for PgStore {
             dead_letter_columns(),
             schema(service)
         );
-        let rows = dynamic(sql)
-            .bind(i64::try_from(after.unwrap_or(0)).unwrap_or(i64::MAX))
-            .bind(limit_of(limit))
-            .fetch_all(self.pool())
+        self.page(sql, after, limit, |row| dead_letter_from(service, row))
             .await
-            .map_err(|error| unavailable(StoreError::Database(error)))?;
-        rows.iter()
-            .map(|row| dead_letter_from(service, row))
-            .collect::<Result<_, _>>()
-            .map_err(unavailable)
     }
 
     async fn dead_letter(
@@ -346,15 +347,7 @@ impl OperatorStore for PgStore {
             audit_columns(),
             schema(service)
         );
-        let rows = dynamic(sql)
-            .bind(i64::try_from(after.unwrap_or(0)).unwrap_or(i64::MAX))
-            .bind(limit_of(limit))
-            .fetch_all(self.pool())
+        self.page(sql, after, limit, |row| audit_from(service, row))
             .await
-            .map_err(|error| unavailable(StoreError::Database(error)))?;
-        rows.iter()
-            .map(|row| audit_from(service, row))
-            .collect::<Result<_, _>>()
-            .map_err(unavailable)
     }
 }

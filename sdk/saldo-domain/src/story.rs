@@ -98,6 +98,25 @@ impl StoryPart {
         }
     }
 
+    /// Cuts every list at [`STORY_ITEMS_MAX`], saying so in `truncated`
+    /// (a store reads one item more than the bound to know).
+    pub fn bound(&mut self) {
+        self.truncated |= [
+            self.outbox.len(),
+            self.inbox.len(),
+            self.entries.len(),
+            self.dead_letters.len(),
+            self.audit.len(),
+        ]
+        .into_iter()
+        .any(|length| length > STORY_ITEMS_MAX);
+        self.outbox.truncate(STORY_ITEMS_MAX);
+        self.inbox.truncate(STORY_ITEMS_MAX);
+        self.entries.truncate(STORY_ITEMS_MAX);
+        self.dead_letters.truncate(STORY_ITEMS_MAX);
+        self.audit.truncate(STORY_ITEMS_MAX);
+    }
+
     /// The ids (hex) of the messages this part's outbox holds.
     pub fn message_ids(&self) -> Vec<String> {
         self.outbox

@@ -15,6 +15,7 @@ use saldo_types::OrderId;
 use sqlx::{Connection, Executor, PgConnection};
 
 use crate::backends::{Backend, Driver, Kind, Outcome, eur, line};
+use crate::ledger::error_of;
 
 fn actor() -> Actor {
     Actor {
@@ -43,16 +44,6 @@ fn database(driver: &Driver) -> &saldo_postgres::testing::TestDatabase {
         panic!("postgres only")
     };
     database
-}
-
-async fn error_of(connection: &mut PgConnection, sql: &'static str) -> String {
-    match connection.execute(sql).await {
-        Ok(_) => String::from("succeeded"),
-        Err(sqlx::Error::Database(error)) => {
-            format!("{} {}", error.code().unwrap_or_default(), error.message())
-        }
-        Err(other) => panic!("unexpected failure: {other}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
