@@ -25,6 +25,9 @@
 //!   shared transactions, each request with its own answer.
 //! - [`OutboxSource`] is the outbox's port: what a publisher claims, marks
 //!   and waits for.
+//! - [`OperatorStore`] is the operator API's read port: orders by state
+//!   and age, one service's part of an order's story, dead letters and
+//!   audit records, each bounded by [`PAGE_MAX`] (ADR 0016).
 //! - [`wall_clock`]: hosts own the clock; the sdk takes time as a parameter.
 //!
 //! The engine owns no business rule: every decision is the sdk's. It knows
@@ -33,6 +36,7 @@
 mod delivery;
 mod group;
 mod memory;
+mod operator;
 mod outbox;
 pub mod retention;
 mod run;
@@ -45,6 +49,7 @@ pub use delivery::{
 };
 pub use group::{Decider, GROUP_COMMIT_MAX, GROUP_COMMIT_WORKERS, GROUP_QUEUE_MAX, GroupCommit};
 pub use memory::{DEAD_LETTERS_KEPT_MAX, MemoryBackend};
+pub use operator::{AuditEntry, OperatorStore, OrderQuery, PAGE_MAX};
 pub use outbox::{OutboxRecord, OutboxSource};
 pub use run::{BATCH_REDECIDE_MAX, ExecuteFailure, InputFailure, execute, execute_batch, read};
 pub use store::{CommitFailure, Store, Unavailable};

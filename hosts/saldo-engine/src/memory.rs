@@ -5,13 +5,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use saldo_domain::MemoryStore;
 use saldo_domain::batch::{BatchReadSet, Commit, Loaded};
+use saldo_domain::decision::{Row, RowKey, Versioned};
+use saldo_domain::messages::MessageId;
 use saldo_domain::messages::Service;
+use saldo_domain::operator::DeadLetterRow;
+use saldo_domain::order::OrderRow;
 use saldo_domain::retention::Horizons;
-use saldo_domain::store::Purged;
+use saldo_domain::store::{CommitError, Purged};
+use saldo_domain::story::{OutboxMessage, ReceiptSeen, StoryPart, StoryRow};
 use saldo_ledger::{AccountId, Entry};
 use saldo_types::{OrderId, Timestamp};
 
 use crate::delivery::DeadLetter;
+use crate::operator::{AuditEntry, OperatorStore, OrderQuery, PAGE_MAX};
 use crate::store::{CommitFailure, Store, Unavailable};
 
 /// The most dead letters the in-memory store keeps; older ones are dropped
@@ -23,8 +29,16 @@ pub const DEAD_LETTERS_KEPT_MAX: usize = 1_000;
 #[derive(Debug, Clone, Default)]
 pub struct MemoryBackend {
     store: Arc<Mutex<MemoryStore>>,
-    dead_letters: Arc<Mutex<Vec<(Service, DeadLetter)>>>,
+    dead_letters: Arc<Mutex<DeadLetters>>,
     committed: Arc<tokio::sync::Notify>,
+}
+
+/// The dead letters kept in memory, each with its id (ids start at 1 and
+/// are never reused, as in the database's tables).
+#[derive(Debug, Default)]
+struct DeadLetters {
+    last_id: u64,
+    rows: Vec<DeadLetterRow>,
 }
 
 fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -51,9 +65,9 @@ impl MemoryBackend {
         &self.committed
     }
 
-    /// The dead letters recorded, oldest first.
-    pub fn dead_letters(&self) -> Vec<(Service, DeadLetter)> {
-        locked(&self.dead_letters).clone()
+    /// The dead letters kept, oldest first.
+    pub fn dead_letters(&self) -> Vec<DeadLetterRow> {
+        locked(&self.dead_letters).rows.clone()
     }
 }
 
@@ -63,11 +77,32 @@ impl Store for MemoryBackend {
         Ok(self.lock().load_batch(read_set))
     }
 
-    async fn commit(&self, commit: Commit, now: Timestamp) -> Result<(), CommitFailure> {
+    async fn commit(&self, mut commit: Commit, now: Timestamp) -> Result<(), CommitFailure> {
         let wrote = !commit.is_empty();
+        // Dead letters live beside the store: checked first, removed only
+        // once the rest committed, both under their locks (all or nothing).
+        let mut letters = locked(&self.dead_letters);
+        let settled = std::mem::take(&mut commit.dead_letters_settled);
+        if let Some(gone) = settled.iter().find(|settled| {
+            !letters
+                .rows
+                .iter()
+                .any(|row| row.service == settled.service && row.id == settled.id)
+        }) {
+            return Err(CommitFailure::Conflict(CommitError::Aborted(format!(
+                "dead letter {} of {} was already settled",
+                gone.id, gone.service
+            ))));
+        }
         self.lock()
             .commit(commit, now)
             .map_err(CommitFailure::Conflict)?;
+        letters.rows.retain(|row| {
+            !settled
+                .iter()
+                .any(|settled| row.service == settled.service && row.id == settled.id)
+        });
+        drop(letters);
         if wrote {
             self.committed.notify_one();
         }
@@ -100,10 +135,21 @@ impl Store for MemoryBackend {
         letter: &DeadLetter,
     ) -> Result<(), Unavailable> {
         let mut letters = locked(&self.dead_letters);
-        if letters.len() == DEAD_LETTERS_KEPT_MAX {
-            letters.remove(0);
+        if letters.rows.len() == DEAD_LETTERS_KEPT_MAX {
+            letters.rows.remove(0);
         }
-        letters.push((consumer, letter.clone()));
+        letters.last_id += 1;
+        let row = DeadLetterRow {
+            id: letters.last_id,
+            service: consumer,
+            message_id: letter.message_id.map(|id| id.to_hex()),
+            message_type: letter.message_type.map(str::to_owned),
+            order_id: letter.order_id.clone(),
+            error: letter.error.clone(),
+            payload: letter.payload.clone(),
+            received_at: crate::wall_clock(),
+        };
+        letters.rows.push(row);
         Ok(())
     }
 
@@ -120,4 +166,165 @@ impl Store for MemoryBackend {
     async fn ready(&self) -> Result<(), Unavailable> {
         Ok(())
     }
+}
+
+/// The operator's reads over the in-memory tables. Published outbox rows
+/// are removed at once in memory, so a story shows only unpublished ones.
+#[async_trait]
+impl OperatorStore for MemoryBackend {
+    async fn orders(
+        &self,
+        query: &OrderQuery,
+    ) -> Result<Vec<Versioned<Arc<OrderRow>>>, Unavailable> {
+        let store = self.lock();
+        let mut orders: Vec<Versioned<Arc<OrderRow>>> = store
+            .rows()
+            .filter_map(|(_, versioned)| match &versioned.value {
+                Row::Order(order) => Some(Versioned {
+                    version: versioned.version,
+                    value: order.clone(),
+                }),
+                _ => None,
+            })
+            .filter(|order| matches_query(&order.value, query))
+            .collect();
+        orders.sort_by(|a, b| a.value.order_id.cmp(&b.value.order_id));
+        orders.truncate(query.limit.min(PAGE_MAX));
+        Ok(orders)
+    }
+
+    async fn story_part(
+        &self,
+        service: Service,
+        order_id: &OrderId,
+        received: &[MessageId],
+    ) -> Result<StoryPart, Unavailable> {
+        let mut part = StoryPart::empty(service, order_id.clone());
+        let store = self.lock();
+        let keys = match service {
+            Service::Order => vec![RowKey::Order(order_id.clone())],
+            Service::Inventory => vec![RowKey::Reservation(order_id.clone())],
+            Service::Payment => vec![RowKey::Payment(order_id.clone())],
+        };
+        part.rows = keys
+            .iter()
+            .filter_map(|key| store.row(key))
+            .map(|stored| StoryRow {
+                version: stored.version,
+                row: stored.value.clone(),
+            })
+            .collect();
+        part.outbox = store
+            .outbox_pending(service, usize::MAX)
+            .into_iter()
+            .filter(|pending| &pending.envelope.order_id == order_id)
+            .map(|pending| OutboxMessage {
+                sequence: pending.sequence,
+                bytes: pending.envelope.encode(),
+                created_at: pending.envelope.occurred_at,
+                published_at: None,
+            })
+            .collect();
+        part.inbox = store
+            .inbox_receipts()
+            .filter(|receipt| receipt.consumer == service && received.contains(&receipt.message_id))
+            .map(|receipt| ReceiptSeen {
+                consumer: service,
+                message_id: receipt.message_id.to_hex(),
+                received_at: receipt.received_at,
+            })
+            .collect();
+        part.inbox
+            .sort_by(|a, b| (a.received_at, &a.message_id).cmp(&(b.received_at, &b.message_id)));
+        if service == Service::Payment {
+            part.entries = store
+                .entries()
+                .iter()
+                .filter(|entry| entry.posting.memo.order_id.as_ref() == Some(order_id))
+                .cloned()
+                .collect();
+        }
+        let target = format!("order:{order_id}");
+        part.audit = store
+            .audit_records()
+            .iter()
+            .filter(|record| record.service == service && record.target == target)
+            .cloned()
+            .collect();
+        drop(store);
+        part.dead_letters = locked(&self.dead_letters)
+            .rows
+            .iter()
+            .filter(|row| {
+                row.service == service && row.order_id.as_deref() == Some(order_id.as_str())
+            })
+            .cloned()
+            .collect();
+        part.bound();
+        Ok(part)
+    }
+
+    async fn dead_letters(
+        &self,
+        service: Service,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetterRow>, Unavailable> {
+        Ok(locked(&self.dead_letters)
+            .rows
+            .iter()
+            .filter(|row| row.service == service && row.id > after.unwrap_or(0))
+            .take(limit.min(PAGE_MAX))
+            .cloned()
+            .collect())
+    }
+
+    async fn dead_letter(
+        &self,
+        service: Service,
+        id: u64,
+    ) -> Result<Option<DeadLetterRow>, Unavailable> {
+        Ok(locked(&self.dead_letters)
+            .rows
+            .iter()
+            .find(|row| row.service == service && row.id == id)
+            .cloned())
+    }
+
+    async fn audit(
+        &self,
+        service: Service,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, Unavailable> {
+        let store = self.lock();
+        Ok(store
+            .audit_records()
+            .iter()
+            .zip(1u64..)
+            .filter(|(record, id)| record.service == service && *id > after.unwrap_or(0))
+            .take(limit.min(PAGE_MAX))
+            .map(|(record, id)| AuditEntry {
+                id,
+                record: record.clone(),
+            })
+            .collect())
+    }
+}
+
+/// Whether an order matches every filter of `query` that is set.
+fn matches_query(order: &OrderRow, query: &OrderQuery) -> bool {
+    query
+        .status
+        .is_none_or(|wanted| wanted == order.status().name())
+        && query
+            .awaiting
+            .is_none_or(|wanted| wanted == order.saga.awaiting().name())
+        && query
+            .updated_before
+            .is_none_or(|before| order.updated_at < before)
+        && query
+            .after
+            .as_ref()
+            .is_none_or(|after| &order.order_id > after)
 }

@@ -75,6 +75,8 @@ pub struct Api {
     pub metrics: Option<PrometheusHandle>,
     /// The wall clock (a parameter so that tests can pin it).
     pub clock: fn() -> Timestamp,
+    /// Serves `/admin` for the services above when set (ADR 0016).
+    pub operator: Option<Arc<dyn saldo_engine::OperatorStore>>,
 }
 
 impl Api {
@@ -88,6 +90,7 @@ impl Api {
             checks: Vec::new(),
             metrics: None,
             clock,
+            operator: None,
         }
     }
 
@@ -120,12 +123,36 @@ impl Api {
         if self.inventory.is_some() {
             router = router.route("/stock/{sku}", get(get_stock).put(put_stock));
         }
+        let admin = self.admin();
         let served = Served::start(self);
-        router
+        let router = router
             .fallback(route_not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(axum::middleware::from_fn(observe))
-            .with_state(Arc::new(served))
+            .with_state(Arc::new(served));
+        match admin {
+            Some(admin) => router.merge(admin.router()),
+            None => router,
+        }
+    }
+
+    /// The operator API over this process's services, when it has a reader.
+    fn admin(&self) -> Option<crate::admin::Admin> {
+        let reader = self.operator.clone()?;
+        let stores = [
+            (saldo_domain::messages::Service::Order, &self.order),
+            (saldo_domain::messages::Service::Inventory, &self.inventory),
+            (saldo_domain::messages::Service::Payment, &self.payment),
+        ]
+        .into_iter()
+        .filter_map(|(service, store)| Some((service, store.clone()?)))
+        .collect();
+        Some(crate::admin::Admin {
+            reader,
+            stores,
+            rules: self.rules.clone(),
+            clock: self.clock,
+        })
     }
 }
 

@@ -79,11 +79,15 @@ pub enum Scope {
     StockRead,
     /// `stock:write`: `PUT /stock/{sku}`.
     StockWrite,
+    /// `admin`: every route under `/admin` (ADR 0016), reads and
+    /// interventions alike. Only this scope and `*` reach them, and only for
+    /// a key that acts for every customer.
+    Admin,
 }
 
 impl Scope {
     /// Every scope with its name, as the keys file and `saldo api-key` spell it.
-    pub const NAMES: [(&'static str, Scope); 7] = [
+    pub const NAMES: [(&'static str, Scope); 8] = [
         ("*", Scope::All),
         ("orders:read", Scope::OrdersRead),
         ("orders:write", Scope::OrdersWrite),
@@ -91,6 +95,7 @@ impl Scope {
         ("wallets:top-up", Scope::WalletsTopUp),
         ("stock:read", Scope::StockRead),
         ("stock:write", Scope::StockWrite),
+        ("admin", Scope::Admin),
     ];
 
     fn allows(self, operation: &Operation) -> bool {
@@ -103,6 +108,7 @@ impl Scope {
                 | (Scope::WalletsTopUp, Operation::TopUp(_))
                 | (Scope::StockRead, Operation::ReadStock)
                 | (Scope::StockWrite, Operation::SetStock)
+                | (Scope::Admin, Operation::Admin)
         )
     }
 }
@@ -137,6 +143,8 @@ pub enum Resource {
     Wallets,
     /// `/stock`
     Stock,
+    /// `/admin/{service}/...`: that service's part of the operator API.
+    Admin(saldo_domain::messages::Service),
 }
 
 impl Resource {
@@ -146,6 +154,13 @@ impl Resource {
             "orders" => Some(Resource::Orders),
             "wallets" => Some(Resource::Wallets),
             "stock" => Some(Resource::Stock),
+            "admin" => {
+                let service = path.trim_start_matches('/').split('/').nth(1)?;
+                saldo_domain::messages::Service::ALL
+                    .into_iter()
+                    .find(|candidate| candidate.name() == service)
+                    .map(Resource::Admin)
+            }
             _ => None,
         }
     }
@@ -162,6 +177,8 @@ enum Operation {
     ReadWallet(String),
     SetStock,
     ReadStock,
+    /// Anything under `/admin/`: the operator API.
+    Admin,
     /// Anything else: only `*` reaches it (the service then answers 404 or 405).
     Other,
 }
@@ -187,6 +204,11 @@ impl Operation {
             (["stock", sku], true) if !sku.is_empty() => Operation::ReadStock,
             (["stock", sku], false) if method == Method::PUT && !sku.is_empty() => {
                 Operation::SetStock
+            }
+            (["admin", rest @ ..], _)
+                if !rest.is_empty() && rest.iter().all(|segment| !segment.is_empty()) =>
+            {
+                Operation::Admin
             }
             _ => Operation::Other,
         }
@@ -744,6 +766,12 @@ async fn check(gateway: &Gateway, mut request: Request) -> Result<Request, Probl
         operation,
         Operation::PlaceOrder | Operation::TopUp(_) | Operation::ReadWallet(_)
     );
+    if operation == Operation::Admin && key.customers != Customers::All {
+        return Err(Problem::customer_forbidden(format!(
+            "key {:?} acts for some customers only; the operator API needs a key for all of them",
+            key.name.as_str(),
+        )));
+    }
     if acts_for_customer && !customer.is_some_and(|customer| key.customers.permit(customer)) {
         return Err(Problem::customer_forbidden(format!(
             "key {:?} does not act for customer {:?}",
@@ -783,7 +811,10 @@ async fn validate(
     if method != Method::POST && method != Method::PUT {
         return Ok((request, None));
     }
-    if method == Method::POST {
+    // Interventions need no idempotency key: a repeat is refused by the
+    // order's version check (`expected_version`) or finds its dead letter
+    // already settled (ADR 0016).
+    if method == Method::POST && *operation != Operation::Admin {
         match request.headers().get_all(&IDEMPOTENCY_KEY).iter().count() {
             0 => return Err(Problem::idempotency_key_missing()),
             1 => {}
@@ -848,6 +879,12 @@ mod tests {
     #[case("stock:read", Method::GET, "/stock/a", true)]
     #[case::paths_are_exact("wallets:read", Method::GET, "//wallets/a", false)]
     #[case::no_extra_segments("wallets:read", Method::GET, "/wallets/a/..", false)]
+    #[case("admin", Method::GET, "/admin/order/orders", true)]
+    #[case("admin", Method::POST, "/admin/order/orders/o1", true)]
+    #[case::admin_grants_nothing_else("admin", Method::GET, "/orders/o1", false)]
+    #[case::no_other_scope_grants_admin("orders:read", Method::GET, "/admin/order/orders", false)]
+    #[case::not_even_a_write("orders:write", Method::POST, "/admin/order/orders/o1", false)]
+    #[case::admin_paths_are_exact("admin", Method::GET, "/admin//orders", false)]
     fn scopes_allow_exactly_what_they_name(
         #[case] scope: &str,
         #[case] method: Method,

@@ -3,6 +3,8 @@
 //! - [`api`]: the REST API (orders, wallets, stock, health, readiness,
 //!   metrics, the OpenAPI document) over any [`saldo_engine::Store`],
 //!   deciding through [`saldo_engine::execute`].
+//! - [`admin`]: the operator API under `/admin` (orders by state and age,
+//!   one order's story, dead letters, audit, interventions with dry runs).
 //! - [`gateway`]: the optional layer of API keys (stored hashed, compared in
 //!   constant time), per-key token-bucket rate limits and request checks.
 //! - [`proxy`]: `saldo gateway`'s routing of each resource to its service.
@@ -13,6 +15,7 @@
 //! commits all of its decision or nothing (a refused or failed request
 //! writes nothing). Responses are sent only after the commit.
 
+pub mod admin;
 pub mod api;
 pub mod context;
 pub mod gateway;

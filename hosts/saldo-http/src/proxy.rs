@@ -16,11 +16,14 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use metrics_exporter_prometheus::PrometheusHandle;
+use saldo_domain::messages::{MessageId, Service};
+use saldo_domain::story::StoryPart;
+use saldo_types::OrderId;
 use serde_json::json;
 
 use crate::api::{OPENAPI, method_not_allowed};
 use crate::context::{RequestContext, observe};
-use crate::gateway::{API_KEY, Resource};
+use crate::gateway::{API_KEY, PRINCIPAL, PRINCIPAL_CUSTOMERS, Resource};
 use crate::problem::Problem;
 
 /// How long an upstream may take to answer.
@@ -53,6 +56,15 @@ impl Upstreams {
             Resource::Orders => &self.order,
             Resource::Wallets => &self.payment,
             Resource::Stock => &self.inventory,
+            Resource::Admin(service) => self.of_service(service),
+        }
+    }
+
+    fn of_service(&self, service: Service) -> &Uri {
+        match service {
+            Service::Order => &self.order,
+            Service::Payment => &self.payment,
+            Service::Inventory => &self.inventory,
         }
     }
 
@@ -98,6 +110,7 @@ pub fn router(upstreams: Upstreams, metrics: Option<PrometheusHandle>) -> Router
         .route("/wallets/{customer}", any(forward))
         .route("/wallets/{customer}/top-ups", any(forward))
         .route("/stock/{sku}", any(forward))
+        .route("/admin/orders/{order_id}/story", get(story))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(forward)
         .layer(axum::middleware::from_fn(observe))
@@ -213,4 +226,70 @@ async fn forward(
         )
         .into_response(),
     }
+}
+
+/// The most bytes of one story part the gateway reads from a service.
+pub const STORY_PART_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// `GET /admin/orders/{order_id}/story`: each service's part fetched with
+/// the caller's principal, merged by the sdk (ADR 0016).
+async fn story(
+    State(proxy): State<Arc<Proxy>>,
+    Extension(context): Extension<RequestContext>,
+    crate::context::PathParam(order_id): crate::context::PathParam,
+    request: Request,
+) -> Response {
+    let Ok(order_id) = OrderId::new(order_id) else {
+        return Problem::invalid_field("order_id", "order_id is not a valid id").into_response();
+    };
+    let headers = request.headers().clone();
+    let fetch = |service: Service, received: Vec<MessageId>| {
+        let proxy = proxy.clone();
+        let headers = headers.clone();
+        let context = context.clone();
+        let order_id = order_id.clone();
+        async move {
+            let ids: Vec<String> = received.iter().map(MessageId::to_hex).collect();
+            let path = format!(
+                "/admin/{}/orders/{}/story?received={}",
+                service.name(),
+                order_id,
+                ids.join(",")
+            );
+            let uri = upstream_uri(proxy.upstreams.of_service(service), &path)
+                .ok_or_else(|| format!("{service}: misconfigured"))?;
+            let mut upstream = Request::get(uri)
+                .body(Body::empty())
+                .map_err(|error| error.to_string())?;
+            for name in [PRINCIPAL, PRINCIPAL_CUSTOMERS] {
+                if let Some(value) = headers.get(&name) {
+                    upstream.headers_mut().insert(name, value.clone());
+                }
+            }
+            context.write_to(upstream.headers_mut());
+            let response = tokio::time::timeout(UPSTREAM_TIMEOUT, proxy.client.request(upstream))
+                .await
+                .map_err(|_| format!("{service}: no answer"))?
+                .map_err(|error| format!("{service}: {error}"))?;
+            if !response.status().is_success() {
+                return Err(format!("{service}: status {}", response.status()));
+            }
+            let body = http_body_util::Limited::new(response.into_body(), STORY_PART_BYTES_MAX);
+            let bytes = http_body_util::BodyExt::collect(body)
+                .await
+                .map_err(|error| format!("{service}: {error}"))?
+                .to_bytes();
+            serde_json::from_slice::<StoryPart>(&bytes)
+                .map_err(|error| format!("{service}: {error}"))
+        }
+    };
+    let story = crate::admin::gather(order_id.clone(), fetch).await;
+    if story.rows.is_empty() && story.messages.is_empty() && story.missing.is_empty() {
+        return Problem::not_found(
+            "order_not_found",
+            format!("no service knows order {order_id}"),
+        )
+        .into_response();
+    }
+    axum::Json(crate::admin::story_view(&story, saldo_engine::wall_clock())).into_response()
 }

@@ -20,6 +20,17 @@ fn clock() -> Timestamp {
     Timestamp::from_unix_ms(1_800_000_000_000)
 }
 
+/// The API with its operator routes, on the in-memory store.
+fn admin_over(backend: MemoryBackend) -> Router {
+    let mut api = Api::new(clock);
+    let shared: Arc<dyn Store> = Arc::new(backend.clone());
+    api.order = Some(shared.clone());
+    api.payment = Some(shared.clone());
+    api.inventory = Some(shared);
+    api.operator = Some(Arc::new(backend));
+    api.router()
+}
+
 fn api_over(backend: Arc<dyn Store>) -> Router {
     let mut api = Api::new(clock);
     api.order = Some(backend.clone());
@@ -412,7 +423,7 @@ async fn every_operation_in_the_openapi_document_is_served() {
     // Proves the checked-in OpenAPI document and the router agree: each
     // documented path and method reaches a handler (no 404/405 route problem),
     // and the router serves no API path the document lacks.
-    let router = api_over(Arc::new(MemoryBackend::new()));
+    let router = admin_over(MemoryBackend::new());
     let document: Value = serde_json::from_str(saldo_http::api::OPENAPI).expect("valid JSON");
     assert_eq!(document["openapi"], "3.1.0");
     let served = send(&router, "GET", "/openapi.json", &[], None).await;
@@ -425,7 +436,8 @@ async fn every_operation_in_the_openapi_document_is_served() {
             let concrete = path
                 .replace("{order_id}", "x")
                 .replace("{customer}", "x")
-                .replace("{sku}", "x");
+                .replace("{sku}", "x")
+                .replace("{id}", "1");
             let body = matches!(method.as_str(), "post" | "put").then(|| json!({}));
             let answer = send(
                 &router,
@@ -445,7 +457,7 @@ async fn every_operation_in_the_openapi_document_is_served() {
         }
     }
     assert_eq!(
-        operations, 10,
+        operations, 25,
         "the document lists every operation the router serves"
     );
 }
@@ -1682,4 +1694,359 @@ async fn the_gateway_tells_an_unreachable_upstream_in_words_without_its_internal
     let page = send(&router, "GET", "/metrics", &[], None).await;
     let page = page.body.as_str().expect("text").to_owned();
     assert!(page.contains(r#"route="/orders/{order_id}""#), "{page}");
+}
+
+mod admin {
+    //! The operator API (ADR 0016) in process, on the in-memory store.
+
+    use super::*;
+
+    const OPS: &str = "sk_ops";
+    const SHOP: &str = "sk_shop";
+
+    /// The operator API behind a gateway with an `admin` key and a shop key
+    /// that has every other scope.
+    fn guarded(backend: MemoryBackend) -> Router {
+        let text = format!(
+            "[[key]]\nname = \"ops\"\nsha256 = \"{}\"\ncustomers = [\"*\"]\nscopes = [\"admin\"]\n\
+             [[key]]\nname = \"shop\"\nsha256 = \"{}\"\ncustomers = [\"*\"]\n\
+             scopes = [\"orders:write\", \"orders:read\", \"wallets:read\", \"wallets:top-up\", \"stock:read\", \"stock:write\"]\n",
+            to_hex(&hash_key(OPS)),
+            to_hex(&hash_key(SHOP))
+        );
+        Gateway::new(parse_keys(&text).expect("valid")).protect(admin_over(backend))
+    }
+
+    /// An order placed with nothing delivering its messages: it waits for
+    /// the inventory's answer, as with a participant that is down.
+    async fn stuck_order(router: &Router) -> String {
+        seed(router).await;
+        place_directly(router, "alice", "stuck-1").await
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_shows_the_decision_and_writes_nothing_then_the_same_intervention_commits_once()
+     {
+        // Proves the dry run answers the decision as data without writing (no version change, no audit row), the real run commits it with its audit record, and a stale version is refused with 409.
+        let backend = MemoryBackend::new();
+        let router = admin_over(backend.clone());
+        let order_id = stuck_order(&router).await;
+        let listed = send(
+            &router,
+            "GET",
+            "/admin/order/orders?status=PENDING&awaiting=action_reply",
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+        assert_eq!(listed.body["items"][0]["order_id"], order_id.as_str());
+        assert_eq!(listed.body["items"][0]["step_name"], "reserve_stock");
+        let version = listed.body["items"][0]["version"]
+            .as_u64()
+            .expect("a version");
+        let path = format!("/admin/order/orders/{order_id}");
+        let dry = send(
+            &router,
+            "POST",
+            &path,
+            &[],
+            Some(json!({ "action": "retry_now", "dry_run": true })),
+        )
+        .await;
+        assert_eq!(dry.status, StatusCode::OK, "{}", dry.body);
+        assert_eq!(dry.body["dry_run"], true);
+        assert_eq!(dry.body["expected_version"], version);
+        assert_eq!(
+            dry.body["decision"]["outbox"].as_array().map(Vec::len),
+            Some(1)
+        );
+        let after_dry = send(&router, "GET", "/admin/order/orders", &[], None).await;
+        assert_eq!(
+            after_dry.body["items"][0]["version"], version,
+            "a dry run writes nothing"
+        );
+        let audit = send(&router, "GET", "/admin/order/audit", &[], None).await;
+        assert_eq!(
+            audit.body["items"],
+            json!([]),
+            "a dry run writes no audit record"
+        );
+        let applied = send(
+            &router,
+            "POST",
+            &path,
+            &[],
+            Some(json!({ "action": "retry_now", "expected_version": version })),
+        )
+        .await;
+        assert_eq!(applied.status, StatusCode::OK, "{}", applied.body);
+        assert_eq!(
+            applied.body["decision"]["outbox"],
+            dry.body["decision"]["outbox"]
+        );
+        let audit = send(&router, "GET", "/admin/order/audit", &[], None).await;
+        assert_eq!(audit.body["items"][0]["action"], "retry_now");
+        assert_eq!(
+            audit.body["items"][0]["target"],
+            format!("order:{order_id}")
+        );
+        assert_eq!(audit.body["items"][0]["actor"]["principal"], "direct");
+        let stale = send(
+            &router,
+            "POST",
+            &path,
+            &[],
+            Some(json!({ "action": "retry_now", "expected_version": version })),
+        )
+        .await;
+        assert_eq!(
+            code(&stale),
+            (StatusCode::CONFLICT, Some("version_changed"))
+        );
+        let past = send(
+            &router,
+            "POST",
+            &path,
+            &[],
+            Some(json!({ "action": "resolve", "outcome": "maybe" })),
+        )
+        .await;
+        assert_eq!(
+            code(&past),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("field_invalid"))
+        );
+    }
+
+    #[tokio::test]
+    async fn the_story_shows_the_rows_and_messages_in_causal_order_with_findings() {
+        // Proves the gathered story of a stuck order holds its order row, each message once after its cause, with its bytes and ids, and the audit of an intervention.
+        let backend = MemoryBackend::new();
+        let router = admin_over(backend.clone());
+        let order_id = stuck_order(&router).await;
+        let path = format!("/admin/order/orders/{order_id}");
+        let forced = send(
+            &router,
+            "POST",
+            &path,
+            &[],
+            Some(json!({ "action": "force_compensation" })),
+        )
+        .await;
+        assert_eq!(forced.status, StatusCode::OK, "{}", forced.body);
+        let story = send(
+            &router,
+            "GET",
+            &format!("/admin/orders/{order_id}/story"),
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(story.status, StatusCode::OK, "{}", story.body);
+        let messages = story.body["messages"].as_array().expect("messages");
+        let types: Vec<&str> = messages
+            .iter()
+            .filter_map(|m| m["message_type"].as_str())
+            .collect();
+        assert_eq!(types, ["ReserveStock", "ReleaseStock"]);
+        assert!(messages[1]["causation_id"].as_str().is_some());
+        assert!(
+            messages
+                .iter()
+                .all(|m| m["bytes"].as_str().is_some_and(|b| !b.is_empty()))
+        );
+        assert_eq!(story.body["rows"][0][0], "order");
+        assert_eq!(story.body["audit"][0]["action"], "force_compensation");
+        assert!(story.body["findings"].is_array());
+        let missing = send(&router, "GET", "/admin/orders/nobody/story", &[], None).await;
+        assert_eq!(
+            code(&missing),
+            (StatusCode::NOT_FOUND, Some("order_not_found"))
+        );
+    }
+
+    #[tokio::test]
+    async fn only_a_key_with_the_admin_scope_reaches_the_operator_api_and_is_audited_as_itself() {
+        // Proves a second principal without admin gets 403 scope_missing on every operator route, and the admin key's interventions are audited under its name.
+        let backend = MemoryBackend::new();
+        let router = guarded(backend.clone());
+        let shop = [("x-api-key", SHOP)];
+        let ops = [("x-api-key", OPS)];
+        seed_with(&router, &shop).await;
+        let placed = send(
+            &router,
+            "POST",
+            "/orders",
+            &[shop[0], ("idempotency-key", "o-1")],
+            Some(order("alice", "book", 1)),
+        )
+        .await;
+        assert_eq!(placed.status, StatusCode::CREATED, "{}", placed.body);
+        let order_id = placed.body["order_id"].as_str().expect("an id").to_owned();
+        for (method, path) in [
+            ("GET", "/admin/order/orders".to_owned()),
+            ("GET", format!("/admin/orders/{order_id}/story")),
+            ("GET", "/admin/payment/dead-letters".to_owned()),
+            ("POST", format!("/admin/order/orders/{order_id}")),
+        ] {
+            let body = (method == "POST").then(|| json!({ "action": "retry_now" }));
+            let refused = send(&router, method, &path, &shop, body).await;
+            assert_eq!(
+                code(&refused),
+                (StatusCode::FORBIDDEN, Some("scope_missing")),
+                "{method} {path}"
+            );
+        }
+        let no_orders_for_ops =
+            send(&router, "GET", &format!("/orders/{order_id}"), &ops, None).await;
+        assert_eq!(
+            code(&no_orders_for_ops),
+            (StatusCode::FORBIDDEN, Some("scope_missing"))
+        );
+        let applied = send(
+            &router,
+            "POST",
+            &format!("/admin/order/orders/{order_id}"),
+            &ops,
+            Some(json!({ "action": "retry_now" })),
+        )
+        .await;
+        assert_eq!(applied.status, StatusCode::OK, "{}", applied.body);
+        let audit = send(&router, "GET", "/admin/order/audit", &ops, None).await;
+        assert_eq!(
+            audit.body["items"][0]["actor"],
+            json!({ "principal": "ops", "key": "ops" })
+        );
+    }
+
+    async fn seed_with(router: &Router, key: &[(&str, &str)]) {
+        let mut with_key = key.to_vec();
+        with_key.push(("idempotency-key", "seed-stock"));
+        let stock = send(
+            router,
+            "PUT",
+            "/stock/book",
+            &with_key,
+            Some(json!({ "on_hand": 10, "unit_price_minor": 1500, "currency": "EUR" })),
+        )
+        .await;
+        assert_eq!(stock.status, StatusCode::OK, "{}", stock.body);
+        let mut headers = key.to_vec();
+        headers.push(("idempotency-key", "seed-alice"));
+        let top_up = send(
+            router,
+            "POST",
+            "/wallets/alice/top-ups",
+            &headers,
+            Some(json!({ "amount_minor": 10_000, "currency": "EUR" })),
+        )
+        .await;
+        assert_eq!(top_up.status, StatusCode::CREATED, "{}", top_up.body);
+    }
+
+    #[tokio::test]
+    async fn dead_letters_are_listed_redriven_through_their_consumers_outbox_or_discarded_with_a_reason()
+     {
+        // Proves a dead letter is listed with its bytes, a dry-run redrive leaves it in place, a redrive queues the same envelope in its consumer's outbox and deletes it, and a discard needs a reason.
+        use saldo_engine::{DeadLetter, Store as _};
+        let backend = MemoryBackend::new();
+        let router = admin_over(backend.clone());
+        let order_id = stuck_order(&router).await;
+        let envelope = backend
+            .lock()
+            .outbox_pending(Service::Order, 10)
+            .first()
+            .map(|row| (*row.envelope).clone())
+            .expect("the reserve command waits in the outbox");
+        for error in ["poison one", "poison two"] {
+            let letter = DeadLetter {
+                message_id: Some(envelope.message_id),
+                message_type: Some("ReserveStock"),
+                order_id: Some(order_id.clone()),
+                error: error.to_owned(),
+                key: order_id.clone(),
+                payload: envelope.encode(),
+                origin: "test".to_owned(),
+            };
+            backend
+                .record_dead_letter(Service::Inventory, &letter)
+                .await
+                .expect("recorded");
+        }
+        let listed = send(
+            &router,
+            "GET",
+            "/admin/inventory/dead-letters?limit=1",
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+        assert_eq!(listed.body["items"][0]["error"], "poison one");
+        assert_eq!(listed.body["next"], 1);
+        let dry = send(
+            &router,
+            "POST",
+            "/admin/inventory/dead-letters/1",
+            &[],
+            Some(json!({ "action": "redrive", "dry_run": true })),
+        )
+        .await;
+        assert_eq!(dry.status, StatusCode::OK, "{}", dry.body);
+        assert_eq!(backend.dead_letters().len(), 2, "a dry run deletes nothing");
+        let redriven = send(
+            &router,
+            "POST",
+            "/admin/inventory/dead-letters/1",
+            &[],
+            Some(json!({ "action": "redrive" })),
+        )
+        .await;
+        assert_eq!(redriven.status, StatusCode::OK, "{}", redriven.body);
+        let queued = backend.lock().outbox_pending(Service::Inventory, 10);
+        assert_eq!(
+            queued
+                .iter()
+                .map(|row| (*row.envelope).clone())
+                .collect::<Vec<_>>(),
+            vec![envelope]
+        );
+        let again = send(
+            &router,
+            "POST",
+            "/admin/inventory/dead-letters/1",
+            &[],
+            Some(json!({ "action": "redrive" })),
+        )
+        .await;
+        assert_eq!(
+            code(&again),
+            (StatusCode::NOT_FOUND, Some("dead_letter_not_found"))
+        );
+        let no_reason = send(
+            &router,
+            "POST",
+            "/admin/inventory/dead-letters/2",
+            &[],
+            Some(json!({ "action": "discard" })),
+        )
+        .await;
+        assert_eq!(
+            code(&no_reason),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("reason_required"))
+        );
+        let discarded = send(
+            &router,
+            "POST",
+            "/admin/inventory/dead-letters/2",
+            &[],
+            Some(json!({ "action": "discard", "reason": "a test letter" })),
+        )
+        .await;
+        assert_eq!(discarded.status, StatusCode::OK, "{}", discarded.body);
+        assert!(backend.dead_letters().is_empty());
+        let audit = send(&router, "GET", "/admin/inventory/audit", &[], None).await;
+        assert_eq!(audit.body["items"].as_array().map(Vec::len), Some(2));
+        assert_eq!(audit.body["items"][1]["dry_run"]["reason"], "a test letter");
+    }
 }

@@ -13,6 +13,7 @@
 //! `payment`); [`migrate`] applies the migrations under `migrations/`.
 
 mod migrate;
+mod operator;
 pub mod outbox;
 pub mod reconcile;
 mod store;

@@ -469,6 +469,8 @@ async fn apply(
     insert_inbox(transaction, &commit.inbox).await?;
     write_idempotency(transaction, &commit.idempotency).await?;
     insert_outbox(transaction, &commit.outbox, now).await?;
+    crate::operator::settle_dead_letters(transaction, &commit.dead_letters_settled).await?;
+    crate::operator::insert_audit(transaction, &commit.audit).await?;
     apply_increments(transaction, &commit.increments).await?;
     if !commit.postings.is_empty() {
         seal_postings(transaction, commit.postings, now).await?;
@@ -802,7 +804,7 @@ async fn seal_postings(
 }
 
 /// Lower-case hexadecimal, as PostgreSQL's `decode(text, 'hex')` reads it.
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut text = String::with_capacity(bytes.len() * 2);
     for byte in bytes {
@@ -819,7 +821,7 @@ fn hex(bytes: &[u8]) -> String {
 /// being unavailable (try later); any other refusal (a constraint, a value
 /// out of range) is this commit's own fault and deciding it again cannot
 /// help.
-fn aborted_or_failed(error: sqlx::Error) -> PgCommitError {
+pub(crate) fn aborted_or_failed(error: sqlx::Error) -> PgCommitError {
     const CONFLICTS: [&str; 3] = [
         "40P01", // deadlock_detected
         "40001", // serialization_failure
@@ -853,12 +855,12 @@ fn aborted_or_failed(error: sqlx::Error) -> PgCommitError {
     PgCommitError::Refused(format!("{code}: {}", database.message()))
 }
 
-type PgQuery = sqlx::query::Query<'static, Postgres, sqlx::postgres::PgArguments>;
+pub(crate) type PgQuery = sqlx::query::Query<'static, Postgres, sqlx::postgres::PgArguments>;
 
 /// A statement whose text was assembled here from fixed identifiers (schema
 /// and table names from `Service`, never input); every value is a bind
 /// parameter.
-fn dynamic(sql: String) -> PgQuery {
+pub(crate) fn dynamic(sql: String) -> PgQuery {
     sqlx::query(sqlx::AssertSqlSafe(sql))
 }
 
@@ -874,7 +876,7 @@ where
 }
 
 /// Decodes a row of `sequence, recorded_at (unix ms), posting, previous_hash, hash`.
-fn entry_from(row: &sqlx::postgres::PgRow) -> Result<Entry, StoreError> {
+pub(crate) fn entry_from(row: &sqlx::postgres::PgRow) -> Result<Entry, StoreError> {
     Ok(Entry {
         sequence: to_u64(row.try_get(0)?, "sequence")?,
         recorded_at: Timestamp::from_unix_ms(to_u64(row.try_get(1)?, "recorded_at")?),
@@ -959,6 +961,6 @@ impl saldo_engine::Store for PgStore {
     }
 }
 
-fn unavailable(error: StoreError) -> Unavailable {
+pub(crate) fn unavailable(error: StoreError) -> Unavailable {
     Unavailable(error.to_string())
 }

@@ -292,6 +292,7 @@ pub fn run(args: &DevArgs) -> anyhow::Result<ExitCode> {
         api.order = Some(shared.clone());
         api.payment = Some(shared.clone());
         api.inventory = Some(shared);
+        api.operator = Some(Arc::new(backend.clone()));
         api.rules = rules.clone();
         api.metrics = Some(metrics);
         let mut router = api.router();

@@ -334,14 +334,14 @@ fn sku_name(index: u64) -> String {
 }
 
 /// A response: its status and its body as JSON (`null` when not JSON).
-struct Reply {
-    status: StatusCode,
-    body: Value,
+pub(crate) struct Reply {
+    pub(crate) status: StatusCode,
+    pub(crate) body: Value,
 }
 
 impl Reply {
     /// The problem's stable `code`, if the body is a problem.
-    fn code(&self) -> &str {
+    pub(crate) fn code(&self) -> &str {
         self.body["code"].as_str().unwrap_or("-")
     }
 
@@ -360,7 +360,7 @@ impl Reply {
 
 /// Why a request got no usable answer.
 #[derive(Debug)]
-enum RequestError {
+pub(crate) enum RequestError {
     /// No connection, or it broke before the answer was complete.
     Transport(String),
     /// No answer within [`REQUEST_TIMEOUT`].
@@ -392,13 +392,13 @@ struct WriteFailed {
 }
 
 /// The one HTTP client of a run: keep-alive connections, pooled per host.
-struct Http {
+pub(crate) struct Http {
     client: Client<HttpConnector, Full<Bytes>>,
     api_key: Option<HeaderValue>,
 }
 
 impl Http {
-    fn new(connections: usize, api_key: Option<HeaderValue>) -> Http {
+    pub(crate) fn new(connections: usize, api_key: Option<HeaderValue>) -> Http {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
@@ -407,7 +407,7 @@ impl Http {
         Http { client, api_key }
     }
 
-    async fn send(
+    pub(crate) async fn send(
         &self,
         method: Method,
         url: &str,

@@ -1,5 +1,6 @@
 //! `saldo`: the one command-line binary.
 
+mod admin_command;
 mod config;
 mod dev_command;
 mod gateway_command;
@@ -66,6 +67,10 @@ enum Command {
     ApiKey(gateway_command::ApiKeyArgs),
     /// Place orders over HTTP and report how fast they end, for benchmarks.
     Load(load_command::LoadArgs),
+    /// Operate a running platform through the gateway's operator API: find
+    /// stuck sagas, read an order's story, retry, compensate, resolve,
+    /// redrive or discard dead letters (each with --dry-run), read the audit.
+    Admin(admin_command::AdminArgs),
 }
 
 /// Help and version go to stdout as clap renders them; a bad argument is one
@@ -157,6 +162,7 @@ fn main() -> ExitCode {
         Command::Outbox(args) => service_command::run_outbox(&args),
         Command::Broker(args) => service_command::run_broker(&args),
         Command::Load(args) => load_command::run(&args),
+        Command::Admin(args) => admin_command::run(&args),
     };
     match result {
         Ok(code) => code,

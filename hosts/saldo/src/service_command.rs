@@ -175,8 +175,9 @@ async fn serve_api(
     metrics: Option<PrometheusHandle>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
-    let backend: Arc<dyn Store> = Arc::new(store);
     let mut api = Api::new(wall_clock);
+    api.operator = Some(Arc::new(store.clone()));
+    let backend: Arc<dyn Store> = Arc::new(store);
     match service {
         Service::Order => api.order = Some(backend),
         Service::Payment => api.payment = Some(backend),

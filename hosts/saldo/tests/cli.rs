@@ -19,6 +19,52 @@ fn stdout(output: &Output) -> String {
 }
 
 #[test]
+fn admin_help_documents_every_action_and_a_refused_call_is_one_line() {
+    // Proves `saldo admin --help` names every operator action, each action's help names --dry-run where it intervenes, and an unreachable API is one line and exit 2.
+    let help = saldo(&["admin", "--help"]);
+    assert!(help.status.success());
+    let text = stdout(&help);
+    for action in [
+        "orders",
+        "story",
+        "dead-letters",
+        "audit",
+        "retry-now",
+        "force-compensation",
+        "resolve",
+        "redrive",
+        "discard",
+    ] {
+        assert!(text.contains(action), "{action} is missing from:\n{text}");
+    }
+    for action in [
+        "retry-now",
+        "force-compensation",
+        "resolve",
+        "redrive",
+        "discard",
+    ] {
+        let help = stdout(&saldo(&["admin", action, "--help"]));
+        assert!(help.contains("--dry-run"), "{action}: {help}");
+    }
+    let refused = saldo(&[
+        "admin",
+        "--url",
+        "http://127.0.0.1:9",
+        "orders",
+        "--stuck",
+        "5m",
+    ]);
+    assert_eq!(refused.status.code(), Some(2));
+    let error = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(error.lines().count(), 1, "{error}");
+    assert!(
+        error.starts_with("saldo: GET http://127.0.0.1:9/admin/order/orders?"),
+        "{error}"
+    );
+}
+
+#[test]
 fn sim_runs_seeds_and_reports_a_summary() {
     // Proves `saldo sim` exits 0 on a clean run and prints the summary lines.
     let output = saldo(&[
@@ -1006,7 +1052,8 @@ fn assert_saga_history_is_sound(row: &saldo_domain::order::OrderRow) {
             HistoryEvent::Ended { ending } => ended = Some(ending.clone()),
             HistoryEvent::Sent { .. }
             | HistoryEvent::Failed { .. }
-            | HistoryEvent::TimedOut { .. } => {}
+            | HistoryEvent::TimedOut { .. }
+            | HistoryEvent::Intervened { .. } => {}
         }
     }
     match (row.status(), ended) {

@@ -31,6 +31,7 @@ use crate::decision::{
     Version, Versioned, Write,
 };
 use crate::messages::{Envelope, MessageId, Service};
+use crate::operator::{AuditRecord, DeadLetterRef};
 
 /// The most inputs one batch decides and commits together.
 pub const BATCH_INPUTS_MAX: usize = 256;
@@ -178,6 +179,10 @@ pub struct Commit {
     pub outbox: Vec<(Service, Envelope)>,
     /// Idempotency records, one per key.
     pub idempotency: Vec<IdempotencyWrite>,
+    /// Operators' audit records, each in its service's audit table.
+    pub audit: Vec<AuditRecord>,
+    /// Dead letters to delete; one already gone is a conflict.
+    pub dead_letters_settled: Vec<DeadLetterRef>,
 }
 
 impl Commit {
@@ -189,6 +194,8 @@ impl Commit {
             && self.inbox.is_empty()
             && self.outbox.is_empty()
             && self.idempotency.is_empty()
+            && self.audit.is_empty()
+            && self.dead_letters_settled.is_empty()
     }
 }
 
@@ -212,6 +219,8 @@ impl From<Decision> for Commit {
             inbox: decision.inbox.into_iter().collect(),
             outbox,
             idempotency: decision.idempotency.into_iter().collect(),
+            audit: decision.audit.into_iter().collect(),
+            dead_letters_settled: decision.settle_dead_letter.into_iter().collect(),
         }
     }
 }
@@ -239,6 +248,8 @@ pub struct Batch {
     inbox: Vec<InboxReceipt>,
     outbox: Vec<(Service, Envelope)>,
     idempotency: BTreeMap<(Service, ScopedKey), IdempotencyWrite>,
+    audit: Vec<AuditRecord>,
+    dead_letters_settled: Vec<DeadLetterRef>,
     decided: usize,
 }
 
@@ -252,6 +263,8 @@ impl Batch {
             inbox: Vec::new(),
             outbox: Vec::new(),
             idempotency: BTreeMap::new(),
+            audit: Vec::new(),
+            dead_letters_settled: Vec::new(),
             decided: 0,
         }
     }
@@ -328,6 +341,14 @@ impl Batch {
                     .map(|envelope| (service, envelope)),
             );
         }
+        self.audit.extend(decision.audit);
+        if let Some(letter) = decision.settle_dead_letter {
+            assert!(
+                !self.dead_letters_settled.contains(&letter),
+                "a batch settles {letter:?} once"
+            );
+            self.dead_letters_settled.push(letter);
+        }
         if let Some(write) = decision.idempotency {
             let key = (write.service, write.key.clone());
             let expected = match self.idempotency.get(&key) {
@@ -346,6 +367,8 @@ impl Batch {
             inbox: self.inbox,
             outbox: self.outbox,
             idempotency: self.idempotency.into_values().collect(),
+            audit: self.audit,
+            dead_letters_settled: self.dead_letters_settled,
             ..Commit::default()
         };
         for (_, coalesced) in self.rows {

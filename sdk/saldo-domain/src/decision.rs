@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::inventory::{ReservationRow, StockRow};
 use crate::messages::{Envelope, MessageId, Service};
+use crate::operator::{AuditRecord, DeadLetterRef};
 use crate::order::OrderRow;
 use crate::payment::{PaymentRow, WalletRow};
 
@@ -143,6 +144,13 @@ pub struct Decision {
     pub outbox_service: Option<Service>,
     /// The idempotency record to store, if any.
     pub idempotency: Option<IdempotencyWrite>,
+    /// An operator's intervention: who did it and what its dry run showed
+    /// (docs/adr/0016), written with the effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditRecord>,
+    /// A dead letter an intervention settles (deletes) in the same commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settle_dead_letter: Option<DeadLetterRef>,
 }
 
 impl Decision {
@@ -153,6 +161,8 @@ impl Decision {
             && self.inbox.is_none()
             && self.outbox.is_empty()
             && self.idempotency.is_none()
+            && self.audit.is_none()
+            && self.settle_dead_letter.is_none()
     }
 
     /// Queues `envelope` in `service`'s outbox.

@@ -11,6 +11,11 @@
 //!   committed as one; the one batch decider of hosts and simulator.
 //! - [`decision`]: decisions as data, read sets and snapshots: the rhythm
 //!   every host follows (load, decide, commit atomically, acknowledge).
+//! - [`operator`]: operators' interventions (retry now, force
+//!   compensation, resolve, redrive or discard a dead letter) as deciders
+//!   whose decisions carry their audit record (ADR 0016).
+//! - [`story`]: one order's story merged from every service's part, in
+//!   causal order (ADR 0016).
 //! - [`retention`]: the horizons of inbox receipts and idempotency
 //!   records, what may be purged, and the start-up check of the inbox
 //!   horizon against the consumed topics' retention (ADR 0015).
@@ -62,10 +67,12 @@ pub mod decision;
 pub mod inbox;
 pub mod inventory;
 pub mod messages;
+pub mod operator;
 pub mod order;
 pub mod payment;
 pub mod retention;
 pub mod store;
+pub mod story;
 
 use saldo_ledger::Rejection;
 use saldo_saga::{Definition, Ignored};

@@ -87,6 +87,9 @@ pub enum CancelReason {
     StockTimedOut,
     /// Payment did not answer in time.
     PaymentTimedOut,
+    /// An operator turned the saga back, or stated that a step failed
+    /// (docs/adr/0016).
+    CancelledByOperator,
 }
 
 impl From<StockRejection> for CancelReason {
@@ -128,6 +131,20 @@ pub enum OrderStatus {
     Confirmed,
     /// Fully compensated, for this reason.
     Cancelled(CancelReason),
+}
+
+impl OrderStatus {
+    /// The status's name, as the `orders.status` column and the API spell it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            OrderStatus::Pending => "PENDING",
+            OrderStatus::Confirmed => "CONFIRMED",
+            OrderStatus::Cancelled(_) => "CANCELLED",
+        }
+    }
+
+    /// Every status name.
+    pub const NAMES: [&'static str; 3] = ["PENDING", "CONFIRMED", "CANCELLED"];
 }
 
 /// Deadlines and retries of the order saga.
@@ -241,6 +258,7 @@ fn cancel_reason(failure: &Failure<CancelReason>) -> CancelReason {
         Failure::Rejected { reason, .. } => *reason,
         Failure::TimedOut { step } if *step == STEP_RESERVE_STOCK => CancelReason::StockTimedOut,
         Failure::TimedOut { .. } => CancelReason::PaymentTimedOut,
+        Failure::Forced { .. } => CancelReason::CancelledByOperator,
     }
 }
 
@@ -613,7 +631,7 @@ pub fn decide_deadline(
 }
 
 /// Turns the saga's commands (and its ending, if reached) into outbox messages.
-fn publish_transition(
+pub(crate) fn publish_transition(
     decision: &mut Decision,
     row: &mut OrderRow,
     transition: Transition<OrderCommand>,
@@ -749,9 +767,7 @@ fn history_view(saga: &Definition<OrderCommand>, record: &HistoryRecord<CancelRe
         HistoryEvent::Ended {
             ending: Ending::Compensated(failure),
         } => {
-            let step = match failure {
-                Failure::Rejected { step, .. } | Failure::TimedOut { step } => *step,
-            };
+            let step = failure.step();
             json!({
                 "event": "ended",
                 "ending": "compensated",

@@ -13,6 +13,7 @@ use saldo_types::{Money, OrderId, Timestamp};
 use crate::batch::{Batch, BatchReadSet, Commit, Increment, Loaded};
 use crate::decision::{Decided, InboxReceipt, ReadSet, Row, RowKey, Snapshot, Version, Versioned};
 use crate::messages::{Envelope, MessageId, Service};
+use crate::operator::AuditRecord;
 use crate::retention::Horizons;
 
 /// The most times an input is decided again after version conflicts before
@@ -127,6 +128,7 @@ pub struct MemoryStore {
     idempotency: BTreeMap<(Service, ScopedKey), Versioned<IdempotencyRecord<serde_json::Value>>>,
     outboxes: BTreeMap<Service, Outbox>,
     timers: BTreeSet<(Timestamp, OrderId)>,
+    audit: Vec<AuditRecord>,
 }
 
 impl MemoryStore {
@@ -183,6 +185,11 @@ impl MemoryStore {
             return Ok(());
         }
         self.check(&commit)?;
+        assert!(
+            commit.dead_letters_settled.is_empty(),
+            "dead letters live beside the store (the engine's MemoryBackend settles them)"
+        );
+        self.audit.extend(commit.audit);
         for write in commit.writes {
             let key = write.row.key();
             self.reschedule(&key, Some(&write.row));
@@ -382,6 +389,11 @@ impl MemoryStore {
     /// One row.
     pub fn row(&self, key: &RowKey) -> Option<&Versioned<Row>> {
         self.rows.get(key)
+    }
+
+    /// The operators' audit records, oldest first (docs/adr/0016).
+    pub fn audit_records(&self) -> &[AuditRecord] {
+        &self.audit
     }
 
     /// The sealed ledger entries, in sequence.

@@ -1294,3 +1294,216 @@ mod retention {
         );
     }
 }
+
+mod interventions {
+    //! Operators' interventions decided from live rows (docs/adr/0016).
+
+    use super::*;
+    use crate::operator::{
+        Actor, DeadLetterAction, DeadLetterRefused, DeadLetterRow, OrderAction, OrderIntervention,
+        OrderInterventionRefused, Resolution, decide_dead_letter, decide_order_intervention,
+        order_intervention_read_set,
+    };
+
+    fn actor() -> Actor {
+        Actor {
+            principal: "ops".to_owned(),
+            key: "ops".to_owned(),
+        }
+    }
+
+    fn intervene(
+        world: &mut World,
+        action: OrderAction,
+        expected_version: Option<u64>,
+    ) -> Result<crate::operator::Intervened, ExecuteError<OrderInterventionRefused>> {
+        let intervention = OrderIntervention {
+            order_id: OrderId::new("order-1").expect("valid"),
+            action,
+            expected_version,
+        };
+        let definition = world.rules.order_saga.clone();
+        let now = world.now;
+        execute(
+            &mut world.store,
+            &order_intervention_read_set(&intervention.order_id),
+            now,
+            |snapshot| {
+                decide_order_intervention(&definition, snapshot, &intervention, &actor(), now)
+            },
+        )
+    }
+
+    /// Alice's order for one apple, with the first `delivered` messages of
+    /// its flow delivered and the next one lost.
+    fn stuck_after(delivered: usize) -> World {
+        let mut world = stocked_world();
+        world
+            .place("alice", vec![line("apple", 1)], "k")
+            .expect("placed");
+        for _ in 0..delivered {
+            let next = world.drain_outboxes().remove(0);
+            world.deliver(&next).expect("delivered");
+        }
+        world.drain_outboxes();
+        world
+    }
+
+    #[test]
+    fn retry_now_resends_a_lost_command_and_the_saga_completes() {
+        // Proves retry_now re-sends the command that was lost, the flow then confirms, and the audit record is committed with it.
+        let mut world = stuck_after(0);
+        let done = intervene(&mut world, OrderAction::RetryNow, None).expect("retried");
+        assert_eq!(done.action, "retry_now");
+        assert_eq!(world.store.audit_records().len(), 1);
+        assert_eq!(world.store.audit_records()[0].target, "order:order-1");
+        world.pump(|_| None);
+        assert_eq!(world.order(1).status(), OrderStatus::Confirmed);
+        world.check_invariants();
+    }
+
+    #[test]
+    fn force_compensation_refunds_the_unanswered_charge_and_releases_the_stock() {
+        // Proves a forced compensation while a charge is unanswered refunds it (a tombstone) and releases the stock, ending cancelled by the operator with money conserved.
+        let mut world = stuck_after(2);
+        intervene(&mut world, OrderAction::ForceCompensation, None).expect("forced");
+        world.pump(|_| None);
+        assert_eq!(
+            world.order(1).status(),
+            OrderStatus::Cancelled(CancelReason::CancelledByOperator)
+        );
+        assert_eq!(world.balance("alice"), eur(2_000));
+        assert_eq!(world.stock("apple"), (10, 0));
+        world.check_invariants();
+    }
+
+    #[test]
+    fn resolving_a_reservation_needs_the_amount_and_then_moves_on() {
+        // Proves resolving reserve_stock as succeeded is refused without an amount, and with one the saga charges that amount.
+        let mut world = stuck_after(0);
+        let refused = intervene(
+            &mut world,
+            OrderAction::Resolve {
+                outcome: Resolution::Succeeded { amount_minor: None },
+            },
+            None,
+        );
+        assert_eq!(
+            refused,
+            Err(ExecuteError::Rejected(
+                OrderInterventionRefused::AmountRequired
+            ))
+        );
+        intervene(
+            &mut world,
+            OrderAction::Resolve {
+                outcome: Resolution::Succeeded {
+                    amount_minor: Some(150),
+                },
+            },
+            None,
+        )
+        .expect("resolved");
+        assert_eq!(world.order(1).amount, Some(eur(150)));
+    }
+
+    #[rstest]
+    #[case::past_pivot(4, OrderAction::ForceCompensation, "past_pivot")]
+    #[case::finished(6, OrderAction::RetryNow, "saga_finished")]
+    #[case::already_compensating(99, OrderAction::ForceCompensation, "already_compensating")]
+    fn refusals_carry_their_code_and_commit_nothing(
+        #[case] delivered: usize,
+        #[case] action: OrderAction,
+        #[case] code: &str,
+    ) {
+        // Proves each saga refusal reaches the operator with its stable code and writes no row and no audit record.
+        let mut world = if delivered == 99 {
+            let mut world = stuck_after(2);
+            intervene(&mut world, OrderAction::ForceCompensation, None).expect("forced");
+            world.drain_outboxes();
+            world
+        } else {
+            stuck_after(delivered)
+        };
+        let audit_before = world.store.audit_records().len();
+        let before = world.order(1);
+        match intervene(&mut world, action, None) {
+            Err(ExecuteError::Rejected(refused)) => assert_eq!(refused.code(), code),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(world.order(1), before);
+        assert_eq!(world.store.audit_records().len(), audit_before);
+    }
+
+    #[test]
+    fn a_stale_version_is_refused_as_changed() {
+        // Proves an intervention decided on a version the order no longer has is refused, so a dry run's decision is never applied to other rows.
+        let mut world = stuck_after(0);
+        let refused = intervene(&mut world, OrderAction::RetryNow, Some(99));
+        assert_eq!(
+            refused,
+            Err(ExecuteError::Rejected(
+                OrderInterventionRefused::VersionChanged {
+                    expected: 99,
+                    found: 1
+                }
+            ))
+        );
+    }
+
+    fn letter(payload: Vec<u8>) -> DeadLetterRow {
+        DeadLetterRow {
+            id: 7,
+            service: Service::Inventory,
+            message_id: None,
+            message_type: None,
+            order_id: Some("order-1".to_owned()),
+            error: "poison".to_owned(),
+            payload,
+            received_at: NOW,
+        }
+    }
+
+    #[test]
+    fn a_redrive_republishes_the_bytes_through_the_consumers_outbox_and_settles_the_letter() {
+        // Proves a redrive queues the dead-lettered envelope unchanged in its consumer's outbox and deletes the letter in the same decision.
+        let mut world = stocked_world();
+        world
+            .place("alice", vec![line("apple", 1)], "k")
+            .expect("placed");
+        let reserve = world.drain_outboxes().remove(0);
+        let decided = decide_dead_letter(
+            &letter(reserve.encode()),
+            &DeadLetterAction::Redrive,
+            &actor(),
+            NOW,
+        )
+        .expect("redrivable");
+        assert_eq!(decided.decision.outbox, vec![reserve]);
+        assert_eq!(decided.decision.outbox_service, Some(Service::Inventory));
+        assert_eq!(
+            decided
+                .decision
+                .settle_dead_letter
+                .map(|settled| settled.id),
+            Some(7)
+        );
+        assert!(decided.decision.audit.is_some());
+    }
+
+    #[rstest]
+    #[case::undecodable(DeadLetterAction::Redrive, "not_redrivable")]
+    #[case::no_reason(DeadLetterAction::Discard { reason: "  ".to_owned() }, "reason_required")]
+    fn dead_letter_refusals_carry_their_code(#[case] action: DeadLetterAction, #[case] code: &str) {
+        // Proves bytes that are no message cannot be redriven and a discard needs a reason.
+        let refused = decide_dead_letter(&letter(b"not json".to_vec()), &action, &actor(), NOW);
+        match refused {
+            Err(
+                refused @ (DeadLetterRefused::NotRedrivable(_) | DeadLetterRefused::ReasonRequired),
+            ) => {
+                assert_eq!(refused.code(), code)
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+}

@@ -36,6 +36,7 @@
 //! ```
 
 pub mod memory;
+pub mod story;
 
 use saldo_domain::inventory::ReservationState;
 use saldo_domain::messages::Service;
@@ -227,6 +228,18 @@ pub struct OrderFact {
     pub deadline: Option<Timestamp>,
 }
 
+impl OrderFact {
+    /// The facts of an order row.
+    pub fn of(order: &saldo_domain::order::OrderRow) -> OrderFact {
+        OrderFact {
+            status: order.status(),
+            amount_minor: order.amount.map(|amount| amount.amount_minor()),
+            created_at: order.created_at,
+            deadline: order.deadline(),
+        }
+    }
+}
+
 /// Where a payment stands, without the posting ids (`payments.state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PaymentKind {
@@ -312,6 +325,16 @@ pub struct PaymentFact {
     pub amount_minor: i64,
 }
 
+impl PaymentFact {
+    /// The facts of a payment row.
+    pub fn of(payment: &saldo_domain::payment::PaymentRow) -> PaymentFact {
+        PaymentFact {
+            state: PaymentKind::of(&payment.state),
+            amount_minor: payment.amount.amount_minor(),
+        }
+    }
+}
+
 /// The ledger's facts about one order: its entries, aggregated.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LedgerFact {
@@ -323,6 +346,30 @@ pub struct LedgerFact {
     pub net_charged_minor: i128,
     /// The largest single amount taken from a wallet by one entry.
     pub largest_charge_minor: i128,
+}
+
+impl LedgerFact {
+    /// Adds one entry of the order's: a `charge` or `refund` is counted, and
+    /// the money its legs take from wallets (net) is added.
+    pub fn add(&mut self, posting: &saldo_ledger::Posting) {
+        let mut wallet_debit: i128 = 0;
+        for leg in &posting.legs {
+            if matches!(leg.account, saldo_ledger::AccountId::Wallet { .. }) {
+                let signed = i128::from(leg.amount.amount_minor());
+                wallet_debit += match leg.side {
+                    saldo_ledger::Side::Debit => signed,
+                    saldo_ledger::Side::Credit => -signed,
+                };
+            }
+        }
+        match posting.memo.purpose.as_str() {
+            "charge" => self.charges += 1,
+            "refund" => self.refunds += 1,
+            _ => {}
+        }
+        self.net_charged_minor += wallet_debit;
+        self.largest_charge_minor = self.largest_charge_minor.max(wallet_debit);
+    }
 }
 
 /// Everything known about one order, from every service.

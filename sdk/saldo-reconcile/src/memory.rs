@@ -11,8 +11,8 @@ use saldo_ledger::{AccountId, Side};
 use saldo_types::{OrderId, Timestamp};
 
 use crate::{
-    ChainVerifier, Finding, LedgerFact, OrderFact, OrderFacts, PaymentFact, PaymentKind,
-    ReservationKind, Settings, check_account, check_order, check_outbox_row, check_stock,
+    ChainVerifier, Finding, LedgerFact, OrderFact, OrderFacts, PaymentFact, ReservationKind,
+    Settings, check_account, check_order, check_outbox_row, check_stock,
 };
 
 /// Every finding in the store, sorted.
@@ -25,18 +25,10 @@ pub fn reconcile(store: &MemoryStore, now: Timestamp, settings: &Settings) -> Ve
     for (_, versioned) in store.rows() {
         match &versioned.value {
             Row::Order(order) => {
-                entry(&mut orders, &order.order_id).order = Some(OrderFact {
-                    status: order.status(),
-                    amount_minor: order.amount.map(|amount| amount.amount_minor()),
-                    created_at: order.created_at,
-                    deadline: order.deadline(),
-                });
+                entry(&mut orders, &order.order_id).order = Some(OrderFact::of(order));
             }
             Row::Payment(payment) => {
-                entry(&mut orders, &payment.order_id).payment = Some(PaymentFact {
-                    state: PaymentKind::of(&payment.state),
-                    amount_minor: payment.amount.amount_minor(),
-                });
+                entry(&mut orders, &payment.order_id).payment = Some(PaymentFact::of(payment));
             }
             Row::Reservation(reservation) => {
                 entry(&mut orders, &reservation.order_id).reservation =
@@ -60,26 +52,15 @@ pub fn reconcile(store: &MemoryStore, now: Timestamp, settings: &Settings) -> Ve
     for ledger_entry in store.entries() {
         findings.extend(chain.feed(ledger_entry));
         let posting = &ledger_entry.posting;
-        let mut wallet_debit: i128 = 0;
         for leg in &posting.legs {
             let signed = match leg.side {
                 Side::Credit => i128::from(leg.amount.amount_minor()),
                 Side::Debit => -i128::from(leg.amount.amount_minor()),
             };
             *legs.entry(leg.account.clone()).or_default() += signed;
-            if matches!(leg.account, AccountId::Wallet { .. }) {
-                wallet_debit -= signed;
-            }
         }
         if let Some(order_id) = &posting.memo.order_id {
-            let ledger = &mut entry(&mut orders, order_id).ledger;
-            match posting.memo.purpose.as_str() {
-                "charge" => ledger.charges += 1,
-                "refund" => ledger.refunds += 1,
-                _ => {}
-            }
-            ledger.net_charged_minor += wallet_debit;
-            ledger.largest_charge_minor = ledger.largest_charge_minor.max(wallet_debit);
+            entry(&mut orders, order_id).ledger.add(posting);
         }
     }
     for facts in orders.values() {

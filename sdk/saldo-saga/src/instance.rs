@@ -92,6 +92,60 @@ pub enum Failure<F> {
         /// The step index.
         step: usize,
     },
+    /// An operator forced the saga back while `step`'s action was awaited
+    /// ([`SagaInstance::force_compensation`]); its effect is unknown, so it
+    /// is compensated too, like a timeout.
+    Forced {
+        /// The step whose action was awaited.
+        step: usize,
+    },
+}
+
+impl<F> Failure<F> {
+    /// The step at which the saga turned back.
+    pub fn step(&self) -> usize {
+        match self {
+            Failure::Rejected { step, .. }
+            | Failure::TimedOut { step }
+            | Failure::Forced { step } => *step,
+        }
+    }
+}
+
+/// What an operator did to an instance (recorded in its history).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Intervention {
+    /// The awaited command was sent again at once ([`SagaInstance::retry_now`]).
+    RetriedNow,
+    /// The saga was turned back ([`SagaInstance::force_compensation`]).
+    CompensationForced,
+    /// The operator stated the awaited step's outcome ([`SagaInstance::resolve`]).
+    Resolved,
+}
+
+/// Why an operator's intervention was refused; the instance is unchanged.
+/// Checked in this order: `Finished` first, then the action's own rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "code", rename_all = "snake_case")]
+pub enum InterventionRefused {
+    /// The saga has ended: there is nothing to retry, compensate or resolve.
+    #[error("the saga has ended")]
+    Finished,
+    /// The awaited step is at or past the point of no return (a pivot or a
+    /// retriable step): it has no compensation, so the saga can only go on.
+    #[error("step {step} is past the point of no return: the saga can only go forward")]
+    PastPivot {
+        /// The awaited step.
+        step: usize,
+    },
+    /// The saga is already compensating; each compensation runs once.
+    #[error("the saga is already compensating")]
+    AlreadyCompensating,
+    /// A compensation can only be resolved as succeeded: compensations must
+    /// eventually succeed, a failed one would be retried anyway.
+    #[error("a compensation can only be resolved as succeeded")]
+    CompensationMustSucceed,
 }
 
 /// How a finished saga ended.
@@ -228,6 +282,11 @@ pub enum HistoryEvent<F> {
         /// How it ended.
         ending: Ending<F>,
     },
+    /// An operator intervened (the commands it caused follow as `sent`).
+    Intervened {
+        /// What the operator did.
+        action: Intervention,
+    },
 }
 
 /// A running or finished saga.
@@ -350,6 +409,148 @@ impl<F: Clone> SagaInstance<F> {
         self.awaiting = next;
         self.check_invariants(definition);
         self.transition(commands, ignored)
+    }
+
+    /// Operator: sends the awaited action or compensation again now, as the
+    /// next attempt, without waiting for its deadline or backoff. The
+    /// participant's effect is keyed by the order, so a second attempt has
+    /// no second effect.
+    pub fn retry_now<C: Clone>(
+        &mut self,
+        definition: &Definition<C>,
+        now: Timestamp,
+    ) -> Result<Transition<C>, InterventionRefused> {
+        let mut commands = Vec::with_capacity(1);
+        let next = match self.awaiting.clone() {
+            SagaState::Nothing => return Err(InterventionRefused::Finished),
+            SagaState::ActionReply { step, attempt, .. }
+            | SagaState::ActionRetry { step, attempt, .. } => {
+                self.record(
+                    now,
+                    HistoryEvent::Intervened {
+                        action: Intervention::RetriedNow,
+                    },
+                );
+                self.send_action(
+                    definition,
+                    now,
+                    step,
+                    attempt.saturating_add(1),
+                    &mut commands,
+                )
+            }
+            SagaState::CompensationReply { step, attempt, .. }
+            | SagaState::CompensationRetry { step, attempt, .. } => {
+                self.record(
+                    now,
+                    HistoryEvent::Intervened {
+                        action: Intervention::RetriedNow,
+                    },
+                );
+                self.send_compensation(
+                    definition,
+                    now,
+                    step,
+                    attempt.saturating_add(1),
+                    &mut commands,
+                )
+            }
+        };
+        self.awaiting = next;
+        self.check_invariants(definition);
+        assert_eq!(
+            commands.len(),
+            1,
+            "a retry sends exactly the awaited command"
+        );
+        Ok(self.transition(commands, None))
+    }
+
+    /// Operator: turns the saga back while an action is awaited, with the
+    /// compensations a timeout would run: the awaited step (its effect is
+    /// unknown) and then the completed steps, in reverse, once each. Refused
+    /// at or past the point of no return.
+    pub fn force_compensation<C: Clone>(
+        &mut self,
+        definition: &Definition<C>,
+        now: Timestamp,
+    ) -> Result<Transition<C>, InterventionRefused> {
+        let step = match &self.awaiting {
+            SagaState::Nothing => return Err(InterventionRefused::Finished),
+            SagaState::CompensationReply { .. } | SagaState::CompensationRetry { .. } => {
+                return Err(InterventionRefused::AlreadyCompensating);
+            }
+            SagaState::ActionReply { step, .. } | SagaState::ActionRetry { step, .. } => *step,
+        };
+        if !matches!(definition.steps()[step].recovery, Recovery::Compensate(_)) {
+            return Err(InterventionRefused::PastPivot { step });
+        }
+        assert!(
+            self.failure.is_none(),
+            "a saga awaiting an action has not turned back"
+        );
+        self.record(
+            now,
+            HistoryEvent::Intervened {
+                action: Intervention::CompensationForced,
+            },
+        );
+        let to_compensate = std::iter::once(step)
+            .chain(self.completed_steps.iter().rev().copied())
+            .collect();
+        let mut commands = Vec::new();
+        self.awaiting = self.turn_back(
+            definition,
+            now,
+            Failure::Forced { step },
+            to_compensate,
+            &mut commands,
+        );
+        self.check_invariants(definition);
+        Ok(self.transition(commands, None))
+    }
+
+    /// Operator: states the outcome of the awaited step (its action or its
+    /// compensation) for a participant that cannot answer; the saga then
+    /// moves exactly as if the participant had replied so. A compensation
+    /// can only be resolved as succeeded.
+    pub fn resolve<C: Clone>(
+        &mut self,
+        definition: &Definition<C>,
+        now: Timestamp,
+        outcome: Outcome<F>,
+    ) -> Result<Transition<C>, InterventionRefused> {
+        let (step, phase) = match &self.awaiting {
+            SagaState::Nothing => return Err(InterventionRefused::Finished),
+            SagaState::ActionReply { step, .. } | SagaState::ActionRetry { step, .. } => {
+                (*step, Phase::Action)
+            }
+            SagaState::CompensationReply { step, .. }
+            | SagaState::CompensationRetry { step, .. } => (*step, Phase::Compensation),
+        };
+        if phase == Phase::Compensation && matches!(outcome, Outcome::Failed(_)) {
+            return Err(InterventionRefused::CompensationMustSucceed);
+        }
+        self.record(
+            now,
+            HistoryEvent::Intervened {
+                action: Intervention::Resolved,
+            },
+        );
+        let transition = self.handle(
+            definition,
+            now,
+            SagaInput::Reply(Reply {
+                step,
+                phase,
+                outcome,
+            }),
+        );
+        assert!(
+            transition.ignored.is_none(),
+            "a resolution answers the awaited step, so it is never ignored"
+        );
+        Ok(transition)
     }
 
     fn transition<C>(

@@ -70,8 +70,9 @@ pub use definition::{
     Recovery, RetryPolicy, Step, StepSpec,
 };
 pub use instance::{
-    Ending, Failure, HISTORY_LENGTH_MAX, HistoryEvent, HistoryRecord, Ignored, Outcome, Phase,
-    Reply, SagaCommand, SagaInput, SagaInstance, SagaState, Transition,
+    Ending, Failure, HISTORY_LENGTH_MAX, HistoryEvent, HistoryRecord, Ignored, Intervention,
+    InterventionRefused, Outcome, Phase, Reply, SagaCommand, SagaInput, SagaInstance, SagaState,
+    Transition,
 };
 
 #[cfg(test)]
@@ -79,3 +80,6 @@ mod tests;
 
 #[cfg(test)]
 mod mutants_tests;
+
+#[cfg(test)]
+mod intervention_tests;

@@ -294,7 +294,7 @@ fn any_interleaving_ends_once_with_matching_compensations(events: Vec<Event>) ->
         Some(Ending::Compensated(Failure::Rejected { step, .. })) => {
             !completed.contains(&step) && sent == completed_reversed
         }
-        Some(Ending::Compensated(Failure::TimedOut { step })) => {
+        Some(Ending::Compensated(Failure::TimedOut { step } | Failure::Forced { step })) => {
             let mut expected = vec![step];
             expected.extend(completed_reversed);
             sent == expected

@@ -25,7 +25,7 @@ async fn connection_as(driver: &Driver, role: &str) -> PgConnection {
     connection
 }
 
-async fn error_of(connection: &mut PgConnection, sql: &'static str) -> String {
+pub(crate) async fn error_of(connection: &mut PgConnection, sql: &'static str) -> String {
     match connection.execute(sql).await {
         Ok(_) => String::from("succeeded"),
         Err(sqlx::Error::Database(error)) => {

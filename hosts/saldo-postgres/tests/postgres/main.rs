@@ -5,6 +5,7 @@ mod concurrency;
 mod contract;
 mod ledger;
 mod migrations;
+mod operator;
 mod outbox;
 mod reconcile;
 mod retention;
