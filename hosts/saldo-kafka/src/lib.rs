@@ -15,12 +15,18 @@
 //!   dead letters to the topic here and the table in the store), then
 //!   stores the offsets: only after that commit.
 //!
-//! Point it at any Kafka with `bootstrap.servers`; the tests use librdkafka's
-//! mock cluster, which speaks the real protocol.
+//! - [`testing`]: the broker of a test, librdkafka's mock cluster or a tansu
+//!   process (`SALDO_TEST_BROKER`).
+//!
+//! Point it at any Kafka with `bootstrap.servers`; the tests run against
+//! librdkafka's mock cluster and, a second time, against tansu: two
+//! independent implementations of the real protocol (ADR 0009 records how
+//! they differ).
 
 pub mod consumer;
 pub mod producer;
 pub mod publisher;
+pub mod testing;
 pub mod topics;
 
 pub use saldo_engine::wall_clock;

@@ -855,14 +855,10 @@ fn services_killed_with_sigkill_mid_flow_lose_nothing_and_charge_nothing_twice()
     });
 
     let mut processes = Processes(Vec::new());
-    let bootstrap = spawn_broker(&mut processes);
+    let broker = spawn_broker(&mut processes);
     let metrics_port = free_port();
-    let env = [
-        ("SALDO_DATABASE_URL", url.as_str()),
-        ("SALDO_KAFKA_BOOTSTRAP", bootstrap.as_str()),
-        // The mock cluster has no CreateTopics API; `saldo broker` made the topics.
-        ("SALDO_KAFKA_CREATE_TOPICS", "false"),
-    ];
+    let mut env = vec![("SALDO_DATABASE_URL", url.clone())];
+    env.extend(broker.env());
     let start = |processes: &mut Processes, name: &'static str| {
         let args: &[&str] = match name {
             "outbox-order" => &["outbox", "--service", "order"],
@@ -875,7 +871,10 @@ fn services_killed_with_sigkill_mid_flow_lose_nothing_and_charge_nothing_twice()
         };
         // The inventory publisher also serves its metrics.
         let metrics = format!("127.0.0.1:{metrics_port}");
-        let mut process_env = env.to_vec();
+        let mut process_env: Vec<(&str, &str)> = env
+            .iter()
+            .map(|(name, value)| (*name, value.as_str()))
+            .collect();
         if name == "outbox-inventory" {
             process_env.push(("SALDO_METRICS_ADDRESS", metrics.as_str()));
         }
@@ -957,16 +956,78 @@ fn first_line_of(mut command: Command) -> (std::process::Child, String) {
     (child, first_line)
 }
 
-/// Starts `saldo broker` (the mock cluster) and returns its bootstrap address.
-fn spawn_broker(processes: &mut Processes) -> String {
-    let (broker, first_line) = spawn_with_first_line(&["broker", "--partitions", "4"]);
+/// Partitions of every topic in the multi-process tests.
+const TEST_PARTITIONS: &str = "4";
+
+/// The broker process of a multi-process test, and what a service needs to
+/// know about it.
+struct Broker {
+    bootstrap: String,
+    /// With `SALDO_TEST_BROKER=tansu`, the tansu process (killed when this
+    /// is dropped); otherwise `saldo broker` runs among the processes.
+    tansu: Option<saldo_kafka::testing::TansuBroker>,
+}
+
+impl Broker {
+    /// The environment that points a service at this broker. `saldo
+    /// broker` made its topics (the mock cluster has no CreateTopics); on
+    /// tansu the services create them at start-up (`--create-topics`), one
+    /// replica each, as they would on a real Kafka.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![("SALDO_KAFKA_BOOTSTRAP", self.bootstrap.clone())];
+        if self.tansu.is_some() {
+            env.extend([
+                ("SALDO_KAFKA_CREATE_TOPICS", "true".to_owned()),
+                ("SALDO_KAFKA_PARTITIONS", TEST_PARTITIONS.to_owned()),
+                ("SALDO_KAFKA_REPLICATION", "1".to_owned()),
+            ]);
+        } else {
+            env.push(("SALDO_KAFKA_CREATE_TOPICS", "false".to_owned()));
+        }
+        env
+    }
+
+    /// An outage: `saldo broker` refuses connections (SIGUSR1), tansu is
+    /// killed with SIGKILL.
+    fn go_down(&mut self, processes: &Processes) {
+        match &mut self.tansu {
+            Some(tansu) => tansu.kill(),
+            None => processes.signal("broker", "USR1"),
+        }
+    }
+
+    /// The end of the outage: `saldo broker` accepts connections again
+    /// (SIGUSR2), tansu restarts over the storage it had.
+    fn come_back(&mut self, processes: &Processes) {
+        match &mut self.tansu {
+            Some(tansu) => tansu.restart(),
+            None => processes.signal("broker", "USR2"),
+        }
+    }
+}
+
+/// Starts the broker `SALDO_TEST_BROKER` selects: `saldo broker` (the mock
+/// cluster, a process named "broker") or a tansu process.
+fn spawn_broker(processes: &mut Processes) -> Broker {
+    use saldo_kafka::testing::{BrokerKind, TansuBroker};
+    if BrokerKind::selected() == BrokerKind::Tansu {
+        let tansu = TansuBroker::start();
+        return Broker {
+            bootstrap: tansu.bootstrap_servers(),
+            tansu: Some(tansu),
+        };
+    }
+    let (broker, first_line) = spawn_with_first_line(&["broker", "--partitions", TEST_PARTITIONS]);
     let bootstrap = first_line
         .trim()
         .strip_prefix("bootstrap ")
         .expect("the broker prints its address")
         .to_owned();
     processes.0.push(("broker", broker));
-    bootstrap
+    Broker {
+        bootstrap,
+        tansu: None,
+    }
 }
 
 /// A port nobody listens on right now.
@@ -1545,6 +1606,9 @@ fn a_configuration_file_sets_what_flags_do_not_and_its_mistakes_are_one_line() {
 /// outbox publishers and the gateway in front.
 struct Production {
     processes: Processes,
+    /// Dropped after the processes, so that no service outlives its broker
+    /// by much and none starts without one.
+    broker: Broker,
     edge: Edge,
     launcher: Launcher,
     admin_url: String,
@@ -1604,18 +1668,18 @@ impl Production {
         ));
         std::fs::write(&keys_file, entry).expect("writes the keys file");
         let mut processes = Processes(Vec::new());
-        let bootstrap = spawn_broker(&mut processes);
+        let broker = spawn_broker(&mut processes);
         let ports = [0, 1, 2, 3].map(|_| format!("127.0.0.1:{}", free_port()));
-        let env = vec![
+        let mut env = vec![
             ("SALDO_DATABASE_URL", url.clone()),
-            ("SALDO_KAFKA_BOOTSTRAP", bootstrap),
-            ("SALDO_KAFKA_CREATE_TOPICS", "false".to_owned()),
             ("SALDO_LOG_FORMAT", "json".to_owned()),
             // The engine logs each message it handles at debug level.
             ("SALDO_LOG", "info,saldo_engine=debug".to_owned()),
         ];
+        env.extend(broker.env());
         let mut production = Production {
             processes,
+            broker,
             edge: Edge {
                 url,
                 gateway_address: ports[3].clone(),
@@ -2010,15 +2074,18 @@ fn restarts_of_postgresql_and_the_broker_mid_flow_lose_nothing() {
     production.edge.seed(CUSTOMERS);
     let url = production.edge.url.clone();
     let Production {
-        processes, edge, ..
+        processes,
+        broker,
+        edge,
+        ..
     } = &mut production;
     edge.place_round(1, ORDERS, CLIENTS, CUSTOMERS, |placed| {
         wait_for_placed(placed, 150);
         restart_postgresql_immediately();
         wait_for_placed(placed, 350);
-        processes.signal("broker", "USR1");
+        broker.go_down(processes);
         std::thread::sleep(BROKER_OUTAGE);
-        processes.signal("broker", "USR2");
+        broker.come_back(processes);
     });
     let orders = i64::try_from(ORDERS).expect("fits");
     wait_until(
@@ -2060,7 +2127,8 @@ fn a_consumer_refuses_to_start_when_its_inbox_horizon_is_shorter_than_its_topics
     // The mock broker does not report retention.ms, so --topic-retention stands in.
     let (admin_url, name, url) = migrated_database("horizon");
     let mut processes = Processes(Vec::new());
-    let bootstrap = spawn_broker(&mut processes);
+    let broker = spawn_broker(&mut processes);
+    let bootstrap = broker.bootstrap.clone();
     let service = |horizon: &str, retention: &str| {
         vec![
             "payment".to_owned(),

@@ -1,12 +1,12 @@
-//! The Kafka backbone against librdkafka's mock cluster (the real protocol)
-//! and a real PostgreSQL.
+//! The Kafka backbone against a real PostgreSQL and a Kafka-protocol broker:
+//! librdkafka's mock cluster, or tansu with `SALDO_TEST_BROKER=tansu`
+//! (`saldo_kafka::testing`).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use saldo_domain::inventory::{SetStock, decide_set_stock, set_stock_read_set};
 use saldo_domain::messages::{Envelope, OrderLine, Payload, SCHEMA_VERSION, Service, Traceparent};
@@ -16,6 +16,7 @@ use saldo_domain::{Decision, Rules};
 use saldo_idempotency::IdempotencyKey;
 use saldo_kafka::consumer::ConsumerRunner;
 use saldo_kafka::publisher::OutboxPublisher;
+use saldo_kafka::testing::TestBroker;
 use saldo_kafka::{topics, wall_clock};
 use saldo_postgres::PgStore;
 use saldo_postgres::testing::TestDatabase;
@@ -29,9 +30,9 @@ fn eur(minor: i64) -> Money {
     Money::from_minor(minor, Currency::EUR)
 }
 
-/// A mock cluster with Saldo's topics, and a fresh database.
+/// A broker with Saldo's topics, and a fresh database.
 struct Setup {
-    cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    broker: TestBroker,
     database: TestDatabase,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -39,13 +40,10 @@ struct Setup {
 
 impl Setup {
     async fn new() -> Setup {
-        let cluster = MockCluster::new(1).expect("mock cluster");
-        for topic in topics::ALL {
-            cluster.create_topic(topic, PARTITIONS, 1).expect("topic");
-        }
+        let broker = TestBroker::start(PARTITIONS).await;
         let (stop, _) = watch::channel(false);
         Setup {
-            cluster,
+            broker,
             database: TestDatabase::create().await,
             stop,
             tasks: Vec::new(),
@@ -53,7 +51,7 @@ impl Setup {
     }
 
     fn servers(&self) -> String {
-        self.cluster.bootstrap_servers()
+        self.broker.bootstrap_servers()
     }
 
     fn store(&self) -> PgStore {
@@ -558,7 +556,7 @@ async fn the_broker_going_down_delays_but_loses_nothing() {
         Duration::from_secs(60),
     )
     .await;
-    setup.cluster.broker_down(-1).expect("down");
+    setup.broker.go_down();
     place(&store, "o2", "alice", 1).await;
     place(&store, "o3", "bob", 1).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -571,7 +569,7 @@ async fn the_broker_going_down_delays_but_loses_nothing() {
         1,
         "nothing moves while the broker is down"
     );
-    setup.cluster.broker_up(-1).expect("up");
+    setup.broker.come_back();
     wait_for(
         &store,
         "SELECT count(*) FROM orders.orders WHERE status <> 'PENDING'",
