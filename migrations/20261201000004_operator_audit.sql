@@ -1,4 +1,4 @@
--- Operators' audit trail (ADR 0016): one append-only table per service
+-- Operators' audit trail (ADR 0017): one append-only table per service
 -- schema, written in the same transaction as the intervention's effect.
 -- Who (the gateway's principal), which key (its name, never the secret),
 -- what (action and target), the decision the dry run showed, and when.

@@ -27,7 +27,7 @@
 //!   and waits for.
 //! - [`OperatorStore`] is the operator API's read port: orders by state
 //!   and age, one service's part of an order's story, dead letters and
-//!   audit records, each bounded by [`PAGE_MAX`] (ADR 0016).
+//!   audit records, each bounded by [`PAGE_MAX`] (ADR 0017).
 //! - [`wall_clock`]: hosts own the clock; the sdk takes time as a parameter.
 //!
 //! The engine owns no business rule: every decision is the sdk's. It knows

@@ -1,4 +1,4 @@
-//! The operator's read port (docs/adr/0016): what `/admin` shows, read from
+//! The operator's read port (docs/adr/0017): what `/admin` shows, read from
 //! one service's own tables. Interventions need no port of their own: they
 //! are decisions, committed through [`crate::Store::commit`] like any other.
 

@@ -1,4 +1,4 @@
-//! The operator API (docs/adr/0016), under `/admin`, behind the gateway's
+//! The operator API (docs/adr/0017), under `/admin`, behind the gateway's
 //! `admin` scope.
 //!
 //! Each service serves its own part under `/admin/{service}` (`order`,

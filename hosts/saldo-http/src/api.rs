@@ -75,7 +75,7 @@ pub struct Api {
     pub metrics: Option<PrometheusHandle>,
     /// The wall clock (a parameter so that tests can pin it).
     pub clock: fn() -> Timestamp,
-    /// Serves `/admin` for the services above when set (ADR 0016).
+    /// Serves `/admin` for the services above when set (ADR 0017).
     pub operator: Option<Arc<dyn saldo_engine::OperatorStore>>,
 }
 

@@ -79,7 +79,7 @@ pub enum Scope {
     StockRead,
     /// `stock:write`: `PUT /stock/{sku}`.
     StockWrite,
-    /// `admin`: every route under `/admin` (ADR 0016), reads and
+    /// `admin`: every route under `/admin` (ADR 0017), reads and
     /// interventions alike. Only this scope and `*` reach them, and only for
     /// a key that acts for every customer.
     Admin,
@@ -813,7 +813,7 @@ async fn validate(
     }
     // Interventions need no idempotency key: a repeat is refused by the
     // order's version check (`expected_version`) or finds its dead letter
-    // already settled (ADR 0016).
+    // already settled (ADR 0017).
     if method == Method::POST && *operation != Operation::Admin {
         match request.headers().get_all(&IDEMPOTENCY_KEY).iter().count() {
             0 => return Err(Problem::idempotency_key_missing()),

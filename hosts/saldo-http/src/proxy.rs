@@ -232,7 +232,7 @@ async fn forward(
 pub const STORY_PART_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// `GET /admin/orders/{order_id}/story`: each service's part fetched with
-/// the caller's principal, merged by the sdk (ADR 0016).
+/// the caller's principal, merged by the sdk (ADR 0017).
 async fn story(
     State(proxy): State<Arc<Proxy>>,
     Extension(context): Extension<RequestContext>,

@@ -1697,7 +1697,7 @@ async fn the_gateway_tells_an_unreachable_upstream_in_words_without_its_internal
 }
 
 mod admin {
-    //! The operator API (ADR 0016) in process, on the in-memory store.
+    //! The operator API (ADR 0017) in process, on the in-memory store.
 
     use super::*;
 

@@ -1,4 +1,4 @@
-//! The operator's tables and reads (docs/adr/0016): each service's audit
+//! The operator's tables and reads (docs/adr/0017): each service's audit
 //! trail, its dead letters, and its part of an order's story. Reads touch
 //! only the asking service's schema.
 

@@ -1,4 +1,4 @@
-//! `saldo admin`: the operator API (ADR 0016) from a terminal.
+//! `saldo admin`: the operator API (ADR 0017) from a terminal.
 //!
 //! Every action calls the gateway (or `saldo dev`) over HTTP with an API key
 //! that has the `admin` scope. Interventions are decided by the services from

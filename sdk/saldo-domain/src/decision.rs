@@ -145,7 +145,7 @@ pub struct Decision {
     /// The idempotency record to store, if any.
     pub idempotency: Option<IdempotencyWrite>,
     /// An operator's intervention: who did it and what its dry run showed
-    /// (docs/adr/0016), written with the effect.
+    /// (docs/adr/0017), written with the effect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<AuditRecord>,
     /// A dead letter an intervention settles (deletes) in the same commit.

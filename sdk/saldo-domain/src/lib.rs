@@ -13,9 +13,9 @@
 //!   every host follows (load, decide, commit atomically, acknowledge).
 //! - [`operator`]: operators' interventions (retry now, force
 //!   compensation, resolve, redrive or discard a dead letter) as deciders
-//!   whose decisions carry their audit record (ADR 0016).
+//!   whose decisions carry their audit record (ADR 0017).
 //! - [`story`]: one order's story merged from every service's part, in
-//!   causal order (ADR 0016).
+//!   causal order (ADR 0017).
 //! - [`retention`]: the horizons of inbox receipts and idempotency
 //!   records, what may be purged, and the start-up check of the inbox
 //!   horizon against the consumed topics' retention (ADR 0015).

@@ -1,4 +1,4 @@
-//! Operators' interventions as decisions (docs/adr/0016).
+//! Operators' interventions as decisions (docs/adr/0017).
 //!
 //! An intervention is a command to a decider, like any other input: the
 //! host loads the live rows, the decider here computes a [`Decision`] (the

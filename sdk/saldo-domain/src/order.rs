@@ -88,7 +88,7 @@ pub enum CancelReason {
     /// Payment did not answer in time.
     PaymentTimedOut,
     /// An operator turned the saga back, or stated that a step failed
-    /// (docs/adr/0016).
+    /// (docs/adr/0017).
     CancelledByOperator,
 }
 

@@ -391,7 +391,7 @@ impl MemoryStore {
         self.rows.get(key)
     }
 
-    /// The operators' audit records, oldest first (docs/adr/0016).
+    /// The operators' audit records, oldest first (docs/adr/0017).
     pub fn audit_records(&self) -> &[AuditRecord] {
         &self.audit
     }

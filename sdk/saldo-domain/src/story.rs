@@ -1,4 +1,4 @@
-//! One order's story across the services, in causal order (docs/adr/0016).
+//! One order's story across the services, in causal order (docs/adr/0017).
 //!
 //! A service never reads another's schema, so each service reports its own
 //! [`StoryPart`] of an order: its rows for it with their versions, the

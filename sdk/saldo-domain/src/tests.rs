@@ -1296,7 +1296,7 @@ mod retention {
 }
 
 mod interventions {
-    //! Operators' interventions decided from live rows (docs/adr/0016).
+    //! Operators' interventions decided from live rows (docs/adr/0017).
 
     use super::*;
     use crate::operator::{

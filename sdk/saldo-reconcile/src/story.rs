@@ -2,7 +2,7 @@
 //! same [`check_order`] the reconciler runs, over facts built from the rows
 //! and entries the services reported, plus the order's dead letters.
 //!
-//! Operators' actions need no exemption here (docs/adr/0016): a forced
+//! Operators' actions need no exemption here (docs/adr/0017): a forced
 //! compensation runs the saga's real compensations and ends as any
 //! cancellation does, and a redriven or discarded dead letter is deleted in
 //! the commit that settles it. What an operator *states* (a resolution) is

@@ -1,4 +1,4 @@
-//! The operator's tables (ADR 0016): audit records commit with their
+//! The operator's tables (ADR 0017): audit records commit with their
 //! intervention, the audit trail is append-only, dead letters settle once,
 //! and a story part reads one service's rows for one order.
 
