@@ -281,7 +281,7 @@ fn an_outbox_publisher_serves_the_probes_and_is_ready_only_while_the_broker_answ
     // broker is down and recovers when it is back.
     let (_admin_url, _name, url) = migrated_database("probes");
     let mut processes = Processes(Vec::new());
-    let bootstrap = spawn_broker(&mut processes);
+    let broker = spawn_broker(&mut processes);
     let address = format!("127.0.0.1:{}", free_port());
     processes.spawn(
         "outbox-probes",
@@ -291,7 +291,7 @@ fn an_outbox_publisher_serves_the_probes_and_is_ready_only_while_the_broker_answ
             "--metrics-address",
             &address,
             "--kafka-bootstrap",
-            &bootstrap,
+            &broker.bootstrap,
             "--create-topics=false",
         ],
         &[("SALDO_DATABASE_URL", url.as_str())],
