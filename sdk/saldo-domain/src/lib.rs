@@ -151,3 +151,5 @@ pub fn decide_message(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod mutants_tests;
