@@ -150,6 +150,6 @@ pub fn decide_message(
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod mutants_tests;
+#[cfg(test)]
+mod tests;

@@ -120,7 +120,11 @@ fn a_row_set_finds_replaces_and_removes_rows_by_key() {
     .into_iter()
     .collect();
     assert_eq!((rows.len(), rows.is_empty()), (2, false));
-    assert_eq!(rows.get(&apple), Some(&versioned(2, 3)), "the last insert wins");
+    assert_eq!(
+        rows.get(&apple),
+        Some(&versioned(2, 3)),
+        "the last insert wins"
+    );
     assert_eq!(rows.get(&pear), Some(&versioned(1, 2)));
     for row in rows.values_mut() {
         row.version += 10;
@@ -191,9 +195,7 @@ fn a_traceparent_carries_its_seed_as_trace_id_and_span() {
 fn malformed_traceparents_are_refused(#[case] text: &str) {
     // Proves each rule of the W3C shape on its own refuses a header.
     assert!(Traceparent::parse(text).is_err(), "{text}");
-    assert!(
-        Traceparent::parse("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01").is_ok()
-    );
+    assert!(Traceparent::parse("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01").is_ok());
 }
 
 #[test]
@@ -238,7 +240,6 @@ fn the_inbox_fingerprint_covers_the_type_and_every_field(
     );
 }
 
-
 #[test]
 fn the_fixed_hasher_is_the_same_everywhere_and_spreads_keys() {
     // Proves the row table's hasher gives these exact values (so its order
@@ -268,7 +269,11 @@ fn the_store_reports_receipts_records_and_account_versions() {
     let receipts: Vec<&InboxReceipt> = world.store.inbox_receipts().collect();
     assert_eq!(receipts.len(), 1);
     assert_eq!(
-        (receipts[0].consumer, receipts[0].message_id, receipts[0].received_at),
+        (
+            receipts[0].consumer,
+            receipts[0].message_id,
+            receipts[0].received_at
+        ),
         (Service::Inventory, reserve.message_id, NOW)
     );
     let records: Vec<_> = world
@@ -364,7 +369,10 @@ fn a_key_written_twice_in_a_batch_is_seen_and_committed_as_in_separate_commits()
     for outcome in 0..2 {
         batch
             .decide(&read_set, |snapshot| {
-                let expected = snapshot.idempotency.as_ref().map_or(0, |record| record.version);
+                let expected = snapshot
+                    .idempotency
+                    .as_ref()
+                    .map_or(0, |record| record.version);
                 seen.push(expected);
                 Ok::<_, ()>(Decided {
                     decision: Decision {
@@ -414,10 +422,17 @@ fn a_batch_of_messages_commits_every_receipt_and_reply() {
             .expect("decided");
     }
     let commit = batch.finish();
-    let received: Vec<_> = commit.inbox.iter().map(|receipt| receipt.message_id).collect();
+    let received: Vec<_> = commit
+        .inbox
+        .iter()
+        .map(|receipt| receipt.message_id)
+        .collect();
     assert_eq!(
         received,
-        commands.iter().map(|envelope| envelope.message_id).collect::<Vec<_>>()
+        commands
+            .iter()
+            .map(|envelope| envelope.message_id)
+            .collect::<Vec<_>>()
     );
     assert_eq!(commit.outbox.len(), 2);
     assert!(
@@ -470,7 +485,11 @@ fn a_charge_and_its_refund_in_one_batch_leave_an_open_revenue_account_alone() {
     }
     let commit = batch.finish();
     assert_eq!(commit.postings.len(), 2, "a charge and its reversal");
-    assert_eq!(commit.increments, vec![], "revenue is open and nets to zero");
+    assert_eq!(
+        commit.increments,
+        vec![],
+        "revenue is open and nets to zero"
+    );
 }
 
 /// Places one order of `lines` for alice and delivers its ReserveStock.
@@ -733,10 +752,13 @@ fn each_posting_carries_the_cause_it_was_made_for() {
         Some(charge.traceparent.as_str())
     );
     assert_eq!(
-        world.store.row(&RowKey::Reservation(charge.order_id.clone())).map(|row| match &row.value {
-            Row::Reservation(reservation) => reservation.state,
-            other => panic!("{other:?}"),
-        }),
+        world
+            .store
+            .row(&RowKey::Reservation(charge.order_id.clone()))
+            .map(|row| match &row.value {
+                Row::Reservation(reservation) => reservation.state,
+                other => panic!("{other:?}"),
+            }),
         Some(ReservationState::Committed)
     );
     assert_eq!(world.order(1).status(), OrderStatus::Confirmed);
