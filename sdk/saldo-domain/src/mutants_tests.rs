@@ -396,6 +396,23 @@ fn a_key_written_twice_in_a_batch_is_seen_and_committed_as_in_separate_commits()
     store.commit(commit, NOW).expect("commits");
 }
 
+/// What `consumer` commits for `messages` decided as one batch.
+fn decided_in_one_batch(world: &World, consumer: Service, messages: &[Envelope]) -> Commit {
+    let read_sets: Vec<ReadSet> = messages
+        .iter()
+        .map(|envelope| message_read_set(consumer, envelope))
+        .collect();
+    let mut batch = Batch::new(world.store.load_batch(&BatchReadSet::of(&read_sets)));
+    for (envelope, read_set) in messages.iter().zip(&read_sets) {
+        batch
+            .decide(read_set, |snapshot| {
+                crate::decide_message(&world.rules, consumer, snapshot, envelope, NOW)
+            })
+            .expect("decided");
+    }
+    batch.finish()
+}
+
 #[test]
 fn a_batch_of_messages_commits_every_receipt_and_reply() {
     // Proves a consumer's batch commit holds the inbox receipt and the
@@ -409,19 +426,7 @@ fn a_batch_of_messages_commits_every_receipt_and_reply() {
         .expect("placed");
     let commands = world.drain_outboxes();
     assert_eq!(commands.len(), 2);
-    let read_sets: Vec<ReadSet> = commands
-        .iter()
-        .map(|envelope| message_read_set(Service::Inventory, envelope))
-        .collect();
-    let mut batch = Batch::new(world.store.load_batch(&BatchReadSet::of(&read_sets)));
-    for (envelope, read_set) in commands.iter().zip(&read_sets) {
-        batch
-            .decide(read_set, |snapshot| {
-                crate::decide_message(&world.rules, Service::Inventory, snapshot, envelope, NOW)
-            })
-            .expect("decided");
-    }
-    let commit = batch.finish();
+    let commit = decided_in_one_batch(&world, Service::Inventory, &commands);
     let received: Vec<_> = commit
         .inbox
         .iter()
@@ -470,20 +475,7 @@ fn a_charge_and_its_refund_in_one_batch_leave_an_open_revenue_account_alone() {
             amount: eur(300),
         },
     );
-    let messages = [charge, refund];
-    let read_sets: Vec<ReadSet> = messages
-        .iter()
-        .map(|envelope| message_read_set(Service::Payment, envelope))
-        .collect();
-    let mut batch = Batch::new(world.store.load_batch(&BatchReadSet::of(&read_sets)));
-    for (envelope, read_set) in messages.iter().zip(&read_sets) {
-        batch
-            .decide(read_set, |snapshot| {
-                crate::decide_message(&world.rules, Service::Payment, snapshot, envelope, NOW)
-            })
-            .expect("decided");
-    }
-    let commit = batch.finish();
+    let commit = decided_in_one_batch(&world, Service::Payment, &[charge, refund]);
     assert_eq!(commit.postings.len(), 2, "a charge and its reversal");
     assert_eq!(
         commit.increments,
