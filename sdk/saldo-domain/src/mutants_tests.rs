@@ -256,6 +256,55 @@ fn the_fixed_hasher_is_the_same_everywhere_and_spreads_keys() {
 }
 
 #[test]
+fn the_store_lists_every_row_it_holds_once() {
+    // Proves `rows` (what reconciliation, views and invariant checks walk)
+    // yields each stored row once, as `row` finds it under its key.
+    let world = stocked_world();
+    let mut keys: Vec<RowKey> = world
+        .store
+        .rows()
+        .map(|(key, row)| {
+            assert_eq!(world.store.row(key), Some(row));
+            key.clone()
+        })
+        .collect();
+    keys.sort();
+    let mut expected = vec![
+        RowKey::Stock(sku("apple")),
+        RowKey::Stock(sku("pear")),
+        RowKey::Wallet(customer("alice")),
+        RowKey::Account(AccountId::wallet(customer("alice"), EUR)),
+        RowKey::Account(AccountId::Funding { currency: EUR }),
+    ];
+    expected.sort();
+    assert_eq!(keys, expected);
+}
+
+#[test]
+fn a_purge_deletes_only_its_own_services_records() {
+    // Proves a service's purge leaves the expired records of the others,
+    // and that a record is purgeable from the instant it expires.
+    let mut world = stocked_world();
+    world
+        .place("alice", vec![line("apple", 1)], "k")
+        .expect("placed");
+    let expired = NOW.plus_ms(IDEMPOTENCY_RETENTION_MS);
+    let purged = world.store.purge(
+        Service::Order,
+        &crate::retention::Horizons::default(),
+        expired,
+        usize::MAX,
+    );
+    assert_eq!(purged.idempotency, 1);
+    let left: Vec<Service> = world
+        .store
+        .idempotency_records()
+        .map(|(service, _, _)| service)
+        .collect();
+    assert_eq!(left, vec![Service::Payment], "the top-up's record stays");
+}
+
+#[test]
 fn the_store_reports_receipts_records_and_account_versions() {
     // Proves what the store hands back to its readers: each inbox receipt
     // as written, each idempotency record at version 1 with its 24-hour
