@@ -194,4 +194,6 @@ pub fn decide_message(
 }
 
 #[cfg(test)]
+mod mutants_tests;
+#[cfg(test)]
 mod tests;

@@ -73,7 +73,6 @@ pub enum ExecuteError<E> {
 struct Outbox {
     next_sequence: u64,
     pending: BTreeMap<u64, Arc<Envelope>>,
-    published: u64,
 }
 
 /// What one purge deleted.
@@ -359,9 +358,7 @@ impl MemoryStore {
     pub fn mark_published(&mut self, service: Service, sequences: &[u64]) {
         let outbox = self.outboxes.entry(service).or_default();
         for sequence in sequences {
-            if outbox.pending.remove(sequence).is_some() {
-                outbox.published += 1;
-            }
+            outbox.pending.remove(sequence);
         }
     }
 

@@ -30,26 +30,26 @@ use crate::*;
 /// Cases each required property runs (the Foundation issue asks for 1,000).
 const PROPERTY_CASES: u64 = 1_000;
 
-const EUR: Currency = Currency::EUR;
-const NOW: Timestamp = Timestamp::from_unix_ms(1_700_000_000_000);
+pub(crate) const EUR: Currency = Currency::EUR;
+pub(crate) const NOW: Timestamp = Timestamp::from_unix_ms(1_700_000_000_000);
 
-fn eur(amount_minor: i64) -> Money {
+pub(crate) fn eur(amount_minor: i64) -> Money {
     Money::from_minor(amount_minor, EUR)
 }
 
-fn customer(name: &str) -> CustomerId {
+pub(crate) fn customer(name: &str) -> CustomerId {
     CustomerId::new(name).expect("valid")
 }
 
-fn sku(name: &str) -> Sku {
+pub(crate) fn sku(name: &str) -> Sku {
     Sku::new(name).expect("valid")
 }
 
-fn key(name: &str) -> IdempotencyKey {
+pub(crate) fn key(name: &str) -> IdempotencyKey {
     IdempotencyKey::new(name).expect("valid")
 }
 
-fn line(name: &str, quantity: u32) -> OrderLine {
+pub(crate) fn line(name: &str, quantity: u32) -> OrderLine {
     OrderLine {
         sku: sku(name),
         quantity,
@@ -57,15 +57,15 @@ fn line(name: &str, quantity: u32) -> OrderLine {
 }
 
 /// A whole platform on one store, driven the way `saldo dev` drives it.
-struct World {
-    store: MemoryStore,
-    rules: Rules,
-    now: Timestamp,
+pub(crate) struct World {
+    pub(crate) store: MemoryStore,
+    pub(crate) rules: Rules,
+    pub(crate) now: Timestamp,
     orders_placed: u64,
 }
 
 impl World {
-    fn new() -> World {
+    pub(crate) fn new() -> World {
         World {
             store: MemoryStore::new(),
             rules: Rules::default(),
@@ -74,7 +74,7 @@ impl World {
         }
     }
 
-    fn top_up(
+    pub(crate) fn top_up(
         &mut self,
         who: &str,
         amount: Money,
@@ -97,7 +97,7 @@ impl World {
         )
     }
 
-    fn set_stock(
+    pub(crate) fn set_stock(
         &mut self,
         name: &str,
         on_hand: u64,
@@ -117,7 +117,7 @@ impl World {
         .map(|_| ())
     }
 
-    fn place(
+    pub(crate) fn place(
         &mut self,
         who: &str,
         lines: Vec<OrderLine>,
@@ -144,7 +144,7 @@ impl World {
         )
     }
 
-    fn deliver(
+    pub(crate) fn deliver(
         &mut self,
         envelope: &Envelope,
     ) -> Result<MessageOutcome, ExecuteError<ConsumeError>> {
@@ -159,8 +159,35 @@ impl World {
         })
     }
 
+    /// Moves the clock to the next deadline and handles every order due
+    /// then; false when no deadline is pending.
+    pub(crate) fn fire_next_timers(&mut self) -> bool {
+        let Some(due) = self.store.next_timer() else {
+            return false;
+        };
+        self.now = due;
+        for order_id in self.store.due_timers(due, 10) {
+            let definition = self.rules.order_saga.clone();
+            execute(
+                &mut self.store,
+                &crate::order::deadline_read_set(&order_id),
+                due,
+                |snapshot| {
+                    Ok::<_, ()>(crate::order::decide_deadline(
+                        &definition,
+                        snapshot,
+                        &order_id,
+                        due,
+                    ))
+                },
+            )
+            .expect("deadlines never refuse");
+        }
+        true
+    }
+
     /// Takes every pending outbox message, in service then sequence order.
-    fn drain_outboxes(&mut self) -> Vec<Envelope> {
+    pub(crate) fn drain_outboxes(&mut self) -> Vec<Envelope> {
         let mut taken = Vec::new();
         for service in Service::ALL {
             let rows = self.store.outbox_pending(service, usize::MAX);
@@ -178,7 +205,7 @@ impl World {
     /// Delivers messages until none are left. `duplicate(i)` says whether
     /// the i-th delivery is repeated, at once (`Some(false)`) or at the very
     /// end (`Some(true)`).
-    fn pump(&mut self, mut duplicate: impl FnMut(usize) -> Option<bool>) {
+    pub(crate) fn pump(&mut self, mut duplicate: impl FnMut(usize) -> Option<bool>) {
         let mut late = Vec::new();
         let mut queue: VecDeque<Envelope> = VecDeque::new();
         let mut index = 0;
@@ -205,7 +232,7 @@ impl World {
         );
     }
 
-    fn order(&self, index: u64) -> OrderRow {
+    pub(crate) fn order(&self, index: u64) -> OrderRow {
         match self.store.row(&RowKey::Order(
             OrderId::new(format!("order-{index}")).expect("valid"),
         )) {
@@ -217,7 +244,7 @@ impl World {
         }
     }
 
-    fn balance(&self, who: &str) -> Money {
+    pub(crate) fn balance(&self, who: &str) -> Money {
         match self
             .store
             .row(&RowKey::Account(AccountId::wallet(customer(who), EUR)))
@@ -228,7 +255,7 @@ impl World {
         }
     }
 
-    fn stock(&self, name: &str) -> (u64, u64) {
+    pub(crate) fn stock(&self, name: &str) -> (u64, u64) {
         match self
             .store
             .row(&RowKey::Stock(sku(name)))
@@ -240,7 +267,7 @@ impl World {
     }
 
     /// The platform-wide invariants; panics with the first one broken.
-    fn check_invariants(&self) {
+    pub(crate) fn check_invariants(&self) {
         let mut total: i128 = 0;
         let mut reserved_by_sku = std::collections::BTreeMap::<Sku, u64>::new();
         for (_, versioned) in self.store.rows() {
@@ -284,7 +311,7 @@ impl World {
 }
 
 /// A world with alice holding 20.00 EUR and two SKUs.
-fn stocked_world() -> World {
+pub(crate) fn stocked_world() -> World {
     let mut world = World::new();
     world
         .top_up("alice", eur(2_000), "alice-1")
@@ -614,26 +641,8 @@ fn a_deadline_cancels_and_compensates_an_order_nobody_answered() {
         .expect("placed");
     let mut lost = world.drain_outboxes();
     for _ in 0..20 {
-        let Some(due) = world.store.next_timer() else {
+        if !world.fire_next_timers() {
             break;
-        };
-        world.now = due;
-        for order_id in world.store.due_timers(due, 10) {
-            let definition = world.rules.order_saga.clone();
-            execute(
-                &mut world.store,
-                &crate::order::deadline_read_set(&order_id),
-                due,
-                |snapshot| {
-                    Ok::<_, ()>(crate::order::decide_deadline(
-                        &definition,
-                        snapshot,
-                        &order_id,
-                        due,
-                    ))
-                },
-            )
-            .expect("deadlines never refuse");
         }
         // Reservation attempts are lost; compensations get through.
         for envelope in world.drain_outboxes() {
@@ -684,7 +693,7 @@ fn every_message_round_trips(#[case] payload: Payload) {
     assert_eq!(Envelope::decode(&envelope.encode()), Ok(envelope));
 }
 
-fn sample_envelope(payload: Payload) -> Envelope {
+pub(crate) fn sample_envelope(payload: Payload) -> Envelope {
     Envelope {
         message_id: Id128::derive("test", &[b"sample"]),
         schema_version: SCHEMA_VERSION,

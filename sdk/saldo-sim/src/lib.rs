@@ -59,3 +59,6 @@ pub use fault::Fault;
 pub use replay::{Player, Source, TraceFile, TraceHeader};
 pub use scenario::{Scenario, Walkthrough, walkthrough, walkthroughs};
 pub use sim::{Handlers, Report, Simulation, Stats, StepOutcome, ViolationReport, run};
+
+#[cfg(test)]
+mod mutants_tests;
