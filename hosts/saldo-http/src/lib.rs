@@ -9,6 +9,8 @@
 //!   constant time), per-key token-bucket rate limits and request checks.
 //! - [`proxy`]: `saldo gateway`'s routing of each resource to its service.
 //! - [`problem`]: every error as `application/problem+json` with a stable code.
+//! - [`tls`]: TLS on the listeners (optionally requiring client
+//!   certificates) and from the gateway to the services.
 //!
 //! Contract: handlers translate and carry; every decision about money,
 //! stock and saga state is made by `saldo-domain`, and a request either
@@ -21,7 +23,9 @@ pub mod context;
 pub mod gateway;
 pub mod problem;
 pub mod proxy;
+pub mod tls;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -68,15 +72,31 @@ pub async fn serve(
     serve_with(listener, router, Limits::default(), shutdown).await
 }
 
-/// [`serve`] with explicit [`Limits`]. Every listener of Saldo (the
-/// services, dev mode, the gateway) goes through here, so none of them can
-/// be held open by a client that sends its request slowly.
+/// [`serve`] with explicit [`Limits`].
 pub async fn serve_with(
     listener: tokio::net::TcpListener,
     router: axum::Router,
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with_tls(listener, router, limits, None, shutdown).await
+}
+
+/// [`serve_with`], over TLS when `tls` is set (see [`tls::server_config`]).
+/// Every listener of Saldo (the services, dev mode, the gateway) goes
+/// through here, so none of them can be held open by a client that sends
+/// its request slowly: the TLS handshake, like the request's head, must end
+/// within [`Limits::header_read_timeout`]. A connection whose handshake
+/// fails (no client certificate where one is required, one from another
+/// CA, plain HTTP on a TLS port) is closed before any request is read.
+pub async fn serve_with_tls(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    limits: Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let service = TowerToHyperService::new(router.layer(axum::Extension(limits)));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -98,11 +118,36 @@ pub async fn serve_with(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "TCP_NODELAY not set");
         }
-        let connection =
-            graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
+        let Some(acceptor) = &acceptor else {
+            let connection =
+                graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    // Timeouts and clients that vanish end here; neither is ours.
+                    tracing::debug!(%error, "connection closed with an error");
+                }
+            });
+            continue;
+        };
+        // The handshake runs in the connection's task, so that a slow or
+        // silent client holds up no one else; graceful shutdown waits only
+        // for connections that completed it.
+        let handshake = acceptor.accept(stream);
+        let (http, service, watcher) = (http.clone(), service.clone(), graceful.watcher());
         tokio::spawn(async move {
+            let stream = match tokio::time::timeout(limits.header_read_timeout, handshake).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("TLS handshake took too long");
+                    return;
+                }
+            };
+            let connection = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
             if let Err(error) = connection.await {
-                // Timeouts and clients that vanish end here; neither is ours.
                 tracing::debug!(%error, "connection closed with an error");
             }
         });

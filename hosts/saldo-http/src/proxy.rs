@@ -2,6 +2,10 @@
 //! owns it (`/orders` to the order service, `/wallets` to payment, `/stock`
 //! to inventory). The proxy adds the request's correlation id and trace
 //! context when the client sent none, and never forwards the API key.
+//!
+//! An upstream may be `https://`: the proxy then verifies the service's
+//! certificate against the CA it was given and, when configured, presents
+//! its own client certificate (mTLS; see [`crate::tls`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +16,7 @@ use axum::extract::{Extension, Request, State};
 use axum::http::{HeaderName, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -39,7 +44,8 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     header::PROXY_AUTHORIZATION,
 ];
 
-/// Where each resource's service listens (`http://host:port`).
+/// Where each resource's service listens (`http://host:port` or
+/// `https://host:port`).
 #[derive(Debug, Clone)]
 pub struct Upstreams {
     /// The order service.
@@ -79,14 +85,35 @@ impl Upstreams {
 
 struct Proxy {
     upstreams: Upstreams,
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpsConnector<HttpConnector>, Body>,
     metrics: Option<PrometheusHandle>,
 }
 
-/// The proxy's router: its own probes and metrics, everything else forwarded.
+/// The proxy's router: its own probes and metrics, everything else
+/// forwarded, to `http://` upstreams only.
 pub fn router(upstreams: Upstreams, metrics: Option<PrometheusHandle>) -> Router {
+    let tls = crate::tls::client_config(None)
+        .expect("rustls' safe default protocol versions exist in the ring provider");
+    router_with_tls(upstreams, tls, metrics)
+}
+
+/// [`router`], reaching `https://` upstreams with `tls` (see
+/// [`crate::tls::client_config`]).
+pub fn router_with_tls(
+    upstreams: Upstreams,
+    tls: rustls::ClientConfig,
+    metrics: Option<PrometheusHandle>,
+) -> Router {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
+    // The TLS layer above decides the scheme; the TCP connector must let
+    // `https://` through.
+    connector.enforce_http(false);
+    let connector = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
     let proxy = Proxy {
         upstreams,
         client: Client::builder(TokioExecutor::new()).build(connector),
@@ -128,7 +155,7 @@ async fn readyz(State(proxy): State<Arc<Proxy>>) -> Response {
     let mut failures = Vec::new();
     for (name, base) in proxy.upstreams.all() {
         let Some(uri) = upstream_uri(base, "/readyz") else {
-            tracing::warn!(upstream = name, %base, "the upstream's address is not http://HOST:PORT");
+            tracing::warn!(upstream = name, %base, "the upstream's address is not http(s)://HOST:PORT");
             failures.push(format!("{name}: misconfigured"));
             continue;
         };

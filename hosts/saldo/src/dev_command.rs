@@ -56,6 +56,8 @@ pub struct DevArgs {
     /// `./harness/web` and the checkout this binary was built from.
     #[arg(long, value_name = "DIR", env = "SALDO_HARNESS_DIR")]
     harness: Option<PathBuf>,
+    #[command(flatten)]
+    tls: crate::tls_flags::ListenerTls,
 }
 
 /// Where the page is in the checkout this binary was built from.
@@ -278,6 +280,7 @@ pub fn run(args: &DevArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    let tls = args.tls.server_config()?;
     runtime()?.block_on(async {
         let backend = MemoryBackend::new();
         let rules = Arc::new(Rules::default());
@@ -325,8 +328,18 @@ pub fn run(args: &DevArgs) -> anyhow::Result<ExitCode> {
         // Signal handlers first: once the banner is out, a SIGTERM must stop
         // the process cleanly.
         let stop_requested = shutdown();
-        print_banner(address, args.no_seed, args.keys.is_some());
-        let server = saldo_http::serve(listener, router, stop_requested);
+        print_banner(
+            &format!("{}://{address}", args.tls.scheme()),
+            args.no_seed,
+            args.keys.is_some(),
+        );
+        let server = saldo_http::serve_with_tls(
+            listener,
+            router,
+            saldo_http::Limits::default(),
+            tls,
+            stop_requested,
+        );
         // The bus never stops by itself: if it does, the process must not
         // carry on accepting orders that nothing delivers.
         tokio::select! {
@@ -346,9 +359,8 @@ pub fn run(args: &DevArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn print_banner(address: SocketAddr, no_seed: bool, gateway: bool) {
+fn print_banner(url: &str, no_seed: bool, gateway: bool) {
     use std::fmt::Write as _;
-    let url = format!("http://{address}");
     let key = if gateway {
         " -H 'X-Api-Key: YOUR_KEY'"
     } else {

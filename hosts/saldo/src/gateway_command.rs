@@ -13,6 +13,7 @@ use saldo_http::proxy::{self, Upstreams};
 use saldo_types::{CustomerId, Principal};
 
 use crate::service_command::{runtime, shutdown};
+use crate::tls_flags::{ListenerTls, UpstreamTls};
 
 /// Arguments of `saldo gateway`.
 #[derive(Debug, Args)]
@@ -20,7 +21,8 @@ pub struct GatewayArgs {
     /// Where to listen for clients.
     #[arg(long, default_value = "127.0.0.1:8080", env = "SALDO_LISTEN")]
     listen: SocketAddr,
-    /// The order service's HTTP address, e.g. http://127.0.0.1:8081.
+    /// The order service's address, e.g. http://127.0.0.1:8081 (or
+    /// https://, with --upstream-ca).
     #[arg(long, env = "SALDO_ORDER_URL")]
     order_url: Uri,
     /// The payment service's HTTP address.
@@ -32,22 +34,34 @@ pub struct GatewayArgs {
     /// The API keys it admits (hashed; see `saldo api-key`).
     #[arg(long, env = "SALDO_GATEWAY_KEYS")]
     keys: PathBuf,
+    #[command(flatten)]
+    tls: ListenerTls,
+    #[command(flatten)]
+    upstream_tls: UpstreamTls,
 }
 
 /// Runs the gateway until SIGTERM or SIGINT.
 pub fn run(args: &GatewayArgs) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(&args.keys)
-        .with_context(|| format!("cannot read the keys file {}", args.keys.display()))?;
-    let gateway = Gateway::new(parse_keys(&text)?);
     for (flag, uri) in [
         ("--order-url", &args.order_url),
         ("--payment-url", &args.payment_url),
         ("--inventory-url", &args.inventory_url),
     ] {
-        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-            anyhow::bail!("{flag} must look like http://HOST:PORT, not {uri}");
+        let scheme = uri.scheme_str();
+        if !matches!(scheme, Some("http" | "https")) || uri.authority().is_none() {
+            anyhow::bail!("{flag} must look like http://HOST:PORT or https://HOST:PORT, not {uri}");
+        }
+        if scheme == Some("https") && !args.upstream_tls.has_ca() {
+            anyhow::bail!(
+                "{flag} is https:// ({uri}): give --upstream-ca, the CA that signs the services' certificates"
+            );
         }
     }
+    let text = std::fs::read_to_string(&args.keys)
+        .with_context(|| format!("cannot read the keys file {}", args.keys.display()))?;
+    let gateway = Gateway::new(parse_keys(&text)?);
+    let server_tls = args.tls.server_config()?;
+    let client_tls = args.upstream_tls.client_config()?;
     let upstreams = Upstreams {
         order: args.order_url.clone(),
         payment: args.payment_url.clone(),
@@ -57,14 +71,24 @@ pub fn run(args: &GatewayArgs) -> anyhow::Result<ExitCode> {
         let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
             .install_recorder()
             .context("cannot install the metrics recorder")?;
-        let router = gateway.protect(proxy::router(upstreams, Some(metrics)));
+        let router = gateway.protect(proxy::router_with_tls(upstreams, client_tls, Some(metrics)));
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        tracing::info!("gateway listening on http://{}", args.listen);
-        saldo_http::serve(listener, router, shutdown())
-            .await
-            .context("serving HTTP")?;
+        tracing::info!(
+            "gateway listening on {}://{}",
+            args.tls.scheme(),
+            args.listen
+        );
+        saldo_http::serve_with_tls(
+            listener,
+            router,
+            saldo_http::Limits::default(),
+            server_tls,
+            shutdown(),
+        )
+        .await
+        .context("serving HTTP")?;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })

@@ -10,6 +10,7 @@ mod migrate_command;
 mod reconcile_command;
 mod service_command;
 mod sim_command;
+mod tls_flags;
 
 use std::process::ExitCode;
 
@@ -56,7 +57,12 @@ enum Command {
     Payment(service_command::ServiceArgs),
     /// Run the outbox publisher of one service.
     // It shares the services' connection flags, but has no HTTP API.
-    #[command(mut_arg("http_address", |arg| arg.hide(true)))]
+    #[command(
+        mut_arg("http_address", |arg| arg.hide(true)),
+        mut_arg("tls_cert", |arg| arg.hide(true)),
+        mut_arg("tls_key", |arg| arg.hide(true)),
+        mut_arg("tls_client_ca", |arg| arg.hide(true))
+    )]
     Outbox(service_command::OutboxArgs),
     /// Run a Kafka-protocol broker for development and tests (librdkafka's mock cluster).
     Broker(service_command::BrokerArgs),

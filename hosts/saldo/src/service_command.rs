@@ -23,6 +23,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use saldo_http::api::{Api, Check};
 
 use crate::config::parse_duration;
+use crate::tls_flags::ListenerTls;
 
 /// The longest a publisher waits between empty rounds: commits wake it at
 /// once through their notification, so this only bounds a missed one.
@@ -62,6 +63,8 @@ pub struct ServiceArgs {
     /// for `inventory`.
     #[arg(long, env = "SALDO_HTTP_ADDRESS")]
     http_address: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    tls: ListenerTls,
     /// How long inbox receipts are kept before the purge deletes them (ADR
     /// 0015). A consumer refuses to start when this is shorter than the
     /// retention.ms of the topic it consumes.
@@ -185,13 +188,16 @@ async fn serve_api(
     }
     api.checks.push(broker_check(args)?);
     api.metrics = metrics;
+    let tls = args.tls.server_config()?;
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("cannot listen on {address}"))?;
-    tracing::info!(%service, "serving HTTP on http://{address}");
-    Ok(tokio::spawn(saldo_http::serve(
+    tracing::info!(%service, "serving HTTP on {}://{address}", args.tls.scheme());
+    Ok(tokio::spawn(saldo_http::serve_with_tls(
         listener,
         api.router(),
+        saldo_http::Limits::default(),
+        tls,
         stop,
     )))
 }
@@ -272,6 +278,12 @@ pub(crate) fn shutdown() -> impl std::future::Future<Output = ()> + Send + 'stat
 /// that its supervisor restarts it: a service that consumes nothing must
 /// not look alive.
 pub fn run_consumer(service: Service, args: &ServiceArgs) -> anyhow::Result<ExitCode> {
+    if args.tls.is_set() && args.http_address.is_none() {
+        bail!("the TLS flags apply to the HTTP API: give --http-address too");
+    }
+    // Certificate files are read before anything connects, so that a
+    // missing one is the first and only error.
+    args.tls.server_config()?;
     runtime()?.block_on(async {
         // Signal handlers before anything can be told to stop: a SIGTERM
         // right after start must stop the service cleanly, not kill it.
@@ -380,6 +392,9 @@ pub fn run_outbox(args: &OutboxArgs) -> anyhow::Result<ExitCode> {
         bail!(
             "saldo outbox has no HTTP API (--http-address {address}); serve its metrics with --metrics-address"
         );
+    }
+    if args.connection.tls.is_set() {
+        bail!("saldo outbox has no HTTP API, so no TLS flags");
     }
     runtime()?.block_on(async {
         let stop_requested = shutdown();

@@ -229,6 +229,40 @@ fn bad_arguments_give_one_readable_line_and_a_non_zero_exit() {
             ],
             "saldo outbox has no HTTP API",
         ),
+        (
+            vec![
+                "order",
+                "--database-url",
+                "postgres://x",
+                "--kafka-bootstrap",
+                "k",
+                "--http-address",
+                "127.0.0.1:0",
+                "--tls-cert",
+                "/nonexistent/cert.pem",
+                "--tls-key",
+                "/nonexistent/key.pem",
+            ],
+            "cannot read the certificate /nonexistent/cert.pem",
+        ),
+        (
+            vec!["dev", "--tls-cert", "/nonexistent/cert.pem"],
+            "--tls-key <FILE>",
+        ),
+        (
+            vec![
+                "gateway",
+                "--keys",
+                "/dev/null",
+                "--order-url",
+                "https://a:1",
+                "--payment-url",
+                "http://a:2",
+                "--inventory-url",
+                "http://a:3",
+            ],
+            "--order-url is https:// (https://a:1/): give --upstream-ca",
+        ),
         (vec!["nonsense"], "unrecognized subcommand 'nonsense'"),
     ] {
         let output = saldo(&args);

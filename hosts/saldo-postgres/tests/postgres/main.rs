@@ -9,3 +9,4 @@ mod operator;
 mod outbox;
 mod reconcile;
 mod retention;
+mod tls;
