@@ -28,8 +28,9 @@ use saldo_domain::order::{CancelReason, OrderStatus};
 use saldo_ledger::{ChainHash, Checkpoint, Entry, StoredEntry, StoredLeg};
 use saldo_reconcile::{
     ChainVerifier, Finding, LedgerFact, OrderFact, OrderFacts, PaymentFact, PaymentKind,
-    ReservationKind, RowsDigest, Settings, check_account, check_checkpoint, check_dead_letters,
-    check_entry_balance, check_order, check_outbox_row, check_stock, check_verified_rows,
+    ReservationFact, ReservationKind, RowsDigest, Settings, check_account, check_checkpoint,
+    check_dead_letters, check_entry_balance, check_order, check_outbox_row, check_stock,
+    check_verified_rows,
 };
 use saldo_types::{OrderId, Timestamp};
 use sqlx::postgres::{PgPool, PgRow};
@@ -539,7 +540,7 @@ async fn judge_orders(
         scope.filter("updated_at")
     );
     let reservations_sql = format!(
-        "{cte}SELECT order_id, state FROM inventory.reservations WHERE {} ORDER BY order_id COLLATE \"C\"",
+        "{cte}SELECT order_id, state, (body->'amount'->>'amount_minor')::bigint FROM inventory.reservations WHERE {} ORDER BY order_id COLLATE \"C\"",
         scope.filter("updated_at")
     );
     let ledger_sql = format!(
@@ -599,10 +600,11 @@ async fn judge_orders(
         }
         if let Some(head) = heads[2].take_if(|head| head.order_id == order_id) {
             let state: &str = head.row.try_get(1)?;
-            facts.reservation = Some(
-                ReservationKind::from_name(state)
+            facts.reservation = Some(ReservationFact {
+                state: ReservationKind::from_name(state)
                     .ok_or_else(|| corrupt(format!("reservation state {state:?}")))?,
-            );
+                amount_minor: head.row.try_get(2)?,
+            });
             heads[2] = next_keyed(&mut reservations).await?;
         }
         if let Some(head) = heads[3].take_if(|head| head.order_id == order_id) {

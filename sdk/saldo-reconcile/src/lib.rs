@@ -113,6 +113,9 @@ pub enum FindingKind {
     PaymentWithoutOrder,
     /// Stock sold for an order that does not exist.
     StockCommittedWithoutOrder,
+    /// An order's priced total differs from the total its reservation was
+    /// priced at: the customer is charged for something inventory did not price.
+    OrderAmountDisagreesWithReservation,
     /// A saga not ended long after its deadline.
     SagaStuck,
     /// An account's balance differs from the sum of its ledger legs.
@@ -125,7 +128,7 @@ pub enum FindingKind {
 
 impl FindingKind {
     /// Every kind, for metrics that report zero as well.
-    pub const ALL: [FindingKind; 20] = [
+    pub const ALL: [FindingKind; 21] = [
         FindingKind::ConfirmedWithoutCapturedPayment,
         FindingKind::PaymentWithoutBalancedEntries,
         FindingKind::EntriesWithoutPayment,
@@ -142,6 +145,7 @@ impl FindingKind {
         FindingKind::CancelledWithCommittedStock,
         FindingKind::PaymentWithoutOrder,
         FindingKind::StockCommittedWithoutOrder,
+        FindingKind::OrderAmountDisagreesWithReservation,
         FindingKind::SagaStuck,
         FindingKind::AccountDisagreesWithEntries,
         FindingKind::OutboxUnpublished,
@@ -165,6 +169,9 @@ impl FindingKind {
             FindingKind::ReservationHeldForFinishedOrder => "reservation_held_for_finished_order",
             FindingKind::ConfirmedWithoutCommittedStock => "confirmed_without_committed_stock",
             FindingKind::CancelledWithCommittedStock => "cancelled_with_committed_stock",
+            FindingKind::OrderAmountDisagreesWithReservation => {
+                "order_amount_disagrees_with_reservation"
+            }
             FindingKind::PaymentWithoutOrder => "payment_without_order",
             FindingKind::StockCommittedWithoutOrder => "stock_committed_without_order",
             FindingKind::SagaStuck => "saga_stuck",
@@ -316,6 +323,25 @@ impl ReservationKind {
     }
 }
 
+/// The inventory service's facts about one order's reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReservationFact {
+    /// Where it stands.
+    pub state: ReservationKind,
+    /// The total it was priced at, once reserved.
+    pub amount_minor: Option<i64>,
+}
+
+impl ReservationFact {
+    /// The facts of a reservation row.
+    pub fn of(reservation: &saldo_domain::inventory::ReservationRow) -> ReservationFact {
+        ReservationFact {
+            state: ReservationKind::of(&reservation.state),
+            amount_minor: reservation.amount.map(|amount| amount.amount_minor()),
+        }
+    }
+}
+
 /// The payment service's facts about one order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PaymentFact {
@@ -382,7 +408,7 @@ pub struct OrderFacts {
     /// The payment service's row, if any.
     pub payment: Option<PaymentFact>,
     /// The inventory service's reservation, if any.
-    pub reservation: Option<ReservationKind>,
+    pub reservation: Option<ReservationFact>,
     /// The ledger's entries for it.
     pub ledger: LedgerFact,
 }
@@ -446,6 +472,23 @@ pub fn check_order(facts: &OrderFacts, now: Timestamp, settings: &Settings) -> V
             }
         }
     }
+    if let (Some(order), Some(reservation)) = (&facts.order, &facts.reservation)
+        && order.amount_minor.is_some()
+        && matches!(
+            reservation.state,
+            ReservationKind::Held | ReservationKind::Committed
+        )
+        && reservation.amount_minor != order.amount_minor
+    {
+        findings.push(finding(
+            FindingKind::OrderAmountDisagreesWithReservation,
+            format!(
+                "the order's total is {:?}, its reservation was priced at {:?}",
+                order.amount_minor, reservation.amount_minor
+            ),
+        ));
+    }
+    let reservation = facts.reservation.map(|reservation| reservation.state);
     match facts.order.as_ref().map(|order| order.status) {
         Some(OrderStatus::Confirmed) => {
             let captured =
@@ -465,7 +508,7 @@ pub fn check_order(facts: &OrderFacts, now: Timestamp, settings: &Settings) -> V
                     ),
                 ));
             }
-            match facts.reservation {
+            match reservation {
                 Some(ReservationKind::Committed) => {}
                 Some(ReservationKind::Held) => findings.push(finding(
                     FindingKind::ReservationHeldForFinishedOrder,
@@ -484,7 +527,7 @@ pub fn check_order(facts: &OrderFacts, now: Timestamp, settings: &Settings) -> V
                     format!("cancelled with {} still charged", ledger.net_charged_minor),
                 ));
             }
-            match facts.reservation {
+            match reservation {
                 Some(ReservationKind::Held) => findings.push(finding(
                     FindingKind::CancelledWithHeldStock,
                     "cancelled but its stock is still reserved".to_owned(),
@@ -498,7 +541,7 @@ pub fn check_order(facts: &OrderFacts, now: Timestamp, settings: &Settings) -> V
         }
         Some(OrderStatus::Pending) => {}
         None => {
-            match facts.reservation {
+            match reservation {
                 Some(ReservationKind::Held) => findings.push(finding(
                     FindingKind::ReservationHeldForFinishedOrder,
                     "stock is reserved for an order that does not exist".to_owned(),

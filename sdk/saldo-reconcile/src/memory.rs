@@ -11,7 +11,7 @@ use saldo_ledger::{AccountId, Side};
 use saldo_types::{OrderId, Timestamp};
 
 use crate::{
-    ChainVerifier, Finding, LedgerFact, OrderFact, OrderFacts, PaymentFact, ReservationKind,
+    ChainVerifier, Finding, LedgerFact, OrderFact, OrderFacts, PaymentFact, ReservationFact,
     Settings, check_account, check_order, check_outbox_row, check_stock,
 };
 
@@ -32,7 +32,7 @@ pub fn reconcile(store: &MemoryStore, now: Timestamp, settings: &Settings) -> Ve
             }
             Row::Reservation(reservation) => {
                 entry(&mut orders, &reservation.order_id).reservation =
-                    Some(ReservationKind::of(&reservation.state));
+                    Some(ReservationFact::of(reservation));
                 if reservation.state == ReservationState::Held {
                     for line in &reservation.lines {
                         *held_by_sku.entry(line.sku.as_str().to_owned()).or_default() +=

@@ -34,6 +34,7 @@ fn every_finding_kind_has_its_stable_name() {
             "cancelled_with_committed_stock",
             "payment_without_order",
             "stock_committed_without_order",
+            "order_amount_disagrees_with_reservation",
             "saga_stuck",
             "account_disagrees_with_entries",
             "outbox_unpublished",
@@ -143,10 +144,13 @@ fn order_facts(
             state,
             amount_minor: 500,
         }),
-        reservation: Some(if status == OrderStatus::Confirmed {
-            ReservationKind::Committed
-        } else {
-            ReservationKind::Released
+        reservation: Some(ReservationFact {
+            state: if status == OrderStatus::Confirmed {
+                ReservationKind::Committed
+            } else {
+                ReservationKind::Released
+            },
+            amount_minor: Some(500),
         }),
         ledger: LedgerFact {
             charges: ledger.0,

@@ -14,7 +14,7 @@ use saldo_domain::story::Story;
 use saldo_types::Timestamp;
 
 use crate::{
-    Finding, FindingKind, LedgerFact, OrderFact, OrderFacts, PaymentFact, ReservationKind,
+    Finding, FindingKind, LedgerFact, OrderFact, OrderFacts, PaymentFact, ReservationFact,
     Settings, check_order,
 };
 
@@ -36,7 +36,7 @@ pub fn order_facts(story: &Story) -> OrderFacts {
                 facts.payment = Some(PaymentFact::of(payment));
             }
             Row::Reservation(reservation) if reservation.order_id == story.order_id => {
-                facts.reservation = Some(ReservationKind::of(&reservation.state));
+                facts.reservation = Some(ReservationFact::of(reservation));
             }
             _ => {}
         }

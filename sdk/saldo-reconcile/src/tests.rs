@@ -35,7 +35,10 @@ fn facts(
             state: PaymentKind::of(&state),
             amount_minor: 500,
         }),
-        reservation: reservation.as_ref().map(ReservationKind::of),
+        reservation: reservation.as_ref().map(|state| ReservationFact {
+            state: ReservationKind::of(state),
+            amount_minor: Some(500),
+        }),
         ledger: LedgerFact {
             charges: ledger.0,
             refunds: ledger.1,
@@ -54,6 +57,14 @@ fn refunded() -> Option<PaymentState> {
         charge_id: id(),
         refund_id: id(),
     })
+}
+
+/// `facts` with its reservation priced at `amount_minor` (the order's is 500).
+fn priced(mut facts: OrderFacts, amount_minor: Option<i64>) -> OrderFacts {
+    if let Some(reservation) = facts.reservation.as_mut() {
+        reservation.amount_minor = amount_minor;
+    }
+    facts
 }
 
 const CONFIRMED: OrderStatus = OrderStatus::Confirmed;
@@ -79,6 +90,9 @@ const CANCELLED: OrderStatus = OrderStatus::Cancelled(CancelReason::Insufficient
 #[case::captured_for_no_order(facts(None, captured(), None, (1, 0, 500)), vec![FindingKind::PaymentWithoutOrder])]
 #[case::refunded_for_no_order(facts(None, refunded(), None, (1, 1, 0)), vec![])]
 #[case::committed_for_no_order(facts(None, None, Some(ReservationState::Committed), (0, 0, 0)), vec![FindingKind::StockCommittedWithoutOrder])]
+#[case::order_priced_above_its_reservation(priced(facts(Some((CONFIRMED, OLD)), captured(), Some(ReservationState::Committed), (1, 0, 500)), Some(400)), vec![FindingKind::OrderAmountDisagreesWithReservation])]
+#[case::held_reservation_never_priced(priced(facts(Some((OrderStatus::Pending, OLD)), None, Some(ReservationState::Held), (0, 0, 0)), None), vec![FindingKind::SagaStuck, FindingKind::OrderAmountDisagreesWithReservation])]
+#[case::released_reservation_is_not_compared(priced(facts(Some((CANCELLED, OLD)), refunded(), Some(ReservationState::Released), (1, 1, 0)), Some(1)), vec![])]
 fn orders_are_judged_by_their_facts(#[case] facts: OrderFacts, #[case] expected: Vec<FindingKind>) {
     // Proves each per-order rule fires on exactly its failure, with the order's id.
     let settings = Settings {

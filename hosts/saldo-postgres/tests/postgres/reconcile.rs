@@ -200,6 +200,7 @@ enum Injection {
     CancelledWithCommittedStock,
     ForgedLegs,
     ColumnDisagreesWithPosting,
+    ReservationPricedOtherwise,
 }
 
 async fn inject(driver: &Driver, injection: Injection) {
@@ -261,6 +262,9 @@ async fn inject(driver: &Driver, injection: Injection) {
             )
             .await
         }
+        // The order was charged a total its reservation was not priced at
+        // (what an operator inventing a reservation's reply would leave).
+        Injection::ReservationPricedOtherwise => admin(driver, "UPDATE inventory.reservations SET body = jsonb_set(body, '{amount,amount_minor}', to_jsonb((body->'amount'->>'amount_minor')::bigint - 100)) WHERE order_id = 'o1'").await,
         // A column readers query, changed while the hashed posting is not.
         Injection::ColumnDisagreesWithPosting => {
             admin(
@@ -308,6 +312,7 @@ async fn inject(driver: &Driver, injection: Injection) {
 ])]
 #[case::confirmed_with_released_stock(Injection::ConfirmedWithReleasedStock, &[(FindingKind::ConfirmedWithoutCommittedStock, "order:o1")])]
 #[case::cancelled_with_committed_stock(Injection::CancelledWithCommittedStock, &[(FindingKind::CancelledWithCommittedStock, "order:o2")])]
+#[case::reservation_priced_otherwise(Injection::ReservationPricedOtherwise, &[(FindingKind::OrderAmountDisagreesWithReservation, "order:o1")])]
 #[case::forged_legs(Injection::ForgedLegs, &[(FindingKind::EntryRowsDisagreeWithPosting, "entry:1")])]
 #[case::column_disagrees_with_posting(Injection::ColumnDisagreesWithPosting, &[
     (FindingKind::ConfirmedWithoutCapturedPayment, "order:o1"),
