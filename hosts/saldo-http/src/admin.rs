@@ -31,12 +31,13 @@ use saldo_domain::Rules;
 use saldo_domain::messages::{MessageId, Service};
 use saldo_domain::operator::{
     Actor, DeadLetterAction, DeadLetterRefused, Intervened, OrderAction, OrderIntervention,
-    OrderInterventionRefused, Resolution, decide_dead_letter, decide_order_intervention,
+    OrderInterventionRefused, Resolution, Run, decide_dead_letter, decide_order_intervention,
     order_intervention_read_set, order_summary,
 };
 use saldo_domain::order::OrderStatus;
 use saldo_domain::story::{STORY_ITEMS_MAX, Story, StoryPart};
 use saldo_engine::{OperatorStore, OrderQuery, PAGE_MAX, Store, execute, read};
+use saldo_saga::Phase;
 use saldo_types::{Id128, OrderId, Timestamp};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -250,9 +251,11 @@ async fn orders(State(admin): Shared, RawQuery(query): RawQuery) -> Result<Respo
 struct InterventionRequest {
     action: String,
     #[serde(default)]
-    outcome: Option<String>,
+    step: Option<String>,
     #[serde(default)]
-    amount_minor: Option<i64>,
+    phase: Option<Phase>,
+    #[serde(default)]
+    outcome: Option<Resolution>,
     #[serde(default)]
     expected_version: Option<u64>,
     #[serde(default)]
@@ -260,24 +263,22 @@ struct InterventionRequest {
 }
 
 fn order_action(request: &InterventionRequest) -> Result<OrderAction, Problem> {
-    match (request.action.as_str(), request.outcome.as_deref()) {
-        ("retry_now", None) => Ok(OrderAction::RetryNow),
-        ("force_compensation", None) => Ok(OrderAction::ForceCompensation),
-        ("resolve", Some("succeeded")) => Ok(OrderAction::Resolve {
-            outcome: Resolution::Succeeded {
-                amount_minor: request.amount_minor,
-            },
-        }),
-        ("resolve", Some("failed")) => Ok(OrderAction::Resolve {
-            outcome: Resolution::Failed,
+    let resolving = (&request.step, request.phase, request.outcome);
+    match (request.action.as_str(), resolving) {
+        ("retry_now", (None, None, None)) => Ok(OrderAction::RetryNow),
+        ("force_compensation", (None, None, None)) => Ok(OrderAction::ForceCompensation),
+        ("resolve", (Some(step), Some(phase), Some(outcome))) => Ok(OrderAction::Resolve {
+            step: step.clone(),
+            phase,
+            outcome,
         }),
         ("resolve", _) => Err(Problem::invalid_field(
-            "outcome",
-            "resolve needs outcome \"succeeded\" or \"failed\"",
+            "step",
+            "resolve names the awaited step (its step_name), its phase (\"action\" or \"compensation\") and the outcome (\"succeeded\" or \"failed\")",
         )),
-        ("retry_now" | "force_compensation", Some(_)) => Err(Problem::invalid_field(
+        ("retry_now" | "force_compensation", _) => Err(Problem::invalid_field(
             "outcome",
-            "only resolve takes an outcome",
+            "only resolve takes a step, a phase and an outcome",
         )),
         _ => Err(Problem::invalid_field(
             "action",
@@ -289,7 +290,9 @@ fn order_action(request: &InterventionRequest) -> Result<OrderAction, Problem> {
 fn intervention_problem(refused: OrderInterventionRefused) -> Problem {
     let status = match refused {
         OrderInterventionRefused::OrderNotFound(_) => StatusCode::NOT_FOUND,
-        OrderInterventionRefused::AmountRequired => StatusCode::UNPROCESSABLE_ENTITY,
+        OrderInterventionRefused::VersionRequired
+        | OrderInterventionRefused::UnknownStep(_)
+        | OrderInterventionRefused::NeedsParticipantReply => StatusCode::UNPROCESSABLE_ENTITY,
         OrderInterventionRefused::VersionChanged { .. } | OrderInterventionRefused::Saga(_) => {
             StatusCode::CONFLICT
         }
@@ -304,12 +307,12 @@ fn intervention_problem(refused: OrderInterventionRefused) -> Problem {
 
 /// What an intervention answers: its decision as data, and whether it was
 /// only shown (a dry run) or committed.
-fn intervened(dry_run: bool, expected_version: Option<u64>, done: Intervened) -> Response {
+fn intervened(dry_run: bool, done: Intervened) -> Response {
     axum::Json(json!({
         "dry_run": dry_run,
         "target": done.target,
         "action": done.action,
-        "expected_version": expected_version,
+        "expected_version": done.decided_on,
         "decision": done.decision,
     }))
     .into_response()
@@ -371,25 +374,25 @@ async fn intervene(
     let read_set = order_intervention_read_set(&intervention.order_id);
     let store = admin.store(Service::Order);
     let now = (admin.clock)();
-    let seen = read(store, &read_set)
-        .await
-        .map_err(Problem::unavailable)?
-        .order(&intervention.order_id)
-        .0;
     let definition = &admin.rules.order_saga;
+    let run = if request.dry_run {
+        Run::DryRun
+    } else {
+        Run::Commit
+    };
     let done = decide_or_commit(
         store,
         &read_set,
         request.dry_run,
         now,
-        |snapshot| decide_order_intervention(definition, snapshot, &intervention, &actor, now),
+        |snapshot| decide_order_intervention(definition, snapshot, &intervention, run, &actor, now),
         intervention_problem,
     )
     .await?;
     if !request.dry_run {
         tracing::warn!(alert = false, principal = %actor.principal, action = %done.action, target = %done.target, "operator intervention committed");
     }
-    Ok(intervened(request.dry_run, Some(seen), done))
+    Ok(intervened(request.dry_run, done))
 }
 
 /// `POST /admin/{service}/dead-letters/{id}`.
@@ -456,7 +459,7 @@ async fn settle_dead_letter(
         dead_letter_problem,
     )
     .await?;
-    Ok(intervened(request.dry_run, None, done))
+    Ok(intervened(request.dry_run, done))
 }
 
 async fn dead_letters(

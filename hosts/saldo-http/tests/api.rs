@@ -1772,6 +1772,46 @@ mod admin {
             json!([]),
             "a dry run writes no audit record"
         );
+        let unseen = send(
+            &router,
+            "POST",
+            &path,
+            &[],
+            Some(json!({ "action": "retry_now" })),
+        )
+        .await;
+        assert_eq!(
+            code(&unseen),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("version_required")),
+            "a real run names the version the operator saw"
+        );
+        for (resolution, expected) in [
+            (
+                json!({ "step": "take_payment", "phase": "action", "outcome": "failed" }),
+                (StatusCode::CONFLICT, Some("step_not_awaited")),
+            ),
+            (
+                json!({ "step": "reserve_stock", "phase": "compensation", "outcome": "succeeded" }),
+                (StatusCode::CONFLICT, Some("step_not_awaited")),
+            ),
+            (
+                json!({ "step": "reserve_stock", "phase": "action", "outcome": "succeeded" }),
+                (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    Some("needs_participant_reply"),
+                ),
+            ),
+            (
+                json!({ "step": "ship", "phase": "action", "outcome": "failed" }),
+                (StatusCode::UNPROCESSABLE_ENTITY, Some("unknown_step")),
+            ),
+        ] {
+            let mut body = resolution.clone();
+            body["action"] = json!("resolve");
+            body["expected_version"] = json!(version);
+            let refused = send(&router, "POST", &path, &[], Some(body)).await;
+            assert_eq!(code(&refused), expected, "{resolution}");
+        }
         let applied = send(
             &router,
             "POST",
@@ -1830,7 +1870,7 @@ mod admin {
             "POST",
             &path,
             &[],
-            Some(json!({ "action": "force_compensation" })),
+            Some(json!({ "action": "force_compensation", "expected_version": seen_version(&router, &order_id).await })),
         )
         .await;
         assert_eq!(forced.status, StatusCode::OK, "{}", forced.body);
@@ -1903,12 +1943,23 @@ mod admin {
             code(&no_orders_for_ops),
             (StatusCode::FORBIDDEN, Some("scope_missing"))
         );
+        let path = format!("/admin/order/orders/{order_id}");
+        let dry = send(
+            &router,
+            "POST",
+            &path,
+            &ops,
+            Some(json!({ "action": "retry_now", "dry_run": true })),
+        )
+        .await;
         let applied = send(
             &router,
             "POST",
-            &format!("/admin/order/orders/{order_id}"),
+            &path,
             &ops,
-            Some(json!({ "action": "retry_now" })),
+            Some(
+                json!({ "action": "retry_now", "expected_version": dry.body["expected_version"] }),
+            ),
         )
         .await;
         assert_eq!(applied.status, StatusCode::OK, "{}", applied.body);
@@ -1917,6 +1968,18 @@ mod admin {
             audit.body["items"][0]["actor"],
             json!({ "principal": "ops", "key": "ops" })
         );
+    }
+
+    /// The order's version as an operator's listing shows it.
+    async fn seen_version(router: &Router, order_id: &str) -> u64 {
+        let listed = send(router, "GET", "/admin/order/orders", &[], None).await;
+        listed.body["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|order| order["order_id"] == order_id)
+            .and_then(|order| order["version"].as_u64())
+            .expect("the order is listed with its version")
     }
 
     async fn seed_with(router: &Router, key: &[(&str, &str)]) {

@@ -2,11 +2,14 @@
 //!
 //! Every action calls the gateway (or `saldo dev`) over HTTP with an API key
 //! that has the `admin` scope. Interventions are decided by the services from
-//! their live rows: `--dry-run` prints the decision without writing, and a
-//! real run sends the version its own dry run saw, so nothing that changed in
-//! between is overwritten (409 `version_changed`: look again). Bulk forms act
-//! on a listed selection of at most `BULK_SELECTION_MAX` items and only with
-//! `--yes`.
+//! their live rows: `--dry-run` prints the decision (and the order's
+//! version) without writing, and a real run sends the version the operator
+//! saw, so nothing that changed since is overwritten (409 `version_changed`:
+//! look again). `resolve` states a participant's answer, so it acts on one
+//! order, names the awaited step and phase, and needs `--expected-version`
+//! from its dry run. Bulk forms act on a listed selection of at most
+//! `BULK_SELECTION_MAX` items, only with `--yes`, each with the version the
+//! listing showed.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -108,6 +111,10 @@ struct Targets {
     order_id: Option<String>,
     #[command(flatten)]
     selection: Selection,
+    /// The order's version as you saw it (its dry run prints it); without
+    /// it, one order is acted on at the version its own dry run sees.
+    #[arg(long, requires = "order_id")]
+    expected_version: Option<u64>,
     /// Show the decision (rows, messages, postings) and write nothing.
     #[arg(long)]
     dry_run: bool,
@@ -150,16 +157,27 @@ enum AdminCommand {
     /// Turn the saga back: compensate the awaited step and the completed
     /// ones in reverse, once each. Refused past the point of no return.
     ForceCompensation(Targets),
-    /// State the awaited step's outcome for a participant that cannot answer.
+    /// State the awaited step's outcome for one order whose participant
+    /// cannot answer. Never in bulk; `reserve_stock` cannot be resolved as
+    /// succeeded (only inventory knows the price: use retry-now).
     Resolve {
-        #[command(flatten)]
-        targets: Targets,
+        /// The order.
+        order_id: String,
+        /// The awaited step, as `orders` lists it (`take_payment`, ...).
+        #[arg(long)]
+        step: String,
+        /// The awaited phase.
+        #[arg(long, value_parser = ["action", "compensation"])]
+        phase: String,
         /// What happened.
         #[arg(long, value_parser = ["succeeded", "failed"])]
         outcome: String,
-        /// The priced total in minor units (resolving reserve_stock as succeeded).
+        /// The order's version its dry run printed (required unless --dry-run).
+        #[arg(long, required_unless_present = "dry_run")]
+        expected_version: Option<u64>,
+        /// Show the decision and write nothing.
         #[arg(long)]
-        amount_minor: Option<i64>,
+        dry_run: bool,
     },
     /// Publish a dead letter again through its consumer's outbox (its inbox
     /// makes a second delivery safe), and delete it.
@@ -305,13 +323,29 @@ async fn run_async(args: &AdminArgs) -> anyhow::Result<ExitCode> {
             intervene(&client, targets, json!({ "action": "force_compensation" })).await?;
         }
         AdminCommand::Resolve {
-            targets,
+            order_id,
+            step,
+            phase,
             outcome,
-            amount_minor,
+            expected_version,
+            dry_run,
         } => {
-            let body =
-                json!({ "action": "resolve", "outcome": outcome, "amount_minor": amount_minor });
-            intervene(&client, targets, body).await?;
+            let body = json!({
+                "action": "resolve",
+                "step": step,
+                "phase": phase,
+                "outcome": outcome,
+                "expected_version": expected_version,
+                "dry_run": dry_run,
+            });
+            let done = client
+                .call(
+                    Method::POST,
+                    &format!("/admin/order/orders/{order_id}"),
+                    Some(&body),
+                )
+                .await?;
+            show(&client, &done, print_intervened);
         }
         AdminCommand::Redrive(letter) => {
             settle(&client, letter, json!({ "action": "redrive" })).await?;
@@ -362,8 +396,11 @@ fn bulk(ids: Vec<String>, yes: bool, what: &str) -> anyhow::Result<Vec<String>> 
 }
 
 async fn intervene(client: &Client, targets: &Targets, action: Value) -> anyhow::Result<()> {
-    let ids = match &targets.order_id {
-        Some(order_id) => vec![order_id.clone()],
+    // Each order with the version the operator saw: the one named, or the
+    // listing's (`None`: one order without --expected-version, acted on at
+    // the version of its own dry run).
+    let orders: Vec<(String, Option<Value>)> = match &targets.order_id {
+        Some(order_id) => vec![(order_id.clone(), targets.expected_version.map(Value::from))],
         None => {
             let page = client
                 .call(
@@ -372,39 +409,49 @@ async fn intervene(client: &Client, targets: &Targets, action: Value) -> anyhow:
                     None,
                 )
                 .await?;
-            let ids = page["items"]
+            let listed: Vec<(String, Option<Value>)> = page["items"]
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter_map(|order| order["order_id"].as_str().map(str::to_owned))
+                .filter_map(|order| {
+                    let id = order["order_id"].as_str()?.to_owned();
+                    Some((id, Some(order["version"].clone())))
+                })
                 .collect();
-            if targets.dry_run {
-                ids
-            } else {
-                bulk(ids, targets.yes, "orders")?
+            if !targets.dry_run {
+                let ids = listed.iter().map(|(id, _)| id.clone()).collect();
+                bulk(ids, targets.yes, "orders")?;
             }
+            listed
         }
     };
     let mut failures = 0;
-    for order_id in ids {
+    for (order_id, seen) in orders {
         let path = format!("/admin/order/orders/{order_id}");
-        let mut body = action.clone();
-        // The dry run's version guards the real run: nothing that changed
-        // in between is overwritten.
-        let dry = client
-            .call(
-                Method::POST,
-                &path,
-                Some(&with(&body, "dry_run", json!(true))),
-            )
-            .await;
-        let outcome = match dry {
-            Ok(dry) if targets.dry_run => Ok(dry),
-            Ok(dry) => {
-                body = with(&body, "expected_version", dry["expected_version"].clone());
+        let outcome = match seen {
+            Some(version) => {
+                let body = with(&action, "expected_version", version);
+                let body = with(&body, "dry_run", json!(targets.dry_run));
                 client.call(Method::POST, &path, Some(&body)).await
             }
-            Err(error) => Err(error),
+            None => {
+                let dry = client
+                    .call(
+                        Method::POST,
+                        &path,
+                        Some(&with(&action, "dry_run", json!(true))),
+                    )
+                    .await;
+                match dry {
+                    Ok(dry) if targets.dry_run => Ok(dry),
+                    Ok(dry) => {
+                        let body =
+                            with(&action, "expected_version", dry["expected_version"].clone());
+                        client.call(Method::POST, &path, Some(&body)).await
+                    }
+                    Err(error) => Err(error),
+                }
+            }
         };
         match outcome {
             Ok(done) => show(client, &done, print_intervened),
@@ -582,8 +629,12 @@ fn print_intervened(done: &Value) {
     } else {
         "committed"
     };
+    let version = match &done["expected_version"] {
+        Value::Null => String::new(),
+        version => format!(" (decided on version {version})"),
+    };
     println!(
-        "{} {}: {verb}:",
+        "{} {}{version}: {verb}:",
         done["action"].as_str().unwrap_or("?"),
         done["target"].as_str().unwrap_or("?")
     );

@@ -16,8 +16,8 @@
 
 use std::sync::Arc;
 
-use saldo_saga::{Definition, Outcome, SagaState, Transition};
-use saldo_types::{Id128, Money, OrderId, Timestamp};
+use saldo_saga::{Definition, Outcome, Phase, SagaState, Transition};
+use saldo_types::{Id128, OrderId, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -77,6 +77,10 @@ pub enum OrderAction {
     ForceCompensation,
     /// State the awaited step's outcome for a participant that cannot answer.
     Resolve {
+        /// The awaited step, by the name the listing shows (`step_name`).
+        step: String,
+        /// The awaited phase.
+        phase: Phase,
         /// What happened.
         outcome: Resolution,
     },
@@ -95,17 +99,22 @@ impl OrderAction {
 
 /// The outcome an operator states for an awaited step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Resolution {
-    /// The step took effect. Resolving `reserve_stock` so must name the
-    /// priced total, which the reservation's reply would have carried.
-    Succeeded {
-        /// The order's total in minor units (only for `reserve_stock`).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        amount_minor: Option<i64>,
-    },
+    /// The step took effect. Never for `reserve_stock`'s action: its success
+    /// carries the priced total, which only the inventory service knows.
+    Succeeded,
     /// The step's action had no effect (only for actions).
     Failed,
+}
+
+/// Whether an intervention is only shown or committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Run {
+    /// Decide and show the decision; write nothing.
+    DryRun,
+    /// Decide and commit. Needs the version the operator saw.
+    Commit,
 }
 
 /// An intervention on one order.
@@ -115,8 +124,9 @@ pub struct OrderIntervention {
     pub order_id: OrderId,
     /// What to do.
     pub action: OrderAction,
-    /// The order row's version the operator saw (its dry run's); `None`
-    /// decides against whatever is live.
+    /// The order row's version the operator saw (in a listing or a dry
+    /// run). A commit needs it, so that nothing the operator has not seen is
+    /// overwritten; a dry run without it shows what the live row would get.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_version: Option<Version>,
 }
@@ -137,13 +147,24 @@ pub enum OrderInterventionRefused {
         /// The live version.
         found: Version,
     },
+    /// A committed intervention must name the version the operator saw
+    /// (HTTP 422 `version_required`): dry-run first.
+    #[error("an intervention that is not a dry run must name the order's expected_version")]
+    VersionRequired,
+    /// The resolution names a step the saga does not have (HTTP 422
+    /// `unknown_step`).
+    #[error("the order saga has no step {0:?}")]
+    UnknownStep(String),
+    /// Resolving `reserve_stock`'s action as succeeded would let the saga
+    /// charge an amount no service priced (HTTP 422
+    /// `needs_participant_reply`): retry it, or resolve it as failed.
+    #[error(
+        "reserve_stock's success carries the priced total only the inventory service knows: retry_now to ask it again, or resolve it as failed"
+    )]
+    NeedsParticipantReply,
     /// The saga's rules refuse it (HTTP 409 with the saga's code).
     #[error(transparent)]
     Saga(#[from] saldo_saga::InterventionRefused),
-    /// Resolving `reserve_stock` as succeeded needs the priced total (HTTP
-    /// 422 `amount_required`).
-    #[error("resolving reserve_stock as succeeded needs the order's amount")]
-    AmountRequired,
 }
 
 impl OrderInterventionRefused {
@@ -152,15 +173,18 @@ impl OrderInterventionRefused {
         match self {
             OrderInterventionRefused::OrderNotFound(_) => "order_not_found",
             OrderInterventionRefused::VersionChanged { .. } => "version_changed",
+            OrderInterventionRefused::VersionRequired => "version_required",
+            OrderInterventionRefused::UnknownStep(_) => "unknown_step",
+            OrderInterventionRefused::NeedsParticipantReply => "needs_participant_reply",
             OrderInterventionRefused::Saga(refused) => match refused {
                 saldo_saga::InterventionRefused::Finished => "saga_finished",
                 saldo_saga::InterventionRefused::PastPivot { .. } => "past_pivot",
                 saldo_saga::InterventionRefused::AlreadyCompensating => "already_compensating",
+                saldo_saga::InterventionRefused::NotAwaited { .. } => "step_not_awaited",
                 saldo_saga::InterventionRefused::CompensationMustSucceed => {
                     "compensation_must_succeed"
                 }
             },
-            OrderInterventionRefused::AmountRequired => "amount_required",
         }
     }
 }
@@ -180,17 +204,22 @@ pub struct Intervened {
     pub target: String,
     /// The action's name.
     pub action: String,
+    /// The order row's version the decision was decided on (none for a
+    /// dead letter): the `expected_version` that commits what a dry run showed.
+    pub decided_on: Option<Version>,
     /// The decision, as data: what was (or would be) committed.
     pub decision: Value,
 }
 
 /// Decides an intervention on an order's saga from its live row: the new
 /// row (version-checked), the commands it sends through the order outbox,
-/// and the audit record.
+/// and the audit record. A [`Run::Commit`] needs the version the operator
+/// saw.
 pub fn decide_order_intervention(
     definition: &Definition<OrderCommand>,
     snapshot: &Snapshot,
     intervention: &OrderIntervention,
+    run: Run,
     actor: &Actor,
     now: Timestamp,
 ) -> Result<Decided<Intervened>, OrderInterventionRefused> {
@@ -198,6 +227,9 @@ pub fn decide_order_intervention(
     let (version, Some(row)) = snapshot.order(order_id) else {
         return Err(OrderInterventionRefused::OrderNotFound(order_id.clone()));
     };
+    if run == Run::Commit && intervention.expected_version.is_none() {
+        return Err(OrderInterventionRefused::VersionRequired);
+    }
     if let Some(expected) = intervention.expected_version
         && expected != version
     {
@@ -223,14 +255,16 @@ pub fn decide_order_intervention(
     );
     publish_transition(&mut decision, &mut row, transition, cause, now);
     decision.write(version, Row::Order(Arc::new(row)));
-    Ok(audited(
+    let mut decided = audited(
         decision,
         Service::Order,
         actor,
         intervention.action.name(),
         format!("order:{order_id}"),
         now,
-    ))
+    );
+    decided.reply.decided_on = Some(version);
+    Ok(decided)
 }
 
 fn apply_action(
@@ -242,29 +276,30 @@ fn apply_action(
     match action {
         OrderAction::RetryNow => Ok(row.saga.retry_now(definition, now)?),
         OrderAction::ForceCompensation => Ok(row.saga.force_compensation(definition, now)?),
-        OrderAction::Resolve { outcome } => {
-            let awaits_reservation = matches!(
-                row.saga.awaiting(),
-                SagaState::ActionReply {
-                    step: STEP_RESERVE_STOCK,
-                    ..
-                } | SagaState::ActionRetry {
-                    step: STEP_RESERVE_STOCK,
-                    ..
-                }
-            );
-            let outcome = match *outcome {
-                Resolution::Succeeded { amount_minor } => {
-                    if awaits_reservation {
-                        let amount_minor =
-                            amount_minor.ok_or(OrderInterventionRefused::AmountRequired)?;
-                        row.amount = Some(Money::from_minor(amount_minor, row.currency));
-                    }
-                    Outcome::Succeeded
-                }
+        OrderAction::Resolve {
+            step,
+            phase,
+            outcome,
+        } => {
+            let index = definition
+                .steps()
+                .iter()
+                .position(|candidate| candidate.name == *step)
+                .ok_or_else(|| OrderInterventionRefused::UnknownStep(step.clone()))?;
+            let named = (index, *phase);
+            // The saga refuses a step it does not await (it moved on since
+            // the operator looked); this rule is for the one it does.
+            if named == (STEP_RESERVE_STOCK, Phase::Action)
+                && *outcome == Resolution::Succeeded
+                && row.saga.awaiting().step_and_phase() == Some(named)
+            {
+                return Err(OrderInterventionRefused::NeedsParticipantReply);
+            }
+            let outcome = match outcome {
+                Resolution::Succeeded => Outcome::Succeeded,
                 Resolution::Failed => Outcome::Failed(CancelReason::CancelledByOperator),
             };
-            Ok(row.saga.resolve(definition, now, outcome)?)
+            Ok(row.saga.resolve(definition, now, named, outcome)?)
         }
     }
 }
@@ -297,6 +332,7 @@ fn audited(
         reply: Intervened {
             target,
             action: action.to_owned(),
+            decided_on: None,
             decision: shown,
         },
     }
@@ -358,6 +394,19 @@ pub enum DeadLetterRefused {
     /// discard can settle it.
     #[error("the dead letter's bytes are not a message: {0}")]
     NotRedrivable(DecodeError),
+    /// Its message is addressed to another service than the consumer that
+    /// dead-lettered it (HTTP 422 `not_for_this_consumer`): a redrive through
+    /// this consumer's outbox would deliver bytes someone wrote to this
+    /// consumer's topic to that other service. Only a discard settles it.
+    #[error("the dead letter is a {message_type} addressed to {addressed_to:?}, not to {service}")]
+    NotForThisConsumer {
+        /// The message's type.
+        message_type: String,
+        /// The service it is addressed to (`None`: a notification nobody consumes).
+        addressed_to: Option<Service>,
+        /// The consumer that dead-lettered it.
+        service: Service,
+    },
     /// A discard needs a reason of 1 to [`DISCARD_REASON_LENGTH_MAX`]
     /// characters (HTTP 422 `reason_required`).
     #[error("a discard needs a reason of 1 to {DISCARD_REASON_LENGTH_MAX} characters")]
@@ -369,6 +418,7 @@ impl DeadLetterRefused {
     pub fn code(&self) -> &'static str {
         match self {
             DeadLetterRefused::NotRedrivable(_) => "not_redrivable",
+            DeadLetterRefused::NotForThisConsumer { .. } => "not_for_this_consumer",
             DeadLetterRefused::ReasonRequired => "reason_required",
         }
     }
@@ -395,6 +445,14 @@ pub fn decide_dead_letter(
         DeadLetterAction::Redrive => {
             let envelope =
                 Envelope::decode(&letter.payload).map_err(DeadLetterRefused::NotRedrivable)?;
+            let addressed_to = envelope.payload.consumer();
+            if addressed_to != Some(letter.service) {
+                return Err(DeadLetterRefused::NotForThisConsumer {
+                    message_type: envelope.payload.message_type().to_owned(),
+                    addressed_to,
+                    service: letter.service,
+                });
+            }
             decision.publish(letter.service, envelope);
         }
         DeadLetterAction::Discard { reason } => {
@@ -415,7 +473,8 @@ pub fn decide_dead_letter(
     if let (DeadLetterAction::Discard { reason }, Some(audit)) =
         (action, decided.decision.audit.as_mut())
     {
-        audit.dry_run = json!({ "decision": audit.dry_run, "reason": reason });
+        // The reason as checked: trimmed, so the bound holds for what is stored.
+        audit.dry_run = json!({ "decision": audit.dry_run, "reason": reason.trim() });
     }
     Ok(decided)
 }

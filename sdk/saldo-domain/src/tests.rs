@@ -1310,9 +1310,10 @@ mod interventions {
     use super::*;
     use crate::operator::{
         Actor, DeadLetterAction, DeadLetterRefused, DeadLetterRow, OrderAction, OrderIntervention,
-        OrderInterventionRefused, Resolution, decide_dead_letter, decide_order_intervention,
+        OrderInterventionRefused, Resolution, Run, decide_dead_letter, decide_order_intervention,
         order_intervention_read_set,
     };
+    use saldo_saga::Phase;
 
     fn actor() -> Actor {
         Actor {
@@ -1321,15 +1322,19 @@ mod interventions {
         }
     }
 
+    /// Commits `action` on order-1 as an operator who saw version
+    /// `expected_version` (`None`: the live one).
     fn intervene(
         world: &mut World,
         action: OrderAction,
         expected_version: Option<u64>,
     ) -> Result<crate::operator::Intervened, ExecuteError<OrderInterventionRefused>> {
+        let order_id = OrderId::new("order-1").expect("valid");
+        let live = world.store.load(&order_intervention_read_set(&order_id));
         let intervention = OrderIntervention {
-            order_id: OrderId::new("order-1").expect("valid"),
+            expected_version: Some(expected_version.unwrap_or(live.order(&order_id).0)),
+            order_id,
             action,
-            expected_version,
         };
         let definition = world.rules.order_saga.clone();
         let now = world.now;
@@ -1338,9 +1343,24 @@ mod interventions {
             &order_intervention_read_set(&intervention.order_id),
             now,
             |snapshot| {
-                decide_order_intervention(&definition, snapshot, &intervention, &actor(), now)
+                decide_order_intervention(
+                    &definition,
+                    snapshot,
+                    &intervention,
+                    Run::Commit,
+                    &actor(),
+                    now,
+                )
             },
         )
+    }
+
+    fn resolve(step: &str, phase: Phase, outcome: Resolution) -> OrderAction {
+        OrderAction::Resolve {
+            step: step.to_owned(),
+            phase,
+            outcome,
+        }
     }
 
     /// Alice's order for one apple, with the first `delivered` messages of
@@ -1387,33 +1407,110 @@ mod interventions {
     }
 
     #[test]
-    fn resolving_a_reservation_needs_the_amount_and_then_moves_on() {
-        // Proves resolving reserve_stock as succeeded is refused without an amount, and with one the saga charges that amount.
+    fn a_reservation_cannot_be_resolved_as_succeeded_but_can_be_resolved_as_failed() {
+        // Proves resolving reserve_stock's action as succeeded is refused (only inventory knows the priced total an operator would otherwise invent), and resolving it as failed cancels the order without money moving.
         let mut world = stuck_after(0);
         let refused = intervene(
             &mut world,
-            OrderAction::Resolve {
-                outcome: Resolution::Succeeded { amount_minor: None },
-            },
+            resolve("reserve_stock", Phase::Action, Resolution::Succeeded),
             None,
         );
         assert_eq!(
             refused,
             Err(ExecuteError::Rejected(
-                OrderInterventionRefused::AmountRequired
+                OrderInterventionRefused::NeedsParticipantReply
             ))
         );
+        assert_eq!(world.order(1).amount, None);
         intervene(
             &mut world,
-            OrderAction::Resolve {
-                outcome: Resolution::Succeeded {
-                    amount_minor: Some(150),
-                },
-            },
+            resolve("reserve_stock", Phase::Action, Resolution::Failed),
             None,
         )
         .expect("resolved");
-        assert_eq!(world.order(1).amount, Some(eur(150)));
+        world.pump(|_| None);
+        assert_eq!(
+            world.order(1).status(),
+            OrderStatus::Cancelled(CancelReason::CancelledByOperator)
+        );
+        assert_eq!(world.balance("alice"), eur(2_000));
+        assert_eq!(world.stock("apple"), (10, 0));
+        world.check_invariants();
+    }
+
+    #[test]
+    fn resolving_the_awaited_charge_moves_the_saga_on() {
+        // Proves resolving the step the saga awaits (take_payment's action) moves it as the participant's reply would.
+        let mut world = stuck_after(2);
+        intervene(
+            &mut world,
+            resolve("take_payment", Phase::Action, Resolution::Failed),
+            None,
+        )
+        .expect("resolved");
+        world.pump(|_| None);
+        assert_eq!(
+            world.order(1).status(),
+            OrderStatus::Cancelled(CancelReason::CancelledByOperator)
+        );
+        assert_eq!(world.stock("apple"), (10, 0));
+    }
+
+    #[rstest]
+    #[case::another_step(
+        resolve("reserve_stock", Phase::Action, Resolution::Failed),
+        "step_not_awaited"
+    )]
+    #[case::another_phase(
+        resolve("take_payment", Phase::Compensation, Resolution::Succeeded),
+        "step_not_awaited"
+    )]
+    #[case::no_such_step(
+        resolve("ship_it", Phase::Action, Resolution::Succeeded),
+        "unknown_step"
+    )]
+    fn a_resolution_must_name_the_awaited_step(#[case] action: OrderAction, #[case] code: &str) {
+        // Proves a resolution naming a step or phase the saga does not await (it moved on, or the operator named the wrong one) is refused and writes nothing.
+        let mut world = stuck_after(2);
+        let before = world.order(1);
+        match intervene(&mut world, action, None) {
+            Err(ExecuteError::Rejected(refused)) => assert_eq!(refused.code(), code),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(world.order(1), before);
+        assert!(world.store.audit_records().is_empty());
+    }
+
+    #[test]
+    fn a_commit_must_name_the_version_the_operator_saw_but_a_dry_run_need_not() {
+        // Proves an intervention committed without expected_version is refused (version_required), while the same intervention as a dry run is decided against the live row.
+        let world = stuck_after(0);
+        let order_id = OrderId::new("order-1").expect("valid");
+        let snapshot = world.store.load(&order_intervention_read_set(&order_id));
+        let intervention = OrderIntervention {
+            order_id,
+            action: OrderAction::RetryNow,
+            expected_version: None,
+        };
+        let definition = &world.rules.order_saga;
+        let decide = |run| {
+            decide_order_intervention(
+                definition,
+                &snapshot,
+                &intervention,
+                run,
+                &actor(),
+                world.now,
+            )
+        };
+        assert_eq!(
+            decide(Run::Commit).map(drop),
+            Err(OrderInterventionRefused::VersionRequired)
+        );
+        assert_eq!(
+            decide(Run::DryRun).expect("shown").reply.action,
+            "retry_now"
+        );
     }
 
     #[rstest]
@@ -1498,6 +1595,30 @@ mod interventions {
             Some(7)
         );
         assert!(decided.decision.audit.is_some());
+    }
+
+    #[test]
+    fn a_letter_addressed_to_another_service_is_not_redriven_through_this_one() {
+        // Proves a dead letter whose bytes are a command for another service (written to this consumer's topic by someone) is refused a redrive, so an operator cannot forward it to that service through this outbox, while a discard still settles it.
+        let mut world = stocked_world();
+        world
+            .place("alice", vec![line("apple", 1)], "k")
+            .expect("placed");
+        let reserve = world.drain_outboxes().remove(0);
+        let mut misplaced = letter(reserve.encode());
+        misplaced.service = Service::Payment;
+        let refused = decide_dead_letter(&misplaced, &DeadLetterAction::Redrive, &actor(), NOW);
+        match refused {
+            Err(refused @ DeadLetterRefused::NotForThisConsumer { .. }) => {
+                assert_eq!(refused.code(), "not_for_this_consumer");
+                assert!(refused.to_string().contains("ReserveStock"), "{refused}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        let discard = DeadLetterAction::Discard {
+            reason: "written to the wrong topic".to_owned(),
+        };
+        assert!(decide_dead_letter(&misplaced, &discard, &actor(), NOW).is_ok());
     }
 
     #[rstest]

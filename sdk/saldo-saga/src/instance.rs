@@ -18,6 +18,16 @@ pub enum Phase {
     Compensation,
 }
 
+impl Phase {
+    /// The phase's stable name (its serde form).
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Action => "action",
+            Phase::Compensation => "compensation",
+        }
+    }
+}
+
 /// What an instance waits for. Named for the awaited thing, as in rustls.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "awaiting", rename_all = "snake_case")]
@@ -71,6 +81,18 @@ impl SagaState {
             SagaState::CompensationReply { .. } => "compensation_reply",
             SagaState::CompensationRetry { .. } => "compensation_retry",
             SagaState::Nothing => "nothing",
+        }
+    }
+
+    /// The step and phase awaited, if any.
+    pub fn step_and_phase(&self) -> Option<(usize, Phase)> {
+        match self {
+            SagaState::ActionReply { step, .. } | SagaState::ActionRetry { step, .. } => {
+                Some((*step, Phase::Action))
+            }
+            SagaState::CompensationReply { step, .. }
+            | SagaState::CompensationRetry { step, .. } => Some((*step, Phase::Compensation)),
+            SagaState::Nothing => None,
         }
     }
 }
@@ -142,6 +164,16 @@ pub enum InterventionRefused {
     /// The saga is already compensating; each compensation runs once.
     #[error("the saga is already compensating")]
     AlreadyCompensating,
+    /// A resolution names the step and phase it answers, and the saga
+    /// awaits another: the operator looked at a saga that has moved on
+    /// since, or named the wrong step.
+    #[error("the saga does not await the {} of step {step}", phase.name())]
+    NotAwaited {
+        /// The step the operator named.
+        step: usize,
+        /// The phase the operator named.
+        phase: Phase,
+    },
     /// A compensation can only be resolved as succeeded: compensations must
     /// eventually succeed, a failed one would be retried anyway.
     #[error("a compensation can only be resolved as succeeded")]
@@ -512,22 +544,27 @@ impl<F: Clone> SagaInstance<F> {
 
     /// Operator: states the outcome of the awaited step (its action or its
     /// compensation) for a participant that cannot answer; the saga then
-    /// moves exactly as if the participant had replied so. A compensation
-    /// can only be resolved as succeeded.
+    /// moves exactly as if the participant had replied so. The operator
+    /// names the step and phase the outcome answers, so a saga that moved on
+    /// since they looked is refused rather than answered for the wrong step.
+    /// A compensation can only be resolved as succeeded.
     pub fn resolve<C: Clone>(
         &mut self,
         definition: &Definition<C>,
         now: Timestamp,
+        named: (usize, Phase),
         outcome: Outcome<F>,
     ) -> Result<Transition<C>, InterventionRefused> {
-        let (step, phase) = match &self.awaiting {
-            SagaState::Nothing => return Err(InterventionRefused::Finished),
-            SagaState::ActionReply { step, .. } | SagaState::ActionRetry { step, .. } => {
-                (*step, Phase::Action)
-            }
-            SagaState::CompensationReply { step, .. }
-            | SagaState::CompensationRetry { step, .. } => (*step, Phase::Compensation),
+        let Some(awaited) = self.awaiting.step_and_phase() else {
+            return Err(InterventionRefused::Finished);
         };
+        if named != awaited {
+            return Err(InterventionRefused::NotAwaited {
+                step: named.0,
+                phase: named.1,
+            });
+        }
+        let (step, phase) = awaited;
         if phase == Phase::Compensation && matches!(outcome, Outcome::Failed(_)) {
             return Err(InterventionRefused::CompensationMustSucceed);
         }

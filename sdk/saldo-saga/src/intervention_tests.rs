@@ -122,7 +122,7 @@ fn resolve_moves_the_saga_as_the_stated_reply_would() {
     let definition = definition();
     let mut saga = after(2);
     let transition = saga
-        .resolve(&definition, T0, Outcome::Succeeded)
+        .resolve(&definition, T0, (2, Phase::Action), Outcome::Succeeded)
         .expect("allowed");
     assert!(transition.commands.is_empty());
     assert_eq!(saga.ending(), Some(Ending::Completed));
@@ -134,7 +134,12 @@ fn resolve_as_failed_turns_back_without_compensating_the_failed_step() {
     let definition = definition();
     let mut saga = after(1);
     let transition = saga
-        .resolve(&definition, T0, Outcome::Failed("operator"))
+        .resolve(
+            &definition,
+            T0,
+            (1, Phase::Action),
+            Outcome::Failed("operator"),
+        )
         .expect("allowed");
     assert_eq!(
         sent(&transition),
@@ -148,6 +153,16 @@ fn resolve_as_failed_turns_back_without_compensating_the_failed_step() {
 #[case::finished_resolve(3, "resolve", InterventionRefused::Finished)]
 #[case::past_pivot(2, "force", InterventionRefused::PastPivot { step: 2 })]
 #[case::already_compensating(1, "force_twice", InterventionRefused::AlreadyCompensating)]
+#[case::resolve_names_another_step(
+    1,
+    "resolve_other_step",
+    InterventionRefused::NotAwaited { step: 0, phase: Phase::Action }
+)]
+#[case::resolve_names_another_phase(
+    1,
+    "resolve_other_phase",
+    InterventionRefused::NotAwaited { step: 1, phase: Phase::Compensation }
+)]
 #[case::compensation_must_succeed(
     1,
     "resolve_compensation_failed",
@@ -169,9 +184,27 @@ fn refused_interventions_name_their_reason_and_change_nothing(
     let refused = match action {
         "retry" => saga.retry_now(&definition, T0).map(drop),
         "force" | "force_twice" => saga.force_compensation(&definition, T0).map(drop),
-        "resolve" => saga.resolve(&definition, T0, Outcome::Succeeded).map(drop),
+        "resolve" => saga
+            .resolve(&definition, T0, (2, Phase::Action), Outcome::Succeeded)
+            .map(drop),
+        "resolve_other_step" => saga
+            .resolve(&definition, T0, (0, Phase::Action), Outcome::Succeeded)
+            .map(drop),
+        "resolve_other_phase" => saga
+            .resolve(
+                &definition,
+                T0,
+                (1, Phase::Compensation),
+                Outcome::Succeeded,
+            )
+            .map(drop),
         "resolve_compensation_failed" => saga
-            .resolve(&definition, T0, Outcome::Failed("no"))
+            .resolve(
+                &definition,
+                T0,
+                (1, Phase::Compensation),
+                Outcome::Failed("no"),
+            )
             .map(drop),
         other => panic!("unknown case {other}"),
     };

@@ -5,7 +5,7 @@
 use saldo_domain::decision::Row;
 use saldo_domain::messages::Service;
 use saldo_domain::operator::{
-    Actor, DeadLetterAction, OrderAction, OrderIntervention, decide_dead_letter,
+    Actor, DeadLetterAction, OrderAction, OrderIntervention, Run, decide_dead_letter,
     decide_order_intervention, order_intervention_read_set,
 };
 use saldo_domain::order::{CancelReason, OrderStatus};
@@ -61,7 +61,14 @@ async fn an_intervention_commits_its_audit_record_with_its_effect_and_the_trail_
     driver
         .backend
         .execute(&order_intervention_read_set(&order_id), now, |snapshot| {
-            decide_order_intervention(&definition, snapshot, &intervention, &actor(), now)
+            decide_order_intervention(
+                &definition,
+                snapshot,
+                &intervention,
+                Run::Commit,
+                &actor(),
+                now,
+            )
         })
         .await
         .expect("forced");
@@ -74,7 +81,14 @@ async fn an_intervention_commits_its_audit_record_with_its_effect_and_the_trail_
     let stale = driver
         .backend
         .execute(&order_intervention_read_set(&order_id), now, |snapshot| {
-            decide_order_intervention(&definition, snapshot, &intervention, &actor(), now)
+            decide_order_intervention(
+                &definition,
+                snapshot,
+                &intervention,
+                Run::Commit,
+                &actor(),
+                now,
+            )
         })
         .await;
     assert!(
