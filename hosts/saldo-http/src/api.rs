@@ -77,6 +77,9 @@ pub struct Api {
     pub clock: fn() -> Timestamp,
     /// Serves `/admin` for the services above when set (ADR 0017).
     pub operator: Option<Arc<dyn saldo_engine::OperatorStore>>,
+    /// Who may call `/admin`: by default only principals the gateway
+    /// forwarded with the `admin` scope.
+    pub admin_access: crate::admin::AdminAccess,
 }
 
 impl Api {
@@ -91,6 +94,7 @@ impl Api {
             metrics: None,
             clock,
             operator: None,
+            admin_access: crate::admin::AdminAccess::Gateway,
         }
     }
 
@@ -152,6 +156,7 @@ impl Api {
             stores,
             rules: self.rules.clone(),
             clock: self.clock,
+            access: self.admin_access,
         })
     }
 }
