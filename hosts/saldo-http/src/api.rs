@@ -130,6 +130,7 @@ impl Api {
         let admin = self.admin();
         let served = Served::start(self);
         let router = router
+            .route_layer(axum::middleware::from_fn(forwarded_scopes))
             .fallback(route_not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(axum::middleware::from_fn(observe))
@@ -325,6 +326,28 @@ fn idempotency_key(headers: &HeaderMap) -> Result<IdempotencyKey, Problem> {
                 "Idempotency-Key must be 1 to 255 visible ASCII characters",
             )
         })
+}
+
+/// The scopes the gateway forwarded, checked again for the request: a
+/// principal reaches only the operations its key's scopes name, whichever
+/// customers it acts for, so no deployment relies on the gateway alone. A
+/// request without a forwarded principal (no gateway) and the open paths
+/// pass; malformed principal headers are the handlers' 400.
+async fn forwarded_scopes(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path();
+    if crate::gateway::OPEN_PATHS.contains(&path) {
+        return next.run(request).await;
+    }
+    if let Ok(Some(forwarded)) = Forwarded::from_headers(request.headers())
+        && !forwarded.allows(request.method(), path)
+    {
+        return crate::gateway::scope_missing(&forwarded.principal, request.method(), path)
+            .into_response();
+    }
+    next.run(request).await
 }
 
 /// The principal the gateway forwarded, after checking that it acts for

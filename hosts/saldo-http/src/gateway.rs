@@ -17,8 +17,9 @@
 //! after removing whatever the client sent under those names. The services
 //! namespace idempotency keys by the principal and check the customers
 //! again, including on the routes where only the stored row names the
-//! customer (`GET /orders/{id}`); their operator API checks the scopes
-//! again (`crate::admin`).
+//! customer (`GET /orders/{id}`), and check the scopes again with the same
+//! table ([`Forwarded::allows`]; the operator API more strictly, in
+//! `crate::admin`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -364,6 +365,13 @@ impl Forwarded {
             customers,
             scopes,
         }))
+    }
+
+    /// Whether the forwarded scopes grant `method path`, by the gateway's
+    /// own table ([`Scope`]).
+    pub fn allows(&self, method: &Method, path: &str) -> bool {
+        let operation = Operation::of(method, path);
+        self.scopes.iter().any(|scope| scope.allows(&operation))
     }
 
     /// Whether the principal may use the operator API: a scope granting it
@@ -788,16 +796,7 @@ async fn check(gateway: &Gateway, mut request: Request) -> Result<Request, Probl
     let method = request.method().clone();
     let operation = Operation::of(&method, request.uri().path());
     if !key.scopes.iter().any(|scope| scope.allows(&operation)) {
-        return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "scope_missing",
-            "The API key may not do this",
-            format!(
-                "key {:?} has no scope for {method} {}",
-                key.name.as_str(),
-                request.uri().path()
-            ),
-        ));
+        return Err(scope_missing(&key.name, &method, request.uri().path()));
     }
     gateway.take_token(index).map_err(|retry_after_ms| {
         Problem::new(
@@ -841,6 +840,19 @@ async fn check(gateway: &Gateway, mut request: Request) -> Result<Request, Probl
         )));
     }
     Ok(request)
+}
+
+/// 403 `scope_missing`: `principal`'s scopes do not grant `method path`.
+pub(crate) fn scope_missing(principal: &Principal, method: &Method, path: &str) -> Problem {
+    Problem::new(
+        StatusCode::FORBIDDEN,
+        "scope_missing",
+        "The API key may not do this",
+        format!(
+            "key {:?} has no scope for {method} {path}",
+            principal.as_str()
+        ),
+    )
 }
 
 fn unauthorized(code: &'static str, detail: &str) -> Problem {

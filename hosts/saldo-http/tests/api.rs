@@ -1453,6 +1453,74 @@ async fn a_service_refuses_customers_outside_the_forwarded_principal() {
 }
 
 #[tokio::test]
+async fn a_service_refuses_operations_outside_the_forwarded_scopes() {
+    // Regression: a service checked a forwarded principal's customers but
+    // not its scopes, so a principal acting for every customer (an admin
+    // key's, say) could do anything on the customer API once past the
+    // gateway. The service now checks the forwarded scopes as well.
+    let backend = MemoryBackend::new();
+    let direct = api_over(Arc::new(backend.clone()));
+    seed(&direct).await;
+    let alice_order = place_directly(&direct, "alice", "alice-1").await;
+    let operator = [
+        ("saldo-principal", "ops"),
+        ("saldo-principal-customers", "*"),
+        ("saldo-principal-scopes", "admin"),
+    ];
+    let reader = [
+        ("saldo-principal", "reader"),
+        ("saldo-principal-customers", "*"),
+        ("saldo-principal-scopes", "orders:read,wallets:read"),
+    ];
+    let order_path = format!("/orders/{alice_order}");
+    let writes: [(&str, &str, Value); 3] = [
+        ("POST", "/orders", order("alice", "book", 1)),
+        (
+            "POST",
+            "/wallets/alice/top-ups",
+            json!({ "amount_minor": 1, "currency": "EUR" }),
+        ),
+        (
+            "PUT",
+            "/stock/book",
+            json!({ "on_hand": 1, "unit_price_minor": 1, "currency": "EUR" }),
+        ),
+    ];
+    for headers in [&operator[..], &reader[..]] {
+        for (method, path, body) in &writes {
+            let mut with_key = headers.to_vec();
+            with_key.push(("idempotency-key", "scoped"));
+            let refused = send(&direct, method, path, &with_key, Some(body.clone())).await;
+            assert_eq!(
+                code(&refused),
+                (StatusCode::FORBIDDEN, Some("scope_missing")),
+                "{method} {path} as {:?}",
+                headers[0].1
+            );
+        }
+        let stock = send(&direct, "GET", "/stock/book", headers, None).await;
+        assert_eq!(code(&stock), (StatusCode::FORBIDDEN, Some("scope_missing")));
+    }
+    for path in [order_path.as_str(), "/wallets/alice"] {
+        let refused = send(&direct, "GET", path, &operator, None).await;
+        assert_eq!(
+            code(&refused),
+            (StatusCode::FORBIDDEN, Some("scope_missing")),
+            "{path}"
+        );
+        let read = send(&direct, "GET", path, &reader, None).await;
+        assert_eq!(read.status, StatusCode::OK, "{path}: {}", read.body);
+    }
+    let health = send(&direct, "GET", "/healthz", &operator, None).await;
+    assert_eq!(health.status, StatusCode::OK, "the open paths stay open");
+    assert_eq!(
+        backend.lock().outbox_pending(Service::Order, 100).len(),
+        1,
+        "only the order placed directly"
+    );
+}
+
+#[tokio::test]
 async fn write_scopes_grant_no_reads() {
     // Regression for issue #14.6 (a write scope also granted reads):
     // orders:write read orders, the wallet write scope read wallets and
