@@ -16,6 +16,12 @@
 //! serves `GET /admin/orders/{order_id}/story`: the parts gathered, merged
 //! in causal order by the sdk, with reconciliation's findings for the order.
 //!
+//! Who may call it is [`AdminAccess`]: by default only requests the gateway
+//! forwarded for a principal with the `admin` scope (or `*`) that acts for
+//! every customer; anything else is 403 `admin_scope_required` (or
+//! `customer_forbidden`) before a handler runs. The forwarded principal is
+//! the actor its audit records name.
+//!
 //! Handlers translate only: every intervention is the sdk's decision,
 //! shown as data on a dry run and committed through the engine otherwise.
 
@@ -23,7 +29,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{RawQuery, State};
+use axum::extract::{Extension, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -55,6 +61,22 @@ pub const AWAITING_NAMES: [&str; 5] = [
     "nothing",
 ];
 
+/// Who may call a process's operator API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AdminAccess {
+    /// Only requests forwarded by a gateway for a principal with the `admin`
+    /// scope (or `*`) acting for every customer. A request without a
+    /// forwarded principal is refused: the default for a service, which
+    /// cannot tell a client that reached it directly from an operator.
+    #[default]
+    Gateway,
+    /// Requests without a forwarded principal too, audited as `direct`
+    /// (`--admin-without-gateway`; `saldo dev` without keys): for tests and
+    /// development only, where whoever reaches the port is the operator. A
+    /// forwarded principal is still checked as under [`AdminAccess::Gateway`].
+    WithoutGateway,
+}
+
 /// What the operator API of one process serves.
 #[derive(Clone)]
 pub struct Admin {
@@ -66,6 +88,8 @@ pub struct Admin {
     pub rules: Arc<Rules>,
     /// The wall clock.
     pub clock: fn() -> Timestamp,
+    /// Who may call it.
+    pub access: AdminAccess,
 }
 
 type Shared = State<Arc<Admin>>;
@@ -96,9 +120,9 @@ impl Admin {
                     axum::routing::post(
                         move |state: Shared,
                               id: PathParam,
-                              headers: HeaderMap,
+                              actor: Extension<Actor>,
                               body: JsonBody<DeadLetterRequest>| {
-                            settle_dead_letter(state, service, id, headers, body)
+                            settle_dead_letter(state, service, id, actor, body)
                         },
                     ),
                 )
@@ -125,9 +149,31 @@ impl Admin {
         {
             router = router.route("/admin/orders/{order_id}/story", get(story_gathered));
         }
+        let access = self.access;
         router
+            .route_layer(axum::middleware::from_fn(
+                move |request: axum::extract::Request, next: axum::middleware::Next| {
+                    admit(access, request, next)
+                },
+            ))
             .layer(axum::middleware::from_fn(observe))
             .with_state(Arc::new(self))
+    }
+}
+
+/// The operator API's door: the actor of an admitted request goes into its
+/// extensions for the handlers; anything else is answered here.
+async fn admit(
+    access: AdminAccess,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match actor_of(access, request.headers()) {
+        Ok(actor) => {
+            request.extensions_mut().insert(actor);
+            next.run(request).await
+        }
+        Err(problem) => problem.into_response(),
     }
 }
 
@@ -202,18 +248,44 @@ fn page(items: Vec<Value>, limit: usize, cursor: impl Fn(&Value) -> Value) -> Re
     axum::Json(json!({ "items": items, "next": next })).into_response()
 }
 
+fn admin_scope_required(detail: String) -> Problem {
+    Problem::new(
+        StatusCode::FORBIDDEN,
+        "admin_scope_required",
+        "The operator API needs a key with the admin scope, through the gateway",
+        detail,
+    )
+}
+
 /// Who is acting: the principal the gateway forwarded, whose name is also
-/// its key's name (ADR 0013); `direct` when no gateway is in front.
-fn actor_of(headers: &HeaderMap) -> Result<Actor, Problem> {
-    Ok(match Forwarded::from_headers(headers)? {
-        Some(forwarded) => Actor {
-            principal: forwarded.principal.as_str().to_owned(),
-            key: forwarded.principal.as_str().to_owned(),
-        },
-        None => Actor {
-            principal: "direct".to_owned(),
-            key: "none".to_owned(),
-        },
+/// its key's name (ADR 0013), if it may use the operator API; `direct` when
+/// no gateway is in front and `access` allows that.
+fn actor_of(access: AdminAccess, headers: &HeaderMap) -> Result<Actor, Problem> {
+    let Some(forwarded) = Forwarded::from_headers(headers)? else {
+        return match access {
+            AdminAccess::WithoutGateway => Ok(Actor {
+                principal: "direct".to_owned(),
+                key: "none".to_owned(),
+            }),
+            AdminAccess::Gateway => Err(admin_scope_required(
+                "this service serves /admin only to requests saldo gateway forwards for a key with the admin scope; --admin-without-gateway (tests and development only) admits direct requests".to_owned(),
+            )),
+        };
+    };
+    let principal = forwarded.principal.as_str();
+    if !forwarded.scopes.iter().any(|scope| scope.grants_admin()) {
+        return Err(admin_scope_required(format!(
+            "key {principal:?} has neither the admin scope nor *"
+        )));
+    }
+    if !forwarded.is_admin() {
+        return Err(Problem::customer_forbidden(format!(
+            "key {principal:?} acts for some customers only; the operator API needs a key for all of them"
+        )));
+    }
+    Ok(Actor {
+        principal: principal.to_owned(),
+        key: principal.to_owned(),
     })
 }
 
@@ -360,10 +432,9 @@ async fn decide_or_commit<E: Send>(
 async fn intervene(
     State(admin): Shared,
     PathParam(order_id): PathParam,
-    headers: HeaderMap,
+    Extension(actor): Extension<Actor>,
     JsonBody(request): JsonBody<InterventionRequest>,
 ) -> Result<Response, Problem> {
-    let actor = actor_of(&headers)?;
     let order_id = OrderId::new(order_id)
         .map_err(|error| Problem::invalid_field("order_id", error.to_string()))?;
     let intervention = OrderIntervention {
@@ -419,10 +490,9 @@ async fn settle_dead_letter(
     State(admin): Shared,
     service: Service,
     PathParam(id): PathParam,
-    headers: HeaderMap,
+    Extension(actor): Extension<Actor>,
     JsonBody(request): JsonBody<DeadLetterRequest>,
 ) -> Result<Response, Problem> {
-    let actor = actor_of(&headers)?;
     let id: u64 = id
         .parse()
         .map_err(|_| Problem::invalid_field("id", "a dead letter's id is a positive integer"))?;

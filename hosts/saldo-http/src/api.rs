@@ -77,6 +77,9 @@ pub struct Api {
     pub clock: fn() -> Timestamp,
     /// Serves `/admin` for the services above when set (ADR 0017).
     pub operator: Option<Arc<dyn saldo_engine::OperatorStore>>,
+    /// Who may call `/admin`: by default only principals the gateway
+    /// forwarded with the `admin` scope.
+    pub admin_access: crate::admin::AdminAccess,
 }
 
 impl Api {
@@ -91,6 +94,7 @@ impl Api {
             metrics: None,
             clock,
             operator: None,
+            admin_access: crate::admin::AdminAccess::Gateway,
         }
     }
 
@@ -126,6 +130,7 @@ impl Api {
         let admin = self.admin();
         let served = Served::start(self);
         let router = router
+            .route_layer(axum::middleware::from_fn(forwarded_scopes))
             .fallback(route_not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(axum::middleware::from_fn(observe))
@@ -152,6 +157,7 @@ impl Api {
             stores,
             rules: self.rules.clone(),
             clock: self.clock,
+            access: self.admin_access,
         })
     }
 }
@@ -320,6 +326,28 @@ fn idempotency_key(headers: &HeaderMap) -> Result<IdempotencyKey, Problem> {
                 "Idempotency-Key must be 1 to 255 visible ASCII characters",
             )
         })
+}
+
+/// The scopes the gateway forwarded, checked again for the request: a
+/// principal reaches only the operations its key's scopes name, whichever
+/// customers it acts for, so no deployment relies on the gateway alone. A
+/// request without a forwarded principal (no gateway) and the open paths
+/// pass; malformed principal headers are the handlers' 400.
+async fn forwarded_scopes(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path();
+    if crate::gateway::OPEN_PATHS.contains(&path) {
+        return next.run(request).await;
+    }
+    if let Ok(Some(forwarded)) = Forwarded::from_headers(request.headers())
+        && !forwarded.allows(request.method(), path)
+    {
+        return crate::gateway::scope_missing(&forwarded.principal, request.method(), path)
+            .into_response();
+    }
+    next.run(request).await
 }
 
 /// The principal the gateway forwarded, after checking that it acts for

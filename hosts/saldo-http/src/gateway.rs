@@ -12,11 +12,14 @@
 //! rate limit (429), body (413, 415, 400), customer (403
 //! `customer_forbidden`).
 //!
-//! The gateway forwards who the client is in [`PRINCIPAL`] and
-//! [`PRINCIPAL_CUSTOMERS`], which it sets itself after removing whatever the
-//! client sent under those names. The services namespace idempotency keys by
-//! the principal and check the customers again, including on the routes
-//! where only the stored row names the customer (`GET /orders/{id}`).
+//! The gateway forwards who the client is in [`PRINCIPAL`],
+//! [`PRINCIPAL_CUSTOMERS`] and [`PRINCIPAL_SCOPES`], which it sets itself
+//! after removing whatever the client sent under those names. The services
+//! namespace idempotency keys by the principal and check the customers
+//! again, including on the routes where only the stored row names the
+//! customer (`GET /orders/{id}`), and check the scopes again with the same
+//! table ([`Forwarded::allows`]; the operator API more strictly, in
+//! `crate::admin`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -45,6 +48,12 @@ pub const PRINCIPAL: HeaderName = HeaderName::from_static("saldo-principal");
 /// Set by the gateway with [`PRINCIPAL`]: the customers the principal acts
 /// for, comma-separated, or `*` for all.
 pub const PRINCIPAL_CUSTOMERS: HeaderName = HeaderName::from_static("saldo-principal-customers");
+/// Set by the gateway with [`PRINCIPAL`]: the key's scopes by their names
+/// ([`Scope::NAMES`]), comma-separated.
+pub const PRINCIPAL_SCOPES: HeaderName = HeaderName::from_static("saldo-principal-scopes");
+/// Every header the gateway sets about the principal, and so removes from
+/// what a client sends.
+pub const PRINCIPAL_HEADERS: [HeaderName; 3] = [PRINCIPAL, PRINCIPAL_CUSTOMERS, PRINCIPAL_SCOPES];
 /// Requests per second a key may make unless configured otherwise.
 pub const RATE_PER_SECOND_DEFAULT: u32 = 100;
 /// Requests a key may make in a burst unless configured otherwise.
@@ -86,6 +95,20 @@ pub enum Scope {
 }
 
 impl Scope {
+    /// The scope's name, as the keys file spells it.
+    pub fn name(self) -> &'static str {
+        Scope::NAMES
+            .iter()
+            .find(|(_, scope)| *scope == self)
+            .map(|(name, _)| *name)
+            .expect("every scope is named in Scope::NAMES")
+    }
+
+    /// Whether the scope grants the operator API (`admin` or `*`).
+    pub fn grants_admin(self) -> bool {
+        self.allows(&Operation::Admin)
+    }
+
     /// Every scope with its name, as the keys file and `saldo api-key` spell it.
     pub const NAMES: [(&'static str, Scope); 8] = [
         ("*", Scope::All),
@@ -266,27 +289,43 @@ impl Customers {
     }
 }
 
+/// The header form of scopes: their names joined by commas (no name has one).
+fn scopes_to_header(scopes: &[Scope]) -> String {
+    scopes
+        .iter()
+        .map(|scope| scope.name())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn scopes_from_header(text: &str) -> Option<Vec<Scope>> {
+    let scopes = text
+        .split(',')
+        .map(|name| name.parse::<Scope>().ok())
+        .collect::<Option<Vec<Scope>>>()?;
+    (!scopes.is_empty()).then_some(scopes)
+}
+
 /// Who the gateway says the client is, as the services read it from
-/// [`PRINCIPAL`] and [`PRINCIPAL_CUSTOMERS`].
+/// [`PRINCIPAL`], [`PRINCIPAL_CUSTOMERS`] and [`PRINCIPAL_SCOPES`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forwarded {
     /// The authenticated principal.
     pub principal: Principal,
     /// The customers it acts for.
     pub customers: Customers,
+    /// What its key may do.
+    pub scopes: Vec<Scope>,
 }
 
 impl Forwarded {
     /// Reads the forwarded principal: `None` when no gateway is in front
-    /// (neither header), 400 `principal_header_invalid` when the two headers
-    /// are not both present, single and well-formed.
+    /// (none of the headers), 400 `principal_header_invalid` when the three
+    /// headers are not all present, single and well-formed.
     pub fn from_headers(headers: &HeaderMap) -> Result<Option<Forwarded>, Problem> {
-        let principal = headers.get_all(&PRINCIPAL).iter().collect::<Vec<_>>();
-        let customers = headers
-            .get_all(&PRINCIPAL_CUSTOMERS)
-            .iter()
-            .collect::<Vec<_>>();
-        if principal.is_empty() && customers.is_empty() {
+        let [principal, customers, scopes] =
+            PRINCIPAL_HEADERS.map(|name| headers.get_all(name).iter().collect::<Vec<_>>());
+        if principal.is_empty() && customers.is_empty() && scopes.is_empty() {
             return Ok(None);
         }
         let invalid = || {
@@ -295,11 +334,15 @@ impl Forwarded {
                 "principal_header_invalid",
                 "The forwarded principal is malformed",
                 format!(
-                    "{PRINCIPAL} and {PRINCIPAL_CUSTOMERS} are set by the gateway, once each and together"
+                    "{PRINCIPAL}, {PRINCIPAL_CUSTOMERS} and {PRINCIPAL_SCOPES} are set by the gateway, once each and together"
                 ),
             )
         };
-        let ([principal], [customers]) = (principal.as_slice(), customers.as_slice()) else {
+        let ([principal], [customers], [scopes]) = (
+            principal.as_slice(),
+            customers.as_slice(),
+            scopes.as_slice(),
+        ) else {
             return Err(invalid());
         };
         let principal = principal
@@ -312,16 +355,36 @@ impl Forwarded {
             .ok()
             .and_then(Customers::from_header)
             .ok_or_else(invalid)?;
+        let scopes = scopes
+            .to_str()
+            .ok()
+            .and_then(scopes_from_header)
+            .ok_or_else(invalid)?;
         Ok(Some(Forwarded {
             principal,
             customers,
+            scopes,
         }))
+    }
+
+    /// Whether the forwarded scopes grant `method path`, by the gateway's
+    /// own table ([`Scope`]).
+    pub fn allows(&self, method: &Method, path: &str) -> bool {
+        let operation = Operation::of(method, path);
+        self.scopes.iter().any(|scope| scope.allows(&operation))
+    }
+
+    /// Whether the principal may use the operator API: a scope granting it
+    /// and every customer (ADR 0017).
+    pub fn is_admin(&self) -> bool {
+        self.customers == Customers::All && self.scopes.iter().any(|scope| scope.grants_admin())
     }
 
     /// Replaces whatever `headers` say about the principal with this one.
     pub fn write_to(&self, headers: &mut HeaderMap) {
-        headers.remove(&PRINCIPAL);
-        headers.remove(&PRINCIPAL_CUSTOMERS);
+        for name in PRINCIPAL_HEADERS {
+            headers.remove(name);
+        }
         headers.insert(
             PRINCIPAL,
             HeaderValue::from_str(self.principal.as_str()).expect("a principal is a header value"),
@@ -330,6 +393,11 @@ impl Forwarded {
             PRINCIPAL_CUSTOMERS,
             HeaderValue::from_str(&self.customers.to_header())
                 .expect("customer ids are header values"),
+        );
+        headers.insert(
+            PRINCIPAL_SCOPES,
+            HeaderValue::from_str(&scopes_to_header(&self.scopes))
+                .expect("scope names are header values"),
         );
     }
 }
@@ -728,16 +796,7 @@ async fn check(gateway: &Gateway, mut request: Request) -> Result<Request, Probl
     let method = request.method().clone();
     let operation = Operation::of(&method, request.uri().path());
     if !key.scopes.iter().any(|scope| scope.allows(&operation)) {
-        return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "scope_missing",
-            "The API key may not do this",
-            format!(
-                "key {:?} has no scope for {method} {}",
-                key.name.as_str(),
-                request.uri().path()
-            ),
-        ));
+        return Err(scope_missing(&key.name, &method, request.uri().path()));
     }
     gateway.take_token(index).map_err(|retry_after_ms| {
         Problem::new(
@@ -758,6 +817,7 @@ async fn check(gateway: &Gateway, mut request: Request) -> Result<Request, Probl
     Forwarded {
         principal: key.name.clone(),
         customers: key.customers.clone(),
+        scopes: key.scopes.clone(),
     }
     .write_to(request.headers_mut());
     let (request, body_customer) = validate(request, &operation).await?;
@@ -780,6 +840,19 @@ async fn check(gateway: &Gateway, mut request: Request) -> Result<Request, Probl
         )));
     }
     Ok(request)
+}
+
+/// 403 `scope_missing`: `principal`'s scopes do not grant `method path`.
+pub(crate) fn scope_missing(principal: &Principal, method: &Method, path: &str) -> Problem {
+    Problem::new(
+        StatusCode::FORBIDDEN,
+        "scope_missing",
+        "The API key may not do this",
+        format!(
+            "key {:?} has no scope for {method} {path}",
+            principal.as_str()
+        ),
+    )
 }
 
 fn unauthorized(code: &'static str, detail: &str) -> Problem {
@@ -968,11 +1041,19 @@ mod tests {
                     .map(|id| CustomerId::new(id).expect("valid"))
                     .collect(),
             ),
+            scopes: vec![Scope::OrdersRead, Scope::WalletsTopUp],
         };
         let mut headers = HeaderMap::new();
         headers.insert(PRINCIPAL, HeaderValue::from_static("forged"));
         headers.insert(PRINCIPAL_CUSTOMERS, HeaderValue::from_static("*"));
+        headers.insert(PRINCIPAL_SCOPES, HeaderValue::from_static("admin"));
+        headers.append(PRINCIPAL_SCOPES, HeaderValue::from_static("*"));
         forwarded.write_to(&mut headers);
+        assert_eq!(
+            headers.get(PRINCIPAL_SCOPES).expect("set"),
+            "orders:read,wallets:top-up"
+        );
+        assert!(!forwarded.is_admin());
         assert_eq!(
             Forwarded::from_headers(&headers).expect("valid"),
             Some(forwarded)
@@ -981,10 +1062,47 @@ mod tests {
             Forwarded::from_headers(&HeaderMap::new()).expect("valid"),
             None
         );
+        let mut unknown_scope = headers.clone();
+        unknown_scope.insert(
+            PRINCIPAL_SCOPES,
+            HeaderValue::from_static("orders:read,root"),
+        );
+        assert!(Forwarded::from_headers(&unknown_scope).is_err());
+        let mut without_scopes = headers.clone();
+        without_scopes.remove(PRINCIPAL_SCOPES);
+        assert!(Forwarded::from_headers(&without_scopes).is_err());
         headers.append(PRINCIPAL, HeaderValue::from_static("other"));
         assert!(Forwarded::from_headers(&headers).is_err());
         headers.remove(PRINCIPAL);
         assert!(Forwarded::from_headers(&headers).is_err());
+    }
+
+    #[rstest::rstest]
+    #[case::admin_for_everyone("*", "admin", true)]
+    #[case::all_scopes_for_everyone("*", "*", true)]
+    #[case::admin_for_some_customers("alice", "admin", false)]
+    #[case::no_admin_scope("*", "orders:read,wallets:read", false)]
+    fn only_an_admin_scope_for_every_customer_is_an_admin(
+        #[case] customers: &str,
+        #[case] scopes: &str,
+        #[case] admin: bool,
+    ) {
+        // Proves the services' reading of the operator API's rule: the
+        // `admin` scope or `*`, and a principal acting for every customer.
+        let mut headers = HeaderMap::new();
+        headers.insert(PRINCIPAL, HeaderValue::from_static("ops"));
+        headers.insert(
+            PRINCIPAL_CUSTOMERS,
+            HeaderValue::from_str(customers).expect("a value"),
+        );
+        headers.insert(
+            PRINCIPAL_SCOPES,
+            HeaderValue::from_str(scopes).expect("a value"),
+        );
+        let forwarded = Forwarded::from_headers(&headers)
+            .expect("well-formed")
+            .expect("forwarded");
+        assert_eq!(forwarded.is_admin(), admin);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use serde_json::json;
 
 use crate::api::{OPENAPI, method_not_allowed};
 use crate::context::{RequestContext, observe};
-use crate::gateway::{API_KEY, PRINCIPAL, PRINCIPAL_CUSTOMERS, Resource};
+use crate::gateway::{API_KEY, PRINCIPAL_HEADERS, Resource};
 use crate::problem::Problem;
 
 /// How long an upstream may take to answer.
@@ -288,7 +288,7 @@ async fn story(
             let mut upstream = Request::get(uri)
                 .body(Body::empty())
                 .map_err(|error| error.to_string())?;
-            for name in [PRINCIPAL, PRINCIPAL_CUSTOMERS] {
+            for name in PRINCIPAL_HEADERS {
                 if let Some(value) = headers.get(&name) {
                     upstream.headers_mut().insert(name, value.clone());
                 }

@@ -6,6 +6,14 @@
 //!   a client without a certificate signed by it fails the handshake, so
 //!   it never reaches a handler: a service behind the gateway cannot be
 //!   sent a forged `Saldo-Principal` by anyone who lacks the gateway's key.
+//!   With client names as well, the CA is not enough: the certificate must
+//!   also be valid for one of the names (its subject alternative names, as
+//!   rustls matches a server's name), else the handshake fails with the
+//!   alert `access_denied`. rustls' own [`WebPkiClientVerifier`] checks the
+//!   chain, the validity period and the `clientAuth` extended key usage (a
+//!   certificate with an extended-key-usage extension that lacks it is
+//!   refused; one without the extension is allowed, as RFC 5280 says); the
+//!   name check runs only on a certificate it accepted.
 //! - [`client_config`]: the CA that signs the services' certificates and,
 //!   optionally, the client certificate the gateway presents to them.
 //!
@@ -15,9 +23,15 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::pki_types::{CertificateDer, DnsName, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore,
+    ServerConfig, SignatureScheme,
+};
 
 /// The only protocol Saldo's listeners speak over TLS (ALPN).
 const ALPN_HTTP1: &[u8] = b"http/1.1";
@@ -50,6 +64,10 @@ pub struct ServerFiles {
     pub private_key: PathBuf,
     /// When set, clients must present a certificate signed by this CA (PEM).
     pub client_ca: Option<PathBuf>,
+    /// When not empty (and `client_ca` is set), a client's certificate must
+    /// also be valid for one of these DNS names: a certificate the CA issued
+    /// to anyone else is refused.
+    pub client_names: Vec<String>,
 }
 
 /// What the gateway trusts and presents towards the services.
@@ -105,6 +123,104 @@ fn roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
     Ok(Arc::new(store))
 }
 
+/// A client verifier that admits only what rustls' WebPKI verifier admits
+/// and, of that, only certificates valid for one of `names`. It narrows the
+/// inner verifier and never widens it: every other question (signatures,
+/// schemes, hints) is the inner verifier's answer.
+#[derive(Debug)]
+struct NamedClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    names: Vec<DnsName<'static>>,
+}
+
+impl ClientCertVerifier for NamedClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let parsed = ParsedCertificate::try_from(end_entity)?;
+        let allowed = self.names.iter().any(|name| {
+            rustls::client::verify_server_name(&parsed, &ServerName::DnsName(name.clone())).is_ok()
+        });
+        if allowed {
+            Ok(verified)
+        } else {
+            tracing::warn!(
+                allowed = ?self.names.iter().map(DnsName::as_ref).collect::<Vec<_>>(),
+                "refused a client certificate from the trusted CA: it names none of the allowed clients"
+            );
+            // Maps to the alert `access_denied`: the certificate is valid,
+            // its holder is not admitted.
+            Err(CertificateError::ApplicationVerificationFailure.into())
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        self.inner.requires_raw_public_keys()
+    }
+}
+
+/// The verifier of client certificates signed by the CA at `path`, narrowed
+/// to `names` when there are any.
+fn client_verifier(path: &Path, names: &[String]) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let inner = WebPkiClientVerifier::builder_with_provider(roots(path)?, provider())
+        .build()
+        .map_err(|error| TlsError::Invalid(error.to_string()))?;
+    if names.is_empty() {
+        return Ok(inner);
+    }
+    let names = names
+        .iter()
+        .map(|name| {
+            DnsName::try_from(name.as_str())
+                .map(|name| name.to_owned())
+                .map_err(|_| {
+                    TlsError::Invalid(format!("the client name {name:?} is not a DNS name"))
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Arc::new(NamedClientVerifier { inner, names }))
+}
+
 /// A listener's TLS configuration (HTTP/1.1 only).
 pub fn server_config(files: &ServerFiles) -> Result<Arc<ServerConfig>, TlsError> {
     let chain = certificates("certificate", &files.certificate)?;
@@ -114,13 +230,12 @@ pub fn server_config(files: &ServerFiles) -> Result<Arc<ServerConfig>, TlsError>
         .map_err(|error| TlsError::Invalid(error.to_string()))?;
     let builder = match &files.client_ca {
         Some(path) => {
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                roots(path)?,
-                provider(),
-            )
-            .build()
-            .map_err(|error| TlsError::Invalid(error.to_string()))?;
-            builder.with_client_cert_verifier(verifier)
+            builder.with_client_cert_verifier(client_verifier(path, &files.client_names)?)
+        }
+        None if !files.client_names.is_empty() => {
+            return Err(TlsError::Invalid(
+                "client names need a client CA to verify the certificates against".to_owned(),
+            ));
         }
         None => builder.with_no_client_auth(),
     };
@@ -162,6 +277,7 @@ mod tests {
             certificate: PathBuf::from("/nonexistent/saldo-cert.pem"),
             private_key: PathBuf::from("/nonexistent/saldo-key.pem"),
             client_ca: None,
+            client_names: Vec::new(),
         };
         let error = server_config(&files).expect_err("refused").to_string();
         assert!(

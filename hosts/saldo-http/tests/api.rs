@@ -10,6 +10,7 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use saldo_domain::messages::Service;
 use saldo_engine::{MemoryBackend, Store};
+use saldo_http::admin::AdminAccess;
 use saldo_http::api::Api;
 use saldo_http::gateway::{Gateway, hash_key, parse_keys, to_hex};
 use saldo_types::Timestamp;
@@ -20,9 +21,17 @@ fn clock() -> Timestamp {
     Timestamp::from_unix_ms(1_800_000_000_000)
 }
 
-/// The API with its operator routes, on the in-memory store.
+/// The API with its operator routes, on the in-memory store, open to
+/// requests no gateway forwarded (as `saldo dev` without keys serves it).
 fn admin_over(backend: MemoryBackend) -> Router {
+    admin_with(backend, AdminAccess::WithoutGateway)
+}
+
+/// The API with its operator routes, on the in-memory store, as a service
+/// started with `access` serves them.
+fn admin_with(backend: MemoryBackend, access: AdminAccess) -> Router {
     let mut api = Api::new(clock);
+    api.admin_access = access;
     let shared: Arc<dyn Store> = Arc::new(backend.clone());
     api.order = Some(shared.clone());
     api.payment = Some(shared.clone());
@@ -1176,6 +1185,47 @@ fn keys_router(backend: Arc<dyn Store>, keys: &[(&str, &str, &[&str], &[&str])])
     Gateway::new(parse_keys(&text).expect("valid")).protect(api_over(backend))
 }
 
+#[tokio::test]
+async fn the_gateway_forwards_only_its_own_principal_headers_whatever_the_client_sent() {
+    // Proves a client's Saldo-Principal* headers (any spelling, repeated)
+    // never pass the gateway: the service behind it sees exactly one of
+    // each, holding the key's name, customers and scopes.
+    let echo = Router::new().fallback(|headers: axum::http::HeaderMap| async move {
+        let seen = |name: &str| {
+            headers
+                .get_all(name)
+                .iter()
+                .map(|value| value.to_str().unwrap_or("?").to_owned())
+                .collect::<Vec<_>>()
+        };
+        axum::Json(json!({
+            "principal": seen("saldo-principal"),
+            "customers": seen("saldo-principal-customers"),
+            "scopes": seen("saldo-principal-scopes"),
+        }))
+    });
+    let text = format!(
+        "[[key]]\nname = \"alice-app\"\nsha256 = \"{}\"\ncustomers = [\"alice\"]\nscopes = [\"*\"]\n",
+        to_hex(&hash_key(ALICE_APP))
+    );
+    let router = Gateway::new(parse_keys(&text).expect("valid")).protect(echo);
+    let request = Request::get("/anything")
+        .header("x-api-key", ALICE_APP)
+        .header("Saldo-Principal", "back-office")
+        .header("saldo-principal", "ops")
+        .header("SALDO-PRINCIPAL-CUSTOMERS", "*")
+        .header("saldo-principal-scopes", "admin")
+        .header("saldo-principal-scopes", "*")
+        .body(Body::empty())
+        .expect("a request");
+    let answer = raw(&router, request).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(
+        answer.body,
+        json!({ "principal": ["alice-app"], "customers": ["alice"], "scopes": ["*"] })
+    );
+}
+
 /// Places an order for `customer` straight at the API (no gateway); its id.
 async fn place_directly(router: &Router, customer: &str, key: &str) -> String {
     let answer = send(
@@ -1341,6 +1391,7 @@ async fn a_service_refuses_customers_outside_the_forwarded_principal() {
     let forwarded = [
         ("saldo-principal", "alice-app"),
         ("saldo-principal-customers", "alice,carol"),
+        ("saldo-principal-scopes", "*"),
     ];
     let theirs = send(
         &direct,
@@ -1398,6 +1449,74 @@ async fn a_service_refuses_customers_outside_the_forwarded_principal() {
     assert_eq!(
         code(&half),
         (StatusCode::BAD_REQUEST, Some("principal_header_invalid"))
+    );
+}
+
+#[tokio::test]
+async fn a_service_refuses_operations_outside_the_forwarded_scopes() {
+    // Regression: a service checked a forwarded principal's customers but
+    // not its scopes, so a principal acting for every customer (an admin
+    // key's, say) could do anything on the customer API once past the
+    // gateway. The service now checks the forwarded scopes as well.
+    let backend = MemoryBackend::new();
+    let direct = api_over(Arc::new(backend.clone()));
+    seed(&direct).await;
+    let alice_order = place_directly(&direct, "alice", "alice-1").await;
+    let operator = [
+        ("saldo-principal", "ops"),
+        ("saldo-principal-customers", "*"),
+        ("saldo-principal-scopes", "admin"),
+    ];
+    let reader = [
+        ("saldo-principal", "reader"),
+        ("saldo-principal-customers", "*"),
+        ("saldo-principal-scopes", "orders:read,wallets:read"),
+    ];
+    let order_path = format!("/orders/{alice_order}");
+    let writes: [(&str, &str, Value); 3] = [
+        ("POST", "/orders", order("alice", "book", 1)),
+        (
+            "POST",
+            "/wallets/alice/top-ups",
+            json!({ "amount_minor": 1, "currency": "EUR" }),
+        ),
+        (
+            "PUT",
+            "/stock/book",
+            json!({ "on_hand": 1, "unit_price_minor": 1, "currency": "EUR" }),
+        ),
+    ];
+    for headers in [&operator[..], &reader[..]] {
+        for (method, path, body) in &writes {
+            let mut with_key = headers.to_vec();
+            with_key.push(("idempotency-key", "scoped"));
+            let refused = send(&direct, method, path, &with_key, Some(body.clone())).await;
+            assert_eq!(
+                code(&refused),
+                (StatusCode::FORBIDDEN, Some("scope_missing")),
+                "{method} {path} as {:?}",
+                headers[0].1
+            );
+        }
+        let stock = send(&direct, "GET", "/stock/book", headers, None).await;
+        assert_eq!(code(&stock), (StatusCode::FORBIDDEN, Some("scope_missing")));
+    }
+    for path in [order_path.as_str(), "/wallets/alice"] {
+        let refused = send(&direct, "GET", path, &operator, None).await;
+        assert_eq!(
+            code(&refused),
+            (StatusCode::FORBIDDEN, Some("scope_missing")),
+            "{path}"
+        );
+        let read = send(&direct, "GET", path, &reader, None).await;
+        assert_eq!(read.status, StatusCode::OK, "{path}: {}", read.body);
+    }
+    let health = send(&direct, "GET", "/healthz", &operator, None).await;
+    assert_eq!(health.status, StatusCode::OK, "the open paths stay open");
+    assert_eq!(
+        backend.lock().outbox_pending(Service::Order, 100).len(),
+        1,
+        "only the order placed directly"
     );
 }
 
@@ -1714,7 +1833,205 @@ mod admin {
             to_hex(&hash_key(OPS)),
             to_hex(&hash_key(SHOP))
         );
-        Gateway::new(parse_keys(&text).expect("valid")).protect(admin_over(backend))
+        Gateway::new(parse_keys(&text).expect("valid"))
+            .protect(admin_with(backend, AdminAccess::Gateway))
+    }
+
+    /// Every operator route of a process with all three services, with a
+    /// body for the interventions.
+    fn operator_routes(order_id: &str) -> Vec<(&'static str, String, Option<Value>)> {
+        let retry = Some(json!({ "action": "retry_now", "dry_run": true }));
+        let discard = Some(json!({ "action": "discard", "reason": "r", "dry_run": true }));
+        vec![
+            ("GET", "/admin/order/orders".to_owned(), None),
+            ("POST", format!("/admin/order/orders/{order_id}"), retry),
+            ("GET", format!("/admin/orders/{order_id}/story"), None),
+            (
+                "GET",
+                format!("/admin/payment/orders/{order_id}/story"),
+                None,
+            ),
+            ("GET", "/admin/inventory/dead-letters".to_owned(), None),
+            (
+                "POST",
+                "/admin/inventory/dead-letters/1".to_owned(),
+                discard,
+            ),
+            ("GET", "/admin/order/audit".to_owned(), None),
+        ]
+    }
+
+    #[tokio::test]
+    async fn a_service_serves_the_operator_api_only_to_an_admin_the_gateway_forwarded() {
+        // Regression: a service answered /admin to anyone who reached it,
+        // recording them as "direct". Now a request without a forwarded
+        // principal, or with one lacking the admin scope or acting for some
+        // customers only, is refused before any handler reads or writes.
+        let backend = MemoryBackend::new();
+        let router = admin_with(backend.clone(), AdminAccess::Gateway);
+        let order_id = stuck_order(&router).await;
+        let shop = [
+            ("saldo-principal", "shop"),
+            ("saldo-principal-customers", "*"),
+            ("saldo-principal-scopes", "orders:read,orders:write"),
+        ];
+        let narrow_admin = [
+            ("saldo-principal", "ops"),
+            ("saldo-principal-customers", "alice"),
+            ("saldo-principal-scopes", "admin"),
+        ];
+        let admin = [
+            ("saldo-principal", "ops"),
+            ("saldo-principal-customers", "*"),
+            ("saldo-principal-scopes", "orders:read,admin"),
+        ];
+        for (method, path, body) in operator_routes(&order_id) {
+            let direct = send(&router, method, &path, &[], body.clone()).await;
+            assert_eq!(
+                code(&direct),
+                (StatusCode::FORBIDDEN, Some("admin_scope_required")),
+                "{method} {path} without a gateway"
+            );
+            let detail = direct.body["detail"].as_str().unwrap_or("");
+            assert!(detail.contains("--admin-without-gateway"), "{detail}");
+            let without_scope = send(&router, method, &path, &shop, body.clone()).await;
+            assert_eq!(
+                code(&without_scope),
+                (StatusCode::FORBIDDEN, Some("admin_scope_required")),
+                "{method} {path} without the admin scope"
+            );
+            let some_customers = send(&router, method, &path, &narrow_admin, body.clone()).await;
+            assert_eq!(
+                code(&some_customers),
+                (StatusCode::FORBIDDEN, Some("customer_forbidden")),
+                "{method} {path} for some customers"
+            );
+            // The forwarded headers are trusted (ADR 0013): mTLS with client
+            // names is what keeps anyone but the gateway from writing them.
+            let admitted = send(&router, method, &path, &admin, body).await;
+            assert_ne!(admitted.status, StatusCode::FORBIDDEN, "{method} {path}");
+            assert!(
+                admitted.status.is_success() || admitted.status == StatusCode::NOT_FOUND,
+                "{method} {path}: {} {}",
+                admitted.status,
+                admitted.body
+            );
+        }
+        let audit = send(&router, "GET", "/admin/order/audit", &admin, None).await;
+        assert_eq!(audit.body["items"], json!([]), "dry runs wrote nothing");
+        let real = send(
+            &router,
+            "POST",
+            &format!("/admin/order/orders/{order_id}"),
+            &[],
+            Some(json!({ "action": "retry_now" })),
+        )
+        .await;
+        assert_eq!(real.status, StatusCode::FORBIDDEN);
+        let audit = send(&router, "GET", "/admin/order/audit", &admin, None).await;
+        assert_eq!(
+            audit.body["items"],
+            json!([]),
+            "a refused intervention wrote nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_gateway_only_the_explicit_setting_serves_the_operator_api_directly() {
+        // Proves --admin-without-gateway (AdminAccess::WithoutGateway) admits
+        // requests that carry no forwarded principal, audited as "direct",
+        // and still refuses a forwarded principal without the admin scope.
+        let backend = MemoryBackend::new();
+        let router = admin_with(backend, AdminAccess::WithoutGateway);
+        let order_id = stuck_order(&router).await;
+        for (method, path, body) in operator_routes(&order_id) {
+            let direct = send(&router, method, &path, &[], body).await;
+            assert_ne!(direct.status, StatusCode::FORBIDDEN, "{method} {path}");
+        }
+        let shop = [
+            ("saldo-principal", "shop"),
+            ("saldo-principal-customers", "*"),
+            ("saldo-principal-scopes", "*,orders:read"),
+        ];
+        let all_scopes = send(&router, "GET", "/admin/order/orders", &shop, None).await;
+        assert_eq!(
+            all_scopes.status,
+            StatusCode::OK,
+            "* grants the operator API"
+        );
+        let reader = [
+            ("saldo-principal", "shop"),
+            ("saldo-principal-customers", "*"),
+            ("saldo-principal-scopes", "orders:read"),
+        ];
+        let refused = send(&router, "GET", "/admin/order/orders", &reader, None).await;
+        assert_eq!(
+            code(&refused),
+            (StatusCode::FORBIDDEN, Some("admin_scope_required"))
+        );
+        let applied = send(
+            &router,
+            "POST",
+            &format!("/admin/order/orders/{order_id}"),
+            &[],
+            Some(json!({ "action": "retry_now" })),
+        )
+        .await;
+        assert_eq!(applied.status, StatusCode::OK, "{}", applied.body);
+        let audit = send(&router, "GET", "/admin/order/audit", &[], None).await;
+        assert_eq!(
+            audit.body["items"][0]["actor"],
+            json!({ "principal": "direct", "key": "none" })
+        );
+    }
+
+    #[tokio::test]
+    async fn principal_headers_a_client_sends_never_reach_the_operator_api() {
+        // Proves the gateway replaces forged Saldo-Principal* headers on the
+        // operator API: a shop key claiming admin is refused, and the admin
+        // key's intervention is audited under its own name, not the forged one.
+        let backend = MemoryBackend::new();
+        let router = guarded(backend.clone());
+        let shop = ("x-api-key", SHOP);
+        seed_with(&router, &[shop]).await;
+        let placed = send(
+            &router,
+            "POST",
+            "/orders",
+            &[shop, ("idempotency-key", "o-1")],
+            Some(order("alice", "book", 1)),
+        )
+        .await;
+        assert_eq!(placed.status, StatusCode::CREATED, "{}", placed.body);
+        let order_id = placed.body["order_id"].as_str().expect("an id").to_owned();
+        let forged = [
+            ("saldo-principal", "mallory"),
+            ("Saldo-Principal-Customers", "*"),
+            ("SALDO-PRINCIPAL-SCOPES", "admin"),
+        ];
+        let mut as_shop = vec![shop];
+        as_shop.extend(forged);
+        let refused = send(&router, "GET", "/admin/order/orders", &as_shop, None).await;
+        assert_eq!(
+            code(&refused),
+            (StatusCode::FORBIDDEN, Some("scope_missing"))
+        );
+        let mut as_ops = vec![("x-api-key", OPS)];
+        as_ops.extend(forged);
+        let applied = send(
+            &router,
+            "POST",
+            &format!("/admin/order/orders/{order_id}"),
+            &as_ops,
+            Some(json!({ "action": "retry_now" })),
+        )
+        .await;
+        assert_eq!(applied.status, StatusCode::OK, "{}", applied.body);
+        let audit = send(&router, "GET", "/admin/order/audit", &as_ops, None).await;
+        assert_eq!(
+            audit.body["items"][0]["actor"],
+            json!({ "principal": "ops", "key": "ops" })
+        );
     }
 
     /// An order placed with nothing delivering its messages: it waits for

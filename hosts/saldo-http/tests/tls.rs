@@ -58,11 +58,24 @@ impl Authority {
         name: &str,
         purpose: ExtendedKeyUsagePurpose,
     ) -> (PathBuf, PathBuf) {
-        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+        self.issue_for(dir, name, "localhost", vec![purpose])
+    }
+
+    /// A leaf for the DNS name `subject_name` with exactly `purposes` as
+    /// its extended key usages (none: no such extension), written as PEM
+    /// files in `dir`: (certificate, key).
+    fn issue_for(
+        &self,
+        dir: &Path,
+        name: &str,
+        subject_name: &str,
+        purposes: Vec<ExtendedKeyUsagePurpose>,
+    ) -> (PathBuf, PathBuf) {
+        let mut params = CertificateParams::new(vec![subject_name.to_owned()]).expect("params");
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, name);
-        params.extended_key_usages = vec![purpose];
+        params.extended_key_usages = purposes;
         let key = KeyPair::generate().expect("a key");
         let certificate = params
             .signed_by(&key, &self.certificate, &self.key)
@@ -183,6 +196,7 @@ async fn the_gateway_reaches_a_service_over_mtls_and_nobody_else_does() {
         certificate: service_cert,
         private_key: service_key,
         client_ca: Some(ca_path.clone()),
+        client_names: Vec::new(),
     })
     .expect("the service's TLS settings");
     let service = listen(service_router, service_tls).await;
@@ -214,6 +228,7 @@ async fn the_gateway_reaches_a_service_over_mtls_and_nobody_else_does() {
         certificate: gateway_cert,
         private_key: gateway_key,
         client_ca: None,
+        client_names: Vec::new(),
     })
     .expect("the gateway's TLS settings");
     let gateway = listen(gateway_router, gateway_tls).await;
@@ -278,5 +293,114 @@ async fn the_gateway_reaches_a_service_over_mtls_and_nobody_else_does() {
         read.is_err() || !answer.contains("HTTP/1.1"),
         "plain HTTP got {answer:?}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_service_with_client_names_admits_only_certificates_for_those_names() {
+    // Regression: with --tls-client-ca alone a service admitted every
+    // certificate its CA signed. With client names it admits a certificate
+    // of the CA only when it is valid for one of them and, if it has an
+    // extended-key-usage extension, that lists clientAuth; everyone else
+    // fails the handshake before any HTTP is read.
+    let dir = scratch_dir("names");
+    let ca = Authority::new("saldo test CA");
+    let ca_path = ca.write(&dir, "ca");
+    let (service_cert, service_key) =
+        ca.issue(&dir, "service", ExtendedKeyUsagePurpose::ServerAuth);
+    let client_auth = || vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let gateway = ca.issue_for(&dir, "gateway", "gateway.saldo.internal", client_auth());
+    let second = ca.issue_for(&dir, "second", "gateway-b.saldo.internal", client_auth());
+    let without_usage = ca.issue_for(&dir, "no-eku", "gateway.saldo.internal", Vec::new());
+    let other = ca.issue_for(
+        &dir,
+        "reconciler",
+        "reconciler.saldo.internal",
+        client_auth(),
+    );
+    let server_only = ca.issue_for(
+        &dir,
+        "server-only",
+        "gateway.saldo.internal",
+        vec![ExtendedKeyUsagePurpose::ServerAuth],
+    );
+
+    let service_tls = saldo_http::tls::server_config(&ServerFiles {
+        certificate: service_cert,
+        private_key: service_key,
+        client_ca: Some(ca_path.clone()),
+        client_names: vec![
+            "gateway.saldo.internal".to_owned(),
+            "gateway-b.saldo.internal".to_owned(),
+        ],
+    })
+    .expect("the service's TLS settings");
+    let service = listen(Api::new(clock).router(), service_tls).await;
+    let client = |(certificate, key): (PathBuf, PathBuf)| {
+        saldo_http::tls::client_config(Some(&ClientFiles {
+            ca: ca_path.clone(),
+            identity: Some((certificate, key)),
+        }))
+        .expect("a client")
+    };
+
+    for (what, identity) in [
+        ("the first allowed name", gateway),
+        ("the second allowed name", second),
+        ("an allowed name without extended key usages", without_usage),
+    ] {
+        let admitted = exchange(client(identity), service, "/healthz")
+            .await
+            .unwrap_or_else(|error| panic!("{what} is admitted: {error}"));
+        assert!(admitted.starts_with("HTTP/1.1 200"), "{what}: {admitted}");
+    }
+
+    let refused = exchange(client(other), service, "/healthz")
+        .await
+        .expect_err("a certificate of the CA for another name, no answer");
+    assert!(refused.contains("AccessDenied"), "{refused}");
+
+    let refused = exchange(client(server_only), service, "/healthz")
+        .await
+        .expect_err("an allowed name without the clientAuth usage, no answer");
+    assert!(!refused.contains("HTTP/1.1"), "{refused}");
+
+    let unnamed = saldo_http::tls::client_config(Some(&ClientFiles {
+        ca: ca_path.clone(),
+        identity: None,
+    }))
+    .expect("a client");
+    let refused = exchange(unnamed, service, "/healthz")
+        .await
+        .expect_err("no client certificate, no answer");
+    assert!(refused.contains("CertificateRequired"), "{refused}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn client_names_are_refused_when_they_cannot_be_checked() {
+    // Proves a client name that is not a DNS name, or client names without
+    // a client CA, stop the listener at start-up instead of admitting anyone.
+    let dir = scratch_dir("bad-names");
+    let ca = Authority::new("saldo test CA");
+    let ca_path = ca.write(&dir, "ca");
+    let (certificate, private_key) = ca.issue(&dir, "service", ExtendedKeyUsagePurpose::ServerAuth);
+    let refusal = |client_ca: Option<PathBuf>, name: &str| {
+        saldo_http::tls::server_config(&ServerFiles {
+            certificate: certificate.clone(),
+            private_key: private_key.clone(),
+            client_ca,
+            client_names: vec![name.to_owned()],
+        })
+        .expect_err("refused")
+        .to_string()
+    };
+    let error = refusal(Some(ca_path), "not a name!");
+    assert!(
+        error.contains("\"not a name!\" is not a DNS name"),
+        "{error}"
+    );
+    let error = refusal(None, "gateway.saldo.internal");
+    assert!(error.contains("need a client CA"), "{error}");
     let _ = std::fs::remove_dir_all(&dir);
 }

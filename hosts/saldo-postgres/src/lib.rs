@@ -21,6 +21,8 @@ mod tables;
 pub mod testing;
 
 pub use migrate::{AppliedMigration, MIGRATOR, migrate};
-pub use outbox::{LANES, PgOutbox, RETENTION, claim_connect_options, claim_sql, outbox_channel};
+pub use outbox::{
+    CLAIM_SETTINGS, LANES, PgOutbox, RETENTION, begin_claim, claim_sql, outbox_channel,
+};
 pub use saldo_domain::store::CommitError;
 pub use store::{ACQUIRE_TIMEOUT, Dump, PgCommitError, PgStore, StoreError, schema};

@@ -7,8 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use saldo_domain::messages::Service;
 use saldo_engine::{OutboxRecord, OutboxSource, Unavailable};
-use sqlx::postgres::{PgConnectOptions, PgListener};
-use sqlx::{ConnectOptions, Connection, PgConnection, Row as _};
+use sqlx::postgres::PgListener;
+use sqlx::{Connection, PgConnection, Row as _};
 
 use crate::store::schema;
 
@@ -34,22 +34,33 @@ fn lock_class(service: Service) -> i32 {
         }
 }
 
-/// How a publisher connects. Its claim must walk the pending index in
-/// sequence order: an index scan marks the entries of published rows dead
-/// as it passes them, so the next claim skips them. The planner prefers a
-/// bitmap scan and a sort for a small pending set, and a bitmap scan never
-/// marks anything: every claim then re-read every row published since the
-/// last vacuum (measured: 17,088 index entries and 1,475 heap pages read to
-/// find 121 pending rows, 29 ms, against 0.14 ms once marked). So bitmap
-/// scans are off for the publisher's connection only.
-pub fn claim_connect_options(database_url: &str) -> Result<PgConnectOptions, sqlx::Error> {
-    Ok(database_url
-        .parse::<PgConnectOptions>()?
-        .options([("enable_bitmapscan", "off")]))
+/// What a claim's transaction sets before the claim. The claim must walk
+/// the pending index in sequence order: an index scan marks the entries of
+/// published rows dead as it passes them, so the next claim skips them.
+/// The planner prefers a bitmap scan and a sort for a small pending set,
+/// and a bitmap scan never marks anything: every claim then re-read every
+/// row published since the last vacuum (measured: 17,088 index entries and
+/// 1,475 heap pages read to find 121 pending rows, 29 ms, against 0.14 ms
+/// once marked). So bitmap scans are off for the claim only, with `SET
+/// LOCAL` inside its transaction: a connection startup option (the first
+/// form of this fix) is refused by PgBouncer, and a session `SET` would
+/// stay on a pooled server connection for other clients' transactions.
+pub const CLAIM_SETTINGS: &str = "SET LOCAL enable_bitmapscan = off";
+
+/// Opens the transaction a claim runs in, with [`CLAIM_SETTINGS`] applied:
+/// run [`claim_sql`] in it, then commit (or drop it; it only reads).
+pub async fn begin_claim(
+    connection: &mut PgConnection,
+) -> Result<sqlx::Transaction<'_, sqlx::Postgres>, sqlx::Error> {
+    let mut transaction = connection.begin().await?;
+    sqlx::query(CLAIM_SETTINGS)
+        .execute(&mut *transaction)
+        .await?;
+    Ok(transaction)
 }
 
 async fn claim_connection(database_url: &str) -> Result<PgConnection, sqlx::Error> {
-    claim_connect_options(database_url)?.connect().await
+    PgConnection::connect(database_url).await
 }
 
 fn unavailable(error: sqlx::Error) -> Unavailable {
@@ -151,13 +162,17 @@ impl OutboxSource for PgOutbox {
         // Rows in flight are excluded through a hashed subplan: `NOT (sequence
         // = ANY($3))` compared every pending row with every row in flight.
         let sql = claim_sql(self.service);
+        let mut transaction = begin_claim(&mut self.connection)
+            .await
+            .map_err(unavailable)?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(&self.lanes)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .bind(in_flight)
-            .fetch_all(&mut self.connection)
+            .fetch_all(&mut *transaction)
             .await
             .map_err(unavailable)?;
+        transaction.commit().await.map_err(unavailable)?;
         rows.iter()
             .map(|row| {
                 Ok(OutboxRecord {

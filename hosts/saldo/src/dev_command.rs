@@ -24,6 +24,7 @@ use saldo_engine::{
     DeadLetter, DeadLetterSink, Deliverer, DeliveryError, Incoming, MemoryBackend, Store, execute,
     timers, wall_clock,
 };
+use saldo_http::admin::AdminAccess;
 use saldo_http::api::Api;
 use saldo_http::gateway::{Gateway, parse_keys};
 use saldo_idempotency::IdempotencyKey;
@@ -296,6 +297,14 @@ pub fn run(args: &DevArgs) -> anyhow::Result<ExitCode> {
         api.payment = Some(shared.clone());
         api.inventory = Some(shared);
         api.operator = Some(Arc::new(backend.clone()));
+        // With keys the gateway wraps every route of this process, so /admin
+        // sees only the principals it forwards; without keys there is no
+        // authentication at all, and the operator API is as open as the rest.
+        api.admin_access = if gateway.is_some() {
+            AdminAccess::Gateway
+        } else {
+            AdminAccess::WithoutGateway
+        };
         api.rules = rules.clone();
         api.metrics = Some(metrics);
         let mut router = api.router();

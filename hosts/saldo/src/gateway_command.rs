@@ -114,7 +114,8 @@ pub struct ApiKeyArgs {
     #[arg(long)]
     all_customers: bool,
     /// What it may do, exactly: orders:read, orders:write, wallets:read,
-    /// wallets:top-up, stock:read, stock:write, or * (repeatable). A write
+    /// wallets:top-up, stock:read, stock:write, admin (the operator API
+    /// under /admin; only with --all-customers), or * (repeatable). A write
     /// scope grants no read.
     #[arg(long = "scope", required = true, value_parser = parse_scope)]
     scopes: Vec<String>,

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use saldo_http::admin::AdminAccess;
 use saldo_http::api::{Api, Check};
 
 use crate::config::parse_duration;
@@ -65,6 +66,13 @@ pub struct ServiceArgs {
     http_address: Option<std::net::SocketAddr>,
     #[command(flatten)]
     tls: ListenerTls,
+    /// Serve the operator API (/admin) also to requests that no gateway
+    /// forwarded, audited as "direct". For tests and development only:
+    /// whoever reaches the HTTP port becomes an operator. Without it /admin
+    /// answers only principals saldo gateway forwards with the admin scope
+    /// (403 admin_scope_required otherwise).
+    #[arg(long, env = "SALDO_ADMIN_WITHOUT_GATEWAY")]
+    admin_without_gateway: bool,
     /// How long inbox receipts are kept before the purge deletes them (ADR
     /// 0015). A consumer refuses to start when this is shorter than the
     /// retention.ms of the topic it consumes.
@@ -180,6 +188,10 @@ async fn serve_api(
 ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
     let mut api = Api::new(wall_clock);
     api.operator = Some(Arc::new(store.clone()));
+    if args.admin_without_gateway {
+        tracing::warn!(%service, "serving /admin without a gateway (--admin-without-gateway): anyone who reaches the HTTP port is an operator");
+        api.admin_access = AdminAccess::WithoutGateway;
+    }
     let backend: Arc<dyn Store> = Arc::new(store);
     match service {
         Service::Order => api.order = Some(backend),
@@ -280,6 +292,9 @@ pub(crate) fn shutdown() -> impl std::future::Future<Output = ()> + Send + 'stat
 pub fn run_consumer(service: Service, args: &ServiceArgs) -> anyhow::Result<ExitCode> {
     if args.tls.is_set() && args.http_address.is_none() {
         bail!("the TLS flags apply to the HTTP API: give --http-address too");
+    }
+    if args.admin_without_gateway && args.http_address.is_none() {
+        bail!("--admin-without-gateway applies to the HTTP API: give --http-address too");
     }
     // Certificate files are read before anything connects, so that a
     // missing one is the first and only error.
@@ -395,6 +410,9 @@ pub fn run_outbox(args: &OutboxArgs) -> anyhow::Result<ExitCode> {
     }
     if args.connection.tls.is_set() {
         bail!("saldo outbox has no HTTP API, so no TLS flags");
+    }
+    if args.connection.admin_without_gateway {
+        bail!("saldo outbox has no HTTP API, so no --admin-without-gateway");
     }
     runtime()?.block_on(async {
         let stop_requested = shutdown();

@@ -36,6 +36,19 @@ pub struct ListenerTls {
         requires = "tls_cert"
     )]
     tls_client_ca: Option<PathBuf>,
+    /// Admit only client certificates valid for this DNS name (a subject
+    /// alternative name, matched as TLS matches a server's name) besides
+    /// being signed by --tls-client-ca; repeat it to admit several. Without
+    /// it, every certificate the CA signed for client authentication is
+    /// admitted. Any other client fails the handshake (alert access_denied).
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "SALDO_TLS_CLIENT_NAMES",
+        value_delimiter = ',',
+        requires = "tls_client_ca"
+    )]
+    tls_client_name: Vec<String>,
 }
 
 impl ListenerTls {
@@ -49,6 +62,7 @@ impl ListenerTls {
             certificate: certificate.clone(),
             private_key: private_key.clone(),
             client_ca: self.tls_client_ca.clone(),
+            client_names: self.tls_client_name.clone(),
         })
         .map(Some)
     }
@@ -64,7 +78,10 @@ impl ListenerTls {
 
     /// Whether any of the flags is set.
     pub fn is_set(&self) -> bool {
-        self.tls_cert.is_some() || self.tls_key.is_some() || self.tls_client_ca.is_some()
+        self.tls_cert.is_some()
+            || self.tls_key.is_some()
+            || self.tls_client_ca.is_some()
+            || !self.tls_client_name.is_empty()
     }
 }
 

@@ -19,6 +19,25 @@ fn stdout(output: &Output) -> String {
 }
 
 #[test]
+fn api_key_help_names_every_scope_the_gateway_knows() {
+    // Regression: `saldo api-key --help` listed every scope but `admin`,
+    // the operator API's. Its help now names each scope of Scope::NAMES.
+    let help = saldo(&["api-key", "--help"]);
+    assert!(help.status.success());
+    let text = stdout(&help);
+    // The last mention is the option's own description (the first is usage).
+    let (_, scope_help) = text
+        .rsplit_once("--scope <SCOPES>")
+        .expect("the help describes --scope");
+    for (name, _) in saldo_http::gateway::Scope::NAMES {
+        assert!(
+            scope_help.contains(&format!(" {name}")),
+            "{name} is missing from:\n{text}"
+        );
+    }
+}
+
+#[test]
 fn admin_help_documents_every_action_and_a_refused_call_is_one_line() {
     // Proves `saldo admin --help` names every operator action, each action's help names --dry-run where it intervenes, and an unreachable API is one line and exit 2.
     let help = saldo(&["admin", "--help"]);
@@ -274,6 +293,48 @@ fn bad_arguments_give_one_readable_line_and_a_non_zero_exit() {
                 "/nonexistent/key.pem",
             ],
             "cannot read the certificate /nonexistent/cert.pem",
+        ),
+        (
+            vec![
+                "order",
+                "--database-url",
+                "postgres://x",
+                "--kafka-bootstrap",
+                "k",
+                "--admin-without-gateway",
+            ],
+            "--admin-without-gateway applies to the HTTP API: give --http-address too",
+        ),
+        (
+            vec![
+                "outbox",
+                "--service",
+                "order",
+                "--database-url",
+                "postgres://x",
+                "--kafka-bootstrap",
+                "k",
+                "--admin-without-gateway",
+            ],
+            "saldo outbox has no HTTP API, so no --admin-without-gateway",
+        ),
+        (
+            vec![
+                "payment",
+                "--database-url",
+                "postgres://x",
+                "--kafka-bootstrap",
+                "k",
+                "--http-address",
+                "127.0.0.1:0",
+                "--tls-cert",
+                "c.pem",
+                "--tls-key",
+                "k.pem",
+                "--tls-client-name",
+                "gateway.saldo.internal",
+            ],
+            "--tls-client-ca <FILE>",
         ),
         (
             vec!["dev", "--tls-cert", "/nonexistent/cert.pem"],
