@@ -1974,7 +1974,7 @@ mod admin {
             "POST",
             &format!("/admin/order/orders/{order_id}"),
             &[],
-            Some(json!({ "action": "retry_now" })),
+            Some(json!({ "action": "retry_now", "expected_version": seen_version(&router, &order_id, &[]).await })),
         )
         .await;
         assert_eq!(applied.status, StatusCode::OK, "{}", applied.body);
@@ -2023,7 +2023,7 @@ mod admin {
             "POST",
             &format!("/admin/order/orders/{order_id}"),
             &as_ops,
-            Some(json!({ "action": "retry_now" })),
+            Some(json!({ "action": "retry_now", "expected_version": seen_version(&router, &order_id, &as_ops).await })),
         )
         .await;
         assert_eq!(applied.status, StatusCode::OK, "{}", applied.body);
@@ -2187,7 +2187,7 @@ mod admin {
             "POST",
             &path,
             &[],
-            Some(json!({ "action": "force_compensation", "expected_version": seen_version(&router, &order_id).await })),
+            Some(json!({ "action": "force_compensation", "expected_version": seen_version(&router, &order_id, &[]).await })),
         )
         .await;
         assert_eq!(forced.status, StatusCode::OK, "{}", forced.body);
@@ -2288,8 +2288,8 @@ mod admin {
     }
 
     /// The order's version as an operator's listing shows it.
-    async fn seen_version(router: &Router, order_id: &str) -> u64 {
-        let listed = send(router, "GET", "/admin/order/orders", &[], None).await;
+    async fn seen_version(router: &Router, order_id: &str, headers: &[(&str, &str)]) -> u64 {
+        let listed = send(router, "GET", "/admin/order/orders", headers, None).await;
         listed.body["items"]
             .as_array()
             .into_iter()
