@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use saldo_domain::decision::{RowKey, Versioned};
-use saldo_domain::messages::{MessageId, Service};
+use saldo_domain::messages::{Envelope, MessageId, Service};
 use saldo_domain::operator::{Actor, AuditRecord, DeadLetterRef, DeadLetterRow};
 use saldo_domain::order::OrderRow;
 use saldo_domain::store::CommitError;
@@ -44,6 +44,28 @@ pub(crate) async fn settle_dead_letters(
                 letter.id, letter.service
             ))));
         }
+    }
+    Ok(())
+}
+
+/// Before a redrive queues a message again: deletes the published copy of
+/// it that an earlier redrive left in the consumer's outbox (its message id
+/// is unique there), as retention would. A copy still unpublished stays, and
+/// the insert then fails as a conflict: the message is already on its way.
+pub(crate) async fn drop_published_copies(
+    transaction: &mut Transaction<'_, Postgres>,
+    outbox: &[(Service, Envelope)],
+) -> Result<(), PgCommitError> {
+    for (service, envelope) in outbox {
+        let sql = format!(
+            "DELETE FROM {}.outbox WHERE message_id = $1 AND published_at IS NOT NULL",
+            schema(*service)
+        );
+        dynamic(sql)
+            .bind(envelope.message_id.to_hex())
+            .execute(&mut **transaction)
+            .await
+            .map_err(aborted_or_failed)?;
     }
     Ok(())
 }

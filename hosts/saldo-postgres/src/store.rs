@@ -468,6 +468,9 @@ async fn apply(
     write_rows(transaction, &commit.writes).await?;
     insert_inbox(transaction, &commit.inbox).await?;
     write_idempotency(transaction, &commit.idempotency).await?;
+    if !commit.dead_letters_settled.is_empty() {
+        crate::operator::drop_published_copies(transaction, &commit.outbox).await?;
+    }
     insert_outbox(transaction, &commit.outbox, now).await?;
     crate::operator::settle_dead_letters(transaction, &commit.dead_letters_settled).await?;
     crate::operator::insert_audit(transaction, &commit.audit).await?;

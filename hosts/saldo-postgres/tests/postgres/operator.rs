@@ -226,4 +226,32 @@ async fn a_redriven_dead_letter_is_queued_and_deleted_in_one_commit_and_settles_
             .len(),
         1
     );
+    // The redriven copy is published, the consumer refuses it again, and it
+    // is redriven a second time: the published copy gives way to the new one
+    // (the outbox holds one row per message id).
+    let pool = database(&driver).store.pool();
+    pool.execute("UPDATE inventory.outbox SET published_at = now()")
+        .await
+        .expect("published");
+    store
+        .record_dead_letter(Service::Inventory, &letter)
+        .await
+        .expect("recorded again");
+    let listed = store
+        .dead_letters(Service::Inventory, None, 10)
+        .await
+        .expect("lists");
+    let second = decide_dead_letter(&listed[0], &DeadLetterAction::Redrive, &actor(), driver.now)
+        .expect("redrivable");
+    driver
+        .backend
+        .commit(second.decision, driver.now)
+        .await
+        .expect("a second redrive of the same message commits");
+    let unpublished: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM inventory.outbox WHERE published_at IS NULL")
+            .fetch_one(pool)
+            .await
+            .expect("counts");
+    assert_eq!(unpublished, 1);
 }
