@@ -24,6 +24,10 @@
 #   SALDO_BENCH_ORDERS           orders in the as-fast-as-it-goes run (5000)
 #   SALDO_BENCH_PGBENCH_SECONDS  pgbench duration (15)
 #   SALDO_BENCH_HALF_RATE_SECONDS  length of the half-rate run (20)
+#   SALDO_BENCH_AFTER_MIGRATE_SQL  a file of SQL run as the admin role right
+#                                after the migration, for what-if experiments
+#                                (drop a trigger, change a setting); figures so
+#                                measured are the experiment's, not Saldo's (off)
 #   SALDO_BENCH_PROFILE          a directory: record every Saldo process with
 #                                `perf record` during the as-fast-as-it-goes
 #                                run, one PROCESS.perf.data each (off)
@@ -150,6 +154,11 @@ psql "$ADMIN_URL" -qAt -v ON_ERROR_STOP=1 -c "CREATE DATABASE $database" >/dev/n
 database_created=true
 "$saldo" migrate --database-url "$database_url" >"$work/migrate.log" 2>&1 ||
     fail "migration failed (see $work/migrate.log)"
+if [[ -n ${SALDO_BENCH_AFTER_MIGRATE_SQL:-} ]]; then
+    echo "== experiment: $SALDO_BENCH_AFTER_MIGRATE_SQL"
+    psql "$database_url" -qAt -v ON_ERROR_STOP=1 -f "$SALDO_BENCH_AFTER_MIGRATE_SQL" >/dev/null ||
+        fail "the experiment's SQL failed"
+fi
 
 echo "== topology (logs in $work)"
 "$saldo" broker >"$work/broker.log" 2>"$work/broker.err" &
