@@ -248,7 +248,11 @@ impl OperatorStore for MemoryBackend {
         part.audit = store
             .audit_records()
             .iter()
-            .filter(|record| record.service == service && record.target == target)
+            .filter(|record| {
+                record.service == service
+                    && (record.target == target
+                        || record.order_id.as_deref() == Some(order_id.as_str()))
+            })
             .cloned()
             .collect();
         drop(store);

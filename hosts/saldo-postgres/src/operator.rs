@@ -77,8 +77,8 @@ pub(crate) async fn insert_audit(
 ) -> Result<(), PgCommitError> {
     for record in records {
         let sql = format!(
-            "INSERT INTO {}.audit (principal, key_name, action, target, dry_run, at) \
-             VALUES ($1, $2, $3, $4, $5, timestamptz 'epoch' + $6::bigint * interval '1 millisecond')",
+            "INSERT INTO {}.audit (principal, key_name, action, target, order_id, dry_run, at) \
+             VALUES ($1, $2, $3, $4, $5, $6, timestamptz 'epoch' + $7::bigint * interval '1 millisecond')",
             schema(record.service)
         );
         dynamic(sql)
@@ -86,6 +86,7 @@ pub(crate) async fn insert_audit(
             .bind(&record.actor.key)
             .bind(&record.action)
             .bind(&record.target)
+            .bind(&record.order_id)
             .bind(&record.dry_run)
             .bind(to_i64(record.at.unix_ms(), "audit time")?)
             .execute(&mut **transaction)
@@ -136,13 +137,14 @@ fn audit_from(service: Service, row: &PgRow) -> Result<AuditEntry, StoreError> {
             target: row.try_get(4)?,
             dry_run: row.try_get(5)?,
             at: timestamp_of(row, 6, "audit time")?,
+            order_id: row.try_get(7)?,
         },
     })
 }
 
 fn audit_columns() -> String {
     format!(
-        "id, principal, key_name, action, target, dry_run, {}",
+        "id, principal, key_name, action, target, dry_run, {}, order_id",
         unix_ms("at")
     )
 }
@@ -286,10 +288,11 @@ impl PgStore {
             .map(|row| dead_letter_from(service, row))
             .collect::<Result<_, _>>()?;
         let audit = dynamic(format!(
-            "SELECT {} FROM {schema}.audit WHERE target = $1 ORDER BY id LIMIT $2",
+            "SELECT {} FROM {schema}.audit WHERE target = $1 OR order_id = $2 ORDER BY id LIMIT $3",
             audit_columns()
         ))
         .bind(format!("order:{order_id}"))
+        .bind(order_id.as_str())
         .bind(cap)
         .fetch_all(&mut *connection)
         .await?;

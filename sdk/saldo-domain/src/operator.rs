@@ -51,6 +51,10 @@ pub struct AuditRecord {
     pub action: String,
     /// Which: `order:ID` or `dead_letter:SERVICE:ID`.
     pub target: String,
+    /// The order the target concerns (the order itself, or the dead
+    /// letter's), so that the order's story shows every action on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<String>,
     /// The decision committed with it, as its dry run showed it.
     pub dry_run: Value,
     /// When.
@@ -260,7 +264,7 @@ pub fn decide_order_intervention(
         Service::Order,
         actor,
         intervention.action.name(),
-        format!("order:{order_id}"),
+        (format!("order:{order_id}"), Some(order_id.to_string())),
         now,
     );
     decided.reply.decided_on = Some(version);
@@ -311,7 +315,7 @@ fn audited(
     service: Service,
     actor: &Actor,
     action: &str,
-    target: String,
+    (target, order_id): (String, Option<String>),
     now: Timestamp,
 ) -> Decided<Intervened> {
     assert!(
@@ -324,6 +328,7 @@ fn audited(
         actor: actor.clone(),
         action: action.to_owned(),
         target: target.clone(),
+        order_id,
         dry_run: shown.clone(),
         at: now,
     });
@@ -467,7 +472,10 @@ pub fn decide_dead_letter(
         letter.service,
         actor,
         action.name(),
-        format!("dead_letter:{}:{}", letter.service, letter.id),
+        (
+            format!("dead_letter:{}:{}", letter.service, letter.id),
+            letter.order_id.clone(),
+        ),
         now,
     );
     if let (DeadLetterAction::Discard { reason }, Some(audit)) =

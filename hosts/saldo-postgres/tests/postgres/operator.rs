@@ -205,9 +205,10 @@ async fn a_redriven_dead_letter_is_queued_and_deleted_in_one_commit_and_settles_
     assert_eq!(inventory_outbox.outbox.len(), 1);
     assert_eq!(
         inventory_outbox.audit.len(),
-        0,
-        "a dead letter's audit names the letter"
+        1,
+        "the redrive of the order's dead letter is in the order's story"
     );
+    assert_eq!(inventory_outbox.audit[0].target, "dead_letter:inventory:1");
     assert_eq!(
         store
             .audit(Service::Inventory, None, 10)
