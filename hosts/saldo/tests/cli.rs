@@ -791,6 +791,20 @@ impl Processes {
         self.0.push((name, child));
     }
 
+    /// SIGTERM to `name` alone, requiring a clean exit: a participant taken
+    /// down as an operator would, its consumer leaving its group.
+    fn stop(&mut self, name: &str) {
+        let index = self
+            .0
+            .iter()
+            .position(|(candidate, _)| *candidate == name)
+            .expect("running");
+        let stopped = vec![self.0.remove(index)];
+        let others = std::mem::replace(&mut self.0, stopped);
+        self.stop_each();
+        self.0 = others;
+    }
+
     /// SIGKILL: no cleanup, no offset commit, no marking.
     fn kill_hard(&mut self, name: &str) {
         let index = self
@@ -1752,6 +1766,8 @@ struct Edge {
     url: String,
     gateway_address: String,
     api_key: String,
+    /// A key with only the `admin` scope, for every customer: the operator's.
+    admin_key: String,
 }
 
 /// Every process of the topology, by the name `Production::start_process` knows.
@@ -1786,7 +1802,9 @@ impl Production {
             .next()
             .expect("the key on stderr's first line")
             .to_owned();
-        let entry = stdout(&issued);
+        let (admin_key, admin_entry) =
+            issue_key(&["--name", "operator", "--all-customers", "--scope", "admin"]);
+        let entry = format!("{}\n{admin_entry}", stdout(&issued));
         let keys_file = std::env::temp_dir().join(format!(
             "saldo-e2e-keys-{suffix}-{}.toml",
             std::process::id()
@@ -1809,6 +1827,7 @@ impl Production {
                 url,
                 gateway_address: ports[3].clone(),
                 api_key: api_key.trim().to_owned(),
+                admin_key: admin_key.trim().to_owned(),
             },
             launcher: Launcher {
                 keys_file,
@@ -2146,6 +2165,407 @@ fn assert_every_saga_sound(edge: &Edge, orders: usize) {
             "the API shows the stored history: {shown}"
         );
     }
+}
+
+/// Runs `saldo admin ARGUMENTS --json` against the gateway with the
+/// operator's key, as an operator would; its exit and output.
+fn admin(edge: &Edge, arguments: &[&str]) -> Output {
+    let url = format!("http://{}", edge.gateway_address);
+    let mut all = vec!["admin", "--url", &url, "--key", &edge.admin_key, "--json"];
+    all.extend_from_slice(arguments);
+    saldo(&all)
+}
+
+/// `saldo admin ARGUMENTS` that must succeed: its JSON answer (the first
+/// document when it prints several).
+fn admin_json(edge: &Edge, arguments: &[&str]) -> serde_json::Value {
+    let output = admin(edge, arguments);
+    assert!(
+        output.status.success(),
+        "saldo admin {arguments:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::Deserializer::from_slice(&output.stdout)
+        .into_iter::<serde_json::Value>()
+        .next()
+        .and_then(Result::ok)
+        .unwrap_or_else(|| panic!("saldo admin {arguments:?} printed no JSON"))
+}
+
+/// Polls `saldo admin ARGUMENTS` until one of its items satisfies `found`;
+/// returns that item.
+fn admin_wait_for(
+    edge: &Edge,
+    arguments: &[&str],
+    within_seconds: u64,
+    found: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(within_seconds);
+    loop {
+        let page = admin_json(edge, arguments);
+        if let Some(item) = page["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|item| found(item))
+        {
+            return item.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "saldo admin {arguments:?} never listed what was expected: {page}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// What a dry run must leave untouched: the order's version, every
+/// outbox's rows of the order, every schema's audit trail and dead letters.
+fn written_state(url: &str, order_id: &str) -> Vec<i64> {
+    let mut state = vec![query(
+        url,
+        &format!(
+            "SELECT COALESCE(max(version), 0) FROM orders.orders WHERE order_id = '{order_id}'"
+        ),
+    )];
+    for schema in ["orders", "inventory", "payment"] {
+        state.push(query(
+            url,
+            &format!("SELECT count(*) FROM {schema}.outbox WHERE order_id = '{order_id}'"),
+        ));
+        state.push(query(url, &format!("SELECT count(*) FROM {schema}.audit")));
+        state.push(query(
+            url,
+            &format!("SELECT count(*) FROM {schema}.dead_letters"),
+        ));
+    }
+    state
+}
+
+/// The order row as the order service stored it.
+fn order_row(url: &str, order_id: &str) -> saldo_domain::order::OrderRow {
+    let output = Command::new("psql")
+        .args([
+            url,
+            "-Atq",
+            "-c",
+            &format!("SELECT body::text FROM orders.orders WHERE order_id = '{order_id}'"),
+        ])
+        .output()
+        .expect("psql runs");
+    serde_json::from_slice(&output.stdout).expect("an order row decodes")
+}
+
+/// Places an order of `apples` (at 100 minor units each) through the
+/// gateway with the shop's key; its id.
+fn place_order(edge: &Edge, key: &str, customer: &str, apples: u32) -> String {
+    let answer = edge.write(
+        "POST",
+        "/orders",
+        key,
+        &serde_json::json!({ "customer": customer, "currency": "EUR", "lines": [{ "sku": "apple", "quantity": apples }] }),
+    );
+    answer["order_id"]
+        .as_str()
+        .expect("the order's id")
+        .to_owned()
+}
+
+#[test]
+fn stuck_sagas_of_every_kind_are_found_and_repaired_through_the_operator_api() {
+    // Proves issue #15's "done when" on PostgreSQL, `saldo broker` and the
+    // gateway, each service its own process: a saga stuck on a participant
+    // down past its deadline, a poison message and a lost reply are each
+    // listed by `saldo admin` with what they await, dry-run without a
+    // write, repaired by the fitting intervention, and every order ends
+    // with money conserved and reconciliation clean.
+    use saldo_saga::{HistoryEvent, Intervention, Phase};
+    let started = std::time::Instant::now();
+    let mut production = Production::start("stuck");
+    let url = production.edge.url.clone();
+    let Production {
+        processes,
+        broker,
+        edge,
+        launcher,
+        ..
+    } = &mut production;
+    // c0 has 1,000 EUR; c4 has 1.50 EUR.
+    edge.seed(5);
+    // An order that ends on its own, cancelled for insufficient funds.
+    let poor = place_order(edge, "poor", "c4", 2);
+
+    // (b) A poison message: bytes that are no envelope, on the topic the
+    // inventory consumer reads. It is dead-lettered after one look.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        use rdkafka::producer::FutureRecord;
+        let producer = saldo_kafka::producer::create(&broker.bootstrap).expect("a producer");
+        producer
+            .send(
+                FutureRecord::to(saldo_kafka::topics::consumed_by(
+                    saldo_domain::messages::Service::Inventory,
+                ))
+                .key("poison")
+                .payload(b"{\"not\": \"an envelope\"".as_slice()),
+                std::time::Duration::from_secs(10),
+            )
+            .await
+            .expect("the poison message is published");
+    });
+
+    // Found among the dead letters, with the consumer's reason.
+    let letter = admin_wait_for(edge, &["dead-letters"], 10, |letter| {
+        letter["service"] == "inventory"
+    });
+    assert!(letter["message_id"].is_null(), "{letter}");
+    assert!(
+        !letter["error"].as_str().unwrap_or("").is_empty(),
+        "{letter}"
+    );
+    let letter_id = letter["id"].to_string();
+    // Discard, not redrive: the bytes are no message, so a redrive would
+    // only dead-letter them again. The API refuses it, saying so.
+    let redrive = admin(
+        edge,
+        &["redrive", "--service", "inventory", &letter_id, "--dry-run"],
+    );
+    assert_eq!(redrive.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&redrive.stderr).contains("not_redrivable"),
+        "{}",
+        String::from_utf8_lossy(&redrive.stderr)
+    );
+    let discard = [
+        "discard",
+        "--service",
+        "inventory",
+        letter_id.as_str(),
+        "--reason",
+        "not an envelope: written to the topic by hand",
+    ];
+    let before = written_state(&url, "-");
+    let dry = admin_json(edge, &[&discard[..], &["--dry-run"]].concat());
+    assert_eq!(dry["dry_run"], true, "{dry}");
+    assert_eq!(written_state(&url, "-"), before, "a dry run writes nothing");
+    admin_json(edge, &discard);
+    assert_eq!(
+        query(&url, "SELECT count(*) FROM inventory.dead_letters"),
+        0,
+        "the letter is settled"
+    );
+    assert_eq!(
+        query(
+            &url,
+            "SELECT count(*) FROM inventory.audit WHERE action = 'discard'"
+        ),
+        1
+    );
+
+    // (c) A lost reply: payment charges the order and commits its reply to
+    // its outbox, and the row is deleted (as the database owner) before
+    // its publisher, stopped meanwhile, sends it.
+    processes.stop("outbox-payment");
+    let lost = place_order(edge, "lost-reply", "c0", 1);
+    let reply_row = format!(
+        "SELECT count(*) FROM payment.outbox WHERE order_id = '{lost}' AND message_type = 'PaymentSucceeded' AND published_at IS NULL"
+    );
+    wait_until(&url, &reply_row, 1, 20);
+    psql(
+        &url,
+        &format!(
+            "DELETE FROM payment.outbox WHERE order_id = '{lost}' AND message_type = 'PaymentSucceeded'"
+        ),
+    );
+    launcher.start(processes, "outbox-payment");
+    // Found: pending, unchanged for a second, awaiting take_payment's reply.
+    let listed = admin_wait_for(edge, &["orders", "--stuck", "1s"], 8, |order| {
+        order["order_id"] == lost.as_str()
+    });
+    assert_eq!(listed["awaiting"], "action_reply", "{listed}");
+    assert_eq!(listed["step_name"], "take_payment", "{listed}");
+    assert_eq!(listed["phase"], "action", "{listed}");
+    assert_eq!(listed["attempt"], 1, "{listed}");
+    // Its story shows why: the charge is in the ledger, and payment's
+    // reply is in no outbox.
+    let story = admin_json(edge, &["story", &lost]);
+    assert!(
+        story["entries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|entry| entry["posting"]["memo"]["purpose"] == "charge"),
+        "the charge was posted: {story}"
+    );
+    assert!(
+        !story["messages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|message| message["message_type"] == "PaymentSucceeded"),
+        "the reply is lost: {story}"
+    );
+    // Resolve, not force-compensation: the ledger proves the charge took
+    // effect, so stating "take_payment succeeded" moves the saga exactly as
+    // the lost reply would have, and the customer keeps the goods paid for;
+    // compensating would refund and cancel an order that went through.
+    // (Waiting would also do: its deadline re-sends the charge, which
+    // payment answers from its record. Resolving is what an operator does
+    // who has checked the ledger and will not wait.)
+    let before = written_state(&url, &lost);
+    let resolve = [
+        "resolve",
+        lost.as_str(),
+        "--step",
+        "take_payment",
+        "--phase",
+        "action",
+        "--outcome",
+        "succeeded",
+    ];
+    let dry = admin_json(edge, &[&resolve[..], &["--dry-run"]].concat());
+    assert_eq!(dry["dry_run"], true, "{dry}");
+    assert_eq!(dry["expected_version"], listed["version"], "{dry}");
+    assert!(
+        dry["decision"].to_string().contains("CommitStock"),
+        "the dry run shows the next command: {dry}"
+    );
+    assert_eq!(
+        written_state(&url, &lost),
+        before,
+        "a dry run writes nothing"
+    );
+    let version = dry["expected_version"].to_string();
+    let done = admin_json(
+        edge,
+        &[&resolve[..], &["--expected-version", &version]].concat(),
+    );
+    assert_eq!(done["dry_run"], false, "{done}");
+    assert!(
+        order_row(&url, &lost)
+            .history()
+            .iter()
+            .any(|record| matches!(
+                record.event,
+                HistoryEvent::Intervened {
+                    action: Intervention::Resolved
+                }
+            )),
+        "the resolution is in the saga's history"
+    );
+
+    // (a) A participant down past its deadline: inventory stops, an order's
+    // reserve_stock goes unanswered past its deadline and the saga retries.
+    processes.stop("inventory");
+    let waiting = place_order(edge, "participant-down", "c0", 1);
+    let listed = admin_wait_for(edge, &["orders", "--stuck", "1s"], 25, |order| {
+        order["order_id"] == waiting.as_str()
+            && order["awaiting"] == "action_reply"
+            && order["attempt"].as_u64() >= Some(2)
+    });
+    assert_eq!(listed["step_name"], "reserve_stock", "{listed}");
+    assert_eq!(listed["phase"], "action", "{listed}");
+    // Retry now, once inventory is back: the saga would send its next
+    // attempt only at this one's deadline (each attempt waits its full
+    // deadline). Force compensation would cancel an order that can still
+    // go through, and reserve_stock cannot be resolved as succeeded (only
+    // inventory knows the price). The dry run is taken while inventory is
+    // still down and the real run names its version, so if inventory's
+    // backlog had moved the saga first, the retry would be refused as
+    // version_changed rather than act on a state nobody saw.
+    let before = written_state(&url, &waiting);
+    let dry = admin_json(edge, &["retry-now", &waiting, "--dry-run"]);
+    assert_eq!(dry["dry_run"], true, "{dry}");
+    assert!(
+        dry["decision"].to_string().contains("ReserveStock"),
+        "the dry run shows the command sent again: {dry}"
+    );
+    assert_eq!(
+        written_state(&url, &waiting),
+        before,
+        "a dry run writes nothing"
+    );
+    let version = dry["expected_version"].to_string();
+    launcher.start(processes, "inventory");
+    let done = admin_json(
+        edge,
+        &["retry-now", &waiting, "--expected-version", &version],
+    );
+    assert_eq!(done["dry_run"], false, "{done}");
+    let retried_attempt = listed["attempt"].as_u64().expect("an attempt") + 1;
+    let history = order_row(&url, &waiting).history().to_vec();
+    let intervened = history
+        .iter()
+        .position(|record| {
+            matches!(
+                record.event,
+                HistoryEvent::Intervened {
+                    action: Intervention::RetriedNow
+                }
+            )
+        })
+        .expect("the retry is in the saga's history");
+    assert!(
+        matches!(
+            history.get(intervened + 1).map(|record| &record.event),
+            Some(HistoryEvent::Sent { step: 0, phase: Phase::Action, attempt }) if u64::from(*attempt) == retried_attempt
+        ),
+        "the retry sent reserve_stock's next attempt at once: {history:?}"
+    );
+
+    // Every order ends: the repaired ones confirmed, the poor one cancelled.
+    let orders = 3;
+    wait_until(
+        &url,
+        "SELECT count(*) FROM orders.orders WHERE status <> 'PENDING'",
+        orders,
+        30,
+    );
+    for order_id in [&lost, &waiting] {
+        assert_eq!(
+            order_row(&url, order_id).status(),
+            saldo_domain::order::OrderStatus::Confirmed,
+            "{order_id}"
+        );
+    }
+    assert!(
+        matches!(
+            order_row(&url, &poor).status(),
+            saldo_domain::order::OrderStatus::Cancelled(_)
+        ),
+        "{poor}"
+    );
+    let audited = admin_json(edge, &["audit", "--service", "order"]);
+    let actions: Vec<&str> = audited["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|record| record["actor"]["principal"] == "operator")
+        .filter_map(|record| record["action"].as_str())
+        .collect();
+    assert_eq!(actions, ["resolve", "retry_now"], "{audited}");
+    assert_money_and_stock_invariants(&url);
+    assert_every_saga_sound(edge, usize::try_from(orders).expect("fits"));
+    psql(&url, "GRANT saldo_reconcile TO CURRENT_USER");
+    let read_only = format!("{url}?options=-c%20role%3Dsaldo_reconcile");
+    let reconciled = saldo(&["reconcile", "--once", "--database-url", &read_only]);
+    assert_eq!(
+        reconciled.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&reconciled),
+        String::from_utf8_lossy(&reconciled.stderr)
+    );
+    assert!(
+        stdout(&reconciled).contains("clean"),
+        "{}",
+        stdout(&reconciled)
+    );
+    production.stop();
+    eprintln!("stuck sagas repaired in {:?}", started.elapsed());
 }
 
 /// Restarts the machine's PostgreSQL in immediate mode: every connection
