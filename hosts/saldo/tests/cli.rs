@@ -2219,8 +2219,9 @@ fn admin_wait_for(
     }
 }
 
-/// What a dry run must leave untouched: the order's version, every
-/// outbox's rows of the order, every schema's audit trail and dead letters.
+/// What a dry run must leave untouched: the order's version (0 for an id no
+/// order has, such as "-"), every outbox's rows of the order, every
+/// schema's audit trail and dead letters.
 fn written_state(url: &str, order_id: &str) -> Vec<i64> {
     let mut state = vec![query(
         url,
@@ -2468,14 +2469,17 @@ fn stuck_sagas_of_every_kind_are_found_and_repaired_through_the_operator_api() {
     });
     assert_eq!(listed["step_name"], "reserve_stock", "{listed}");
     assert_eq!(listed["phase"], "action", "{listed}");
-    // Retry now, once inventory is back: the saga would send its next
-    // attempt only at this one's deadline (each attempt waits its full
-    // deadline). Force compensation would cancel an order that can still
+    // Retry now, once inventory is back: the step can still succeed, and
+    // the saga would otherwise send its next attempt only when this one's
+    // deadline passes. Force compensation would cancel an order that can
     // go through, and reserve_stock cannot be resolved as succeeded (only
-    // inventory knows the price). The dry run is taken while inventory is
-    // still down and the real run names its version, so if inventory's
-    // backlog had moved the saga first, the retry would be refused as
-    // version_changed rather than act on a state nobody saw.
+    // inventory knows the price). Inventory also finds the earlier
+    // attempts on its topic; it keys its reservation by the order, so
+    // answering all of them is one effect. The dry run is taken while
+    // inventory is still down and the real run names its version: should
+    // the returning inventory answer first (it takes seconds to rejoin its
+    // group), the retry is refused as version_changed instead of acting on
+    // a state nobody saw (and this test fails with that line).
     let before = written_state(&url, &waiting);
     let dry = admin_json(edge, &["retry-now", &waiting, "--dry-run"]);
     assert_eq!(dry["dry_run"], true, "{dry}");
