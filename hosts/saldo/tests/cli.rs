@@ -2167,11 +2167,11 @@ fn assert_every_saga_sound(edge: &Edge, orders: usize) {
     }
 }
 
-/// Runs `saldo admin ARGUMENTS --json` against the gateway with the
-/// operator's key, as an operator would; its exit and output.
+/// Runs `saldo admin ARGUMENTS` against the gateway with the operator's
+/// key, as an operator would; its exit and output.
 fn admin(edge: &Edge, arguments: &[&str]) -> Output {
     let url = format!("http://{}", edge.gateway_address);
-    let mut all = vec!["admin", "--url", &url, "--key", &edge.admin_key, "--json"];
+    let mut all = vec!["admin", "--url", &url, "--key", &edge.admin_key];
     all.extend_from_slice(arguments);
     saldo(&all)
 }
@@ -2179,7 +2179,7 @@ fn admin(edge: &Edge, arguments: &[&str]) -> Output {
 /// `saldo admin ARGUMENTS` that must succeed: its JSON answer (the first
 /// document when it prints several).
 fn admin_json(edge: &Edge, arguments: &[&str]) -> serde_json::Value {
-    let output = admin(edge, arguments);
+    let output = admin(edge, &[arguments, &["--json"]].concat());
     assert!(
         output.status.success(),
         "saldo admin {arguments:?}: {}",
@@ -2390,6 +2390,14 @@ fn stuck_sagas_of_every_kind_are_found_and_repaired_through_the_operator_api() {
     assert_eq!(listed["step_name"], "take_payment", "{listed}");
     assert_eq!(listed["phase"], "action", "{listed}");
     assert_eq!(listed["attempt"], 1, "{listed}");
+    // The same listing as an operator reads it.
+    let text = stdout(&admin(edge, &["orders", "--stuck", "1s"]));
+    assert!(
+        text.lines().any(|line| line.starts_with(lost.as_str())
+            && line.contains("PENDING")
+            && line.contains("awaiting action_reply take_payment (action, attempt 1)")),
+        "{text}"
+    );
     // Its story shows why: the charge is in the ledger, and payment's
     // reply is in no outbox.
     let story = admin_json(edge, &["story", &lost]);
