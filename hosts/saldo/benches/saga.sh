@@ -20,7 +20,8 @@
 #
 # Settings (environment):
 #   SALDO_BENCH_DATABASE_URL     an admin URL of a role with CREATEDB
-#                                (default: tests/run.sh's saldo_test role)
+#                                (default: tests/run.sh's saldo_test role,
+#                                sslmode=disable)
 #   SALDO_BENCH_ORDERS           orders in the as-fast-as-it-goes run (5000)
 #   SALDO_BENCH_PGBENCH_SECONDS  pgbench duration (15)
 #   SALDO_BENCH_HALF_RATE_SECONDS  length of the half-rate run (20)
@@ -36,7 +37,11 @@ set -euo pipefail
 readonly ORDERS=${SALDO_BENCH_ORDERS:-5000}
 readonly PGBENCH_SECONDS=${SALDO_BENCH_PGBENCH_SECONDS:-15}
 readonly HALF_RATE_SECONDS=${SALDO_BENCH_HALF_RATE_SECONDS:-20}
-readonly ADMIN_URL=${SALDO_BENCH_DATABASE_URL:-postgres://saldo_test:saldo_test@127.0.0.1:5432/postgres}
+# sslmode=disable: the server is on loopback, where TLS (sqlx's and libpq's
+# default `prefer` takes it whenever the server has ssl = on) encrypts every
+# statement for nothing and halved the saga's rate (docs/benchmarks.md).
+# pgbench and the services use the same URL, so both sides pay the same.
+readonly ADMIN_URL=${SALDO_BENCH_DATABASE_URL:-postgres://saldo_test:saldo_test@127.0.0.1:5432/postgres?sslmode=disable}
 # pgbench clients, and saldo load's connections in the as-fast-as-it-goes run.
 readonly PGBENCH_CLIENTS=16
 readonly PGBENCH_THREADS=2
@@ -288,6 +293,7 @@ half_placed_per_second=$(json_number placement_per_second <"$work/half.json")
 
 echo
 echo "== summary"
+printf '%-44s %s\n' "PostgreSQL sessions encrypted (TLS)" "$(psql "$database_url" -qAt -c "SELECT CASE WHEN ssl THEN 'yes' ELSE 'no' END FROM pg_stat_ssl WHERE pid = pg_backend_pid()")"
 printf '%-44s %s\n' "pgbench order+outbox transactions/s" "$pgbench_tps"
 printf '%-44s %s\n' "saga orders terminal/s (as fast as it goes)" "$fastest_per_second"
 printf '%-44s %s\n' "as fast as it goes: placed/s" "$fastest_placed_per_second"
