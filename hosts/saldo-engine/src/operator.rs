@@ -83,4 +83,70 @@ pub trait OperatorStore: Send + Sync + 'static {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<AuditEntry>, Unavailable>;
+
+    /// When the oldest order still `PENDING` was placed (the order
+    /// service's store; `None` when no saga is running). One indexed read:
+    /// the saga-age gauge asks it every [`SAGA_AGE_INTERVAL`].
+    async fn oldest_pending_order(&self) -> Result<Option<Timestamp>, Unavailable>;
+}
+
+/// How often the order service reads its oldest pending order's age into
+/// `saldo_saga_oldest_pending_seconds`: never per request.
+pub const SAGA_AGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The age in seconds at `now` of the oldest pending order placed at
+/// `oldest`; 0 when none is pending (or a clock stepped back).
+pub fn saga_age_seconds(now: Timestamp, oldest: Option<Timestamp>) -> f64 {
+    let Some(oldest) = oldest else {
+        return 0.0;
+    };
+    now.unix_ms().saturating_sub(oldest.unix_ms()) as f64 / 1000.0
+}
+
+/// Sets `saldo_saga_oldest_pending_seconds` from `store` every
+/// [`SAGA_AGE_INTERVAL`], first at start, until `stop` turns true. An
+/// unreachable store is logged and the gauge keeps its last value: the
+/// next read corrects it.
+pub async fn watch_saga_age(
+    store: Arc<dyn OperatorStore>,
+    clock: fn() -> Timestamp,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        match store.oldest_pending_order().await {
+            Ok(oldest) => metrics::gauge!("saldo_saga_oldest_pending_seconds")
+                .set(saga_age_seconds(clock(), oldest)),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the oldest pending order; trying again later")
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(SAGA_AGE_INTERVAL) => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[rstest::rstest]
+    #[case(10_000, None, 0.0)]
+    #[case(10_000, Some(2_500), 7.5)]
+    #[case(10_000, Some(10_000), 0.0)]
+    #[case(1_000, Some(5_000), 0.0)]
+    fn the_saga_age_is_the_oldest_pending_orders_wait_in_seconds(
+        #[case] now_ms: u64,
+        #[case] oldest_ms: Option<u64>,
+        #[case] expected: f64,
+    ) {
+        // Proves the gauge's value: seconds since the oldest pending order
+        // was placed, 0 with none pending and never negative.
+        let age = saga_age_seconds(
+            Timestamp::from_unix_ms(now_ms),
+            oldest_ms.map(Timestamp::from_unix_ms),
+        );
+        assert!((age - expected).abs() < 1e-9, "{age}");
+    }
 }

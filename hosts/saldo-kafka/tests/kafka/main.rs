@@ -14,6 +14,7 @@ use saldo_domain::order::{PlaceOrder, decide_place_order, place_order_read_set};
 use saldo_domain::payment::{TopUp, decide_top_up, top_up_read_set};
 use saldo_domain::{Decision, Rules};
 use saldo_idempotency::IdempotencyKey;
+use saldo_kafka::connection::{Connection, Properties};
 use saldo_kafka::consumer::ConsumerRunner;
 use saldo_kafka::publisher::OutboxPublisher;
 use saldo_kafka::testing::TestBroker;
@@ -36,6 +37,8 @@ struct Setup {
     database: TestDatabase,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Passed through to every client the setup creates.
+    properties: Properties,
 }
 
 impl Setup {
@@ -47,11 +50,13 @@ impl Setup {
             database: TestDatabase::create().await,
             stop,
             tasks: Vec::new(),
+            properties: Properties::new(),
         }
     }
 
-    fn servers(&self) -> String {
-        self.broker.bootstrap_servers()
+    /// The broker with this setup's passed-through properties.
+    fn connection(&self) -> Connection {
+        Connection::with_properties(&self.broker.bootstrap_servers(), self.properties.clone())
     }
 
     fn store(&self) -> PgStore {
@@ -66,7 +71,7 @@ impl Setup {
     }
 
     async fn start_publisher(&mut self, service: Service) {
-        let producer = saldo_kafka::producer::create(&self.servers()).expect("producer");
+        let producer = saldo_kafka::producer::create(&self.connection()).expect("producer");
         let publisher = OutboxPublisher::new(
             Box::new(
                 saldo_postgres::PgOutbox::connect(self.database.url(), service)
@@ -86,7 +91,7 @@ impl Setup {
 
     fn start_consumer(&mut self, service: Service) {
         let runner = ConsumerRunner::new(
-            &self.servers(),
+            &self.connection(),
             &format!("saldo-{}", service.name()),
             service,
             std::sync::Arc::new(self.store()),
@@ -313,7 +318,7 @@ async fn a_duplicate_delivery_has_no_second_effect() {
     let store = setup.store();
     seed(&store).await;
     setup.start_consumer(Service::Inventory);
-    let producer = saldo_kafka::producer::create(&setup.servers()).expect("producer");
+    let producer = saldo_kafka::producer::create(&setup.connection()).expect("producer");
     let reserve = envelope(
         "o1",
         0,
@@ -388,7 +393,7 @@ async fn a_poison_message_is_dead_lettered_and_later_messages_flow() {
     let store = setup.store();
     seed(&store).await;
     setup.start_consumer(Service::Inventory);
-    let producer = saldo_kafka::producer::create(&setup.servers()).expect("producer");
+    let producer = saldo_kafka::producer::create(&setup.connection()).expect("producer");
     send_raw(
         &producer,
         topics::consumed_by(Service::Inventory),
@@ -452,7 +457,7 @@ async fn a_poison_message_is_dead_lettered_and_later_messages_flow() {
     );
     assert_eq!(scalar(&store, "SELECT count(*) FROM inventory.dead_letters WHERE error LIKE '%does not consume ChargePayment%'").await, 1);
     let reader: StreamConsumer =
-        saldo_kafka::consumer::config(&setup.servers(), "dead-letter-reader")
+        saldo_kafka::consumer::config(&setup.connection(), "dead-letter-reader")
             .create()
             .expect("reader");
     reader
@@ -500,7 +505,7 @@ async fn two_publishers_keep_each_orders_messages_in_order() {
         .commit(decision, wall_clock())
         .await
         .expect("outbox rows");
-    let reader: StreamConsumer = saldo_kafka::consumer::config(&setup.servers(), "order-reader")
+    let reader: StreamConsumer = saldo_kafka::consumer::config(&setup.connection(), "order-reader")
         .create()
         .expect("reader");
     reader
@@ -603,7 +608,7 @@ async fn published_rows_are_removed_after_the_retention_period() {
         .await
         .expect("ages");
     sqlx::query("UPDATE inventory.outbox SET published_at = now() WHERE sequence = (SELECT max(sequence) FROM inventory.outbox)").execute(store.pool()).await.expect("marks");
-    let producer = saldo_kafka::producer::create(&setup.servers()).expect("producer");
+    let producer = saldo_kafka::producer::create(&setup.connection()).expect("producer");
     let mut publisher = OutboxPublisher::new(
         Box::new(
             saldo_postgres::PgOutbox::connect(setup.database.url(), Service::Inventory)
