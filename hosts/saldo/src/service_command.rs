@@ -11,7 +11,7 @@ use clap::Args;
 use saldo_domain::Rules;
 use saldo_domain::messages::Service;
 use saldo_domain::retention::Horizons;
-use saldo_engine::{Store, retention, timers, wall_clock};
+use saldo_engine::{OperatorStore, Store, retention, timers, wall_clock, watch_saga_age};
 use saldo_kafka::connection::{Connection, Properties};
 use saldo_kafka::consumer::ConsumerRunner;
 use saldo_kafka::publisher::OutboxPublisher;
@@ -359,6 +359,7 @@ pub fn run_consumer(service: Service, args: &ServiceArgs) -> anyhow::Result<Exit
         prepare_topics(args).await;
         check_inbox_horizon(service, args).await?;
         let metrics = serve_metrics(args).await?;
+        let metered = metrics.is_some();
         let group = format!("{}-{}", args.group_prefix, service.name());
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let shared: Arc<dyn Store> = Arc::new(store.clone());
@@ -384,7 +385,7 @@ pub fn run_consumer(service: Service, args: &ServiceArgs) -> anyhow::Result<Exit
                 serve_api(
                     service,
                     address,
-                    store,
+                    store.clone(),
                     args,
                     metrics,
                     until_stopped(&stopped),
@@ -393,6 +394,12 @@ pub fn run_consumer(service: Service, args: &ServiceArgs) -> anyhow::Result<Exit
             ),
             None => None,
         };
+        // The order service's saga age, read every SAGA_AGE_INTERVAL while
+        // something serves the gauge.
+        let saga_age = (service == Service::Order && metered).then(|| {
+            let operator: Arc<dyn OperatorStore> = Arc::new(store.clone());
+            tokio::spawn(watch_saga_age(operator, wall_clock, stopped.clone()))
+        });
         let mut consumer = tokio::spawn(runner.run(stopped.clone()));
         let mut purge = tokio::spawn(retention::run(
             shared.clone(),
@@ -447,6 +454,9 @@ pub fn run_consumer(service: Service, args: &ServiceArgs) -> anyhow::Result<Exit
             .context("consumer")?;
         deadlines.await.context("timer task")?;
         purge.await.context("purge task")?;
+        if let Some(saga_age) = saga_age {
+            saga_age.await.context("saga age task")?;
+        }
         Ok(ExitCode::SUCCESS)
     })
 }

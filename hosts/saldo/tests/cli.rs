@@ -4,6 +4,8 @@ use std::process::{Command, Output};
 
 #[path = "cli/deploy.rs"]
 mod deploy;
+#[path = "cli/kafka.rs"]
+mod kafka;
 #[path = "cli/prometheus.rs"]
 mod prometheus;
 
