@@ -94,13 +94,11 @@ pub trait OperatorStore: Send + Sync + 'static {
 /// `saldo_saga_oldest_pending_seconds`: never per request.
 pub const SAGA_AGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The age in seconds at `now` of the oldest pending order placed at
-/// `oldest`; 0 when none is pending (or a clock stepped back).
-pub fn saga_age_seconds(now: Timestamp, oldest: Option<Timestamp>) -> f64 {
-    let Some(oldest) = oldest else {
-        return 0.0;
-    };
-    now.unix_ms().saturating_sub(oldest.unix_ms()) as f64 / 1000.0
+/// The age at `now` of the oldest pending order placed at `oldest`; zero
+/// when none is pending (or a clock stepped back).
+pub fn saga_age(now: Timestamp, oldest: Option<Timestamp>) -> std::time::Duration {
+    let waited_ms = oldest.map_or(0, |oldest| now.unix_ms().saturating_sub(oldest.unix_ms()));
+    std::time::Duration::from_millis(waited_ms)
 }
 
 /// Sets `saldo_saga_oldest_pending_seconds` from `store` every
@@ -115,7 +113,7 @@ pub async fn watch_saga_age(
     loop {
         match store.oldest_pending_order().await {
             Ok(oldest) => metrics::gauge!("saldo_saga_oldest_pending_seconds")
-                .set(saga_age_seconds(clock(), oldest)),
+                .set(saga_age(clock(), oldest).as_secs_f64()),
             Err(error) => {
                 tracing::warn!(%error, "cannot read the oldest pending order; trying again later")
             }
@@ -132,21 +130,21 @@ mod tests {
     use super::*;
 
     #[rstest::rstest]
-    #[case(10_000, None, 0.0)]
-    #[case(10_000, Some(2_500), 7.5)]
-    #[case(10_000, Some(10_000), 0.0)]
-    #[case(1_000, Some(5_000), 0.0)]
-    fn the_saga_age_is_the_oldest_pending_orders_wait_in_seconds(
+    #[case(10_000, None, 0)]
+    #[case(10_000, Some(2_500), 7_500)]
+    #[case(10_000, Some(10_000), 0)]
+    #[case(1_000, Some(5_000), 0)]
+    fn the_saga_age_is_the_oldest_pending_orders_wait(
         #[case] now_ms: u64,
         #[case] oldest_ms: Option<u64>,
-        #[case] expected: f64,
+        #[case] expected_ms: u64,
     ) {
-        // Proves the gauge's value: seconds since the oldest pending order
-        // was placed, 0 with none pending and never negative.
-        let age = saga_age_seconds(
+        // Proves the gauge's value: the time since the oldest pending order
+        // was placed, zero with none pending and never negative.
+        let age = saga_age(
             Timestamp::from_unix_ms(now_ms),
             oldest_ms.map(Timestamp::from_unix_ms),
         );
-        assert!((age - expected).abs() < 1e-9, "{age}");
+        assert_eq!(age, std::time::Duration::from_millis(expected_ms));
     }
 }

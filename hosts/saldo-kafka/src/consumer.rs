@@ -118,12 +118,7 @@ impl LagContext {
 impl ClientContext for LagContext {
     fn stats(&self, statistics: Statistics) {
         for (partition, lag) in partition_lags(&statistics, self.topic) {
-            metrics::gauge!(
-                "saldo_consumer_lag_messages",
-                "group" => self.group.clone(),
-                "topic" => self.topic,
-                "partition" => partition.to_string()
-            )
+            metrics::gauge!("saldo_consumer_lag_messages", "group" => self.group.clone(), "topic" => self.topic, "partition" => partition.to_string())
             .set(lag as f64);
         }
     }
