@@ -2340,7 +2340,10 @@ fn stuck_sagas_of_every_kind_are_found_and_repaired_through_the_operator_api() {
         .expect("runtime");
     runtime.block_on(async {
         use rdkafka::producer::FutureRecord;
-        let producer = saldo_kafka::producer::create(&broker.bootstrap).expect("a producer");
+        let producer = saldo_kafka::producer::create(&saldo_kafka::connection::Connection::new(
+            &broker.bootstrap,
+        ))
+        .expect("a producer");
         producer
             .send(
                 FutureRecord::to(saldo_kafka::topics::consumed_by(
