@@ -396,7 +396,7 @@ mod tests {
     }
 
     #[test]
-    fn the_passthrough_reaches_the_configuration_and_yields_to_nothing_protected() {
+    fn the_passthrough_reaches_the_configuration_and_saldos_tuning_defaults_yield_to_it() {
         // Proves client_config carries every property and set_default keeps
         // the operator's value over Saldo's tuning default.
         let mut properties = Properties::new();

@@ -316,6 +316,39 @@ mod tests {
     }
 
     #[test]
+    fn a_consumer_takes_the_passthrough_and_keeps_saldos_offset_handling() {
+        // Proves the consumer and producer configurations carry the passed
+        // properties over Saldo's tuning defaults and set Saldo's
+        // correctness settings whatever the passthrough holds.
+        let mut properties = crate::connection::Properties::new();
+        properties.insert("fetch.wait.max.ms", "100").expect("ok");
+        properties.insert("client.id", "inventory-1").expect("ok");
+        let connection = Connection::with_properties("127.0.0.1:9092", properties);
+        let consumer = config(&connection, "saldo-inventory");
+        for (name, value) in [
+            ("fetch.wait.max.ms", "100"),
+            ("client.id", "inventory-1"),
+            ("statistics.interval.ms", "10000"),
+            ("group.id", "saldo-inventory"),
+            ("enable.auto.offset.store", "false"),
+            ("enable.auto.commit", "true"),
+            ("auto.offset.reset", "earliest"),
+            ("isolation.level", "read_committed"),
+        ] {
+            assert_eq!(consumer.get(name), Some(value), "{name}");
+        }
+        let producer = crate::producer::config(&connection);
+        for (name, value) in [
+            ("client.id", "inventory-1"),
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("linger.ms", "2"),
+        ] {
+            assert_eq!(producer.get(name), Some(value), "{name}");
+        }
+    }
+
+    #[test]
     fn the_lag_counts_what_the_group_has_not_committed_on_the_partitions_it_fetches() {
         // Proves the lag is librdkafka's committed lag where known, the whole
         // log before a first commit, 0 on partitions another member owns, and

@@ -268,11 +268,12 @@ async fn prepare_topics(args: &ServiceArgs) {
     if !args.create_topics {
         return;
     }
-    match topics::ensure(&args.connection(), args.partitions, args.replication).await {
+    let connection = args.connection();
+    match topics::ensure(&connection, args.partitions, args.replication).await {
         Ok(created) if created.is_empty() => {}
         Ok(created) => tracing::info!(?created, "created topics"),
         Err(error) => tracing::warn!(
-            %error,
+            error = connection.properties().hide_secrets(&error.to_string()),
             "could not create topics; continuing with what the broker has"
         ),
     }
