@@ -32,6 +32,16 @@ fi
 rustup show active-toolchain
 rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 
+step "build libraries"
+# librdkafka is built with TLS (rdkafka's `ssl` feature, for SASL_SSL and
+# client certificates against a managed Kafka): openssl-sys links the
+# system's OpenSSL and needs its headers.
+if ! dpkg -s libssl-dev >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then apt_get=(apt-get); else apt_get=(sudo apt-get); fi
+    "${apt_get[@]}" update -q
+    DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -q --no-install-recommends libssl-dev pkg-config
+fi
+
 step "cargo-nextest"
 if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install cargo-nextest --locked

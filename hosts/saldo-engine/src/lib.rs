@@ -49,7 +49,9 @@ pub use delivery::{
 };
 pub use group::{Decider, GROUP_COMMIT_MAX, GROUP_COMMIT_WORKERS, GROUP_QUEUE_MAX, GroupCommit};
 pub use memory::{DEAD_LETTERS_KEPT_MAX, MemoryBackend};
-pub use operator::{AuditEntry, OperatorStore, OrderQuery, PAGE_MAX};
+pub use operator::{
+    AuditEntry, OperatorStore, OrderQuery, PAGE_MAX, SAGA_AGE_INTERVAL, saga_age, watch_saga_age,
+};
 pub use outbox::{OutboxRecord, OutboxSource};
 pub use run::{BATCH_REDECIDE_MAX, ExecuteFailure, InputFailure, execute, execute_batch, read};
 pub use store::{CommitFailure, Store, Unavailable};

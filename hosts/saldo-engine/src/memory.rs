@@ -9,7 +9,7 @@ use saldo_domain::decision::{Row, RowKey, Versioned};
 use saldo_domain::messages::MessageId;
 use saldo_domain::messages::Service;
 use saldo_domain::operator::DeadLetterRow;
-use saldo_domain::order::OrderRow;
+use saldo_domain::order::{OrderRow, OrderStatus};
 use saldo_domain::retention::Horizons;
 use saldo_domain::store::{CommitError, Purged};
 use saldo_domain::story::{OutboxMessage, ReceiptSeen, StoryPart, StoryRow};
@@ -172,6 +172,19 @@ impl Store for MemoryBackend {
 /// are removed at once in memory, so a story shows only unpublished ones.
 #[async_trait]
 impl OperatorStore for MemoryBackend {
+    async fn oldest_pending_order(&self) -> Result<Option<Timestamp>, Unavailable> {
+        let store = self.lock();
+        Ok(store
+            .rows()
+            .filter_map(|(_, versioned)| match &versioned.value {
+                Row::Order(order) if order.status() == OrderStatus::Pending => {
+                    Some(order.created_at)
+                }
+                _ => None,
+            })
+            .min())
+    }
+
     async fn orders(
         &self,
         query: &OrderQuery,

@@ -83,4 +83,68 @@ pub trait OperatorStore: Send + Sync + 'static {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<AuditEntry>, Unavailable>;
+
+    /// When the oldest order still `PENDING` was placed (the order
+    /// service's store; `None` when no saga is running). One indexed read:
+    /// the saga-age gauge asks it every [`SAGA_AGE_INTERVAL`].
+    async fn oldest_pending_order(&self) -> Result<Option<Timestamp>, Unavailable>;
+}
+
+/// How often the order service reads its oldest pending order's age into
+/// `saldo_saga_oldest_pending_seconds`: never per request.
+pub const SAGA_AGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The age at `now` of the oldest pending order placed at `oldest`; zero
+/// when none is pending (or a clock stepped back).
+pub fn saga_age(now: Timestamp, oldest: Option<Timestamp>) -> std::time::Duration {
+    let waited_ms = oldest.map_or(0, |oldest| now.unix_ms().saturating_sub(oldest.unix_ms()));
+    std::time::Duration::from_millis(waited_ms)
+}
+
+/// Sets `saldo_saga_oldest_pending_seconds` from `store` every
+/// [`SAGA_AGE_INTERVAL`], first at start, until `stop` turns true. An
+/// unreachable store is logged and the gauge keeps its last value: the
+/// next read corrects it.
+pub async fn watch_saga_age(
+    store: Arc<dyn OperatorStore>,
+    clock: fn() -> Timestamp,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        match store.oldest_pending_order().await {
+            Ok(oldest) => metrics::gauge!("saldo_saga_oldest_pending_seconds")
+                .set(saga_age(clock(), oldest).as_secs_f64()),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the oldest pending order; trying again later")
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(SAGA_AGE_INTERVAL) => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[rstest::rstest]
+    #[case(10_000, None, 0)]
+    #[case(10_000, Some(2_500), 7_500)]
+    #[case(10_000, Some(10_000), 0)]
+    #[case(1_000, Some(5_000), 0)]
+    fn the_saga_age_is_the_oldest_pending_orders_wait(
+        #[case] now_ms: u64,
+        #[case] oldest_ms: Option<u64>,
+        #[case] expected_ms: u64,
+    ) {
+        // Proves the gauge's value: the time since the oldest pending order
+        // was placed, zero with none pending and never negative.
+        let age = saga_age(
+            Timestamp::from_unix_ms(now_ms),
+            oldest_ms.map(Timestamp::from_unix_ms),
+        );
+        assert_eq!(age, std::time::Duration::from_millis(expected_ms));
+    }
 }

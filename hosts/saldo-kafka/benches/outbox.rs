@@ -16,6 +16,7 @@ use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::mocking::MockCluster;
 use saldo_domain::messages::{Envelope, Payload, SCHEMA_VERSION, Service, Traceparent};
+use saldo_kafka::connection::Connection;
 use saldo_kafka::publisher::OutboxPublisher;
 use saldo_kafka::{topics, wall_clock};
 use saldo_postgres::testing::TestDatabase;
@@ -124,7 +125,7 @@ fn main() {
             pool.execute("CREATE INDEX ON bench_outbox (sequence) WHERE published_at IS NULL").await.expect("indexes");
             pool.execute("VACUUM ANALYZE").await.expect("analyses");
             let broker = cluster();
-            let producer = saldo_kafka::producer::create(&broker.bootstrap_servers()).expect("producer");
+            let producer = saldo_kafka::producer::create(&Connection::new(&broker.bootstrap_servers())).expect("producer");
             let mut publisher = OutboxPublisher::new(Box::new(saldo_postgres::PgOutbox::connect(database.url(), Service::Inventory).await.expect("outbox")), producer);
             let started = Instant::now();
             let mut published = 0;
@@ -146,7 +147,7 @@ fn main() {
 
         pool.execute("DELETE FROM inventory.outbox").await.expect("clears");
         let broker = cluster();
-        let servers = broker.bootstrap_servers();
+        let servers = Connection::new(&broker.bootstrap_servers());
         let reader: StreamConsumer = saldo_kafka::consumer::config(&servers, "lag-reader").create().expect("reader");
         reader.subscribe(&[topics::consumed_by(Service::Order)]).expect("subscribes");
         // Only messages created from here on are measured (the warm-up

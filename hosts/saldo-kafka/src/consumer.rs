@@ -4,17 +4,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientConfig, ClientContext};
 use saldo_domain::Rules;
 use saldo_domain::messages::Service;
 use saldo_engine::{
     BACKOFF_INITIAL, DeadLetter, DeadLetterSink, Deliverer, DeliveryError, Handled, Incoming, Store,
 };
 
+use crate::connection::{Connection, set_default};
 use crate::topics;
 
 /// The most messages taken from one poll and decided as one batch.
@@ -23,28 +25,106 @@ pub const POLL_BATCH_MAX: usize = 128;
 /// after this even when it is not full, so a lone message waits at most this.
 pub const POLL_LINGER: Duration = Duration::from_millis(2);
 
+/// How often librdkafka hands a consumer its statistics, from which the
+/// lag gauge is set, unless the passthrough sets `statistics.interval.ms`.
+/// The statistics come from the fetches the consumer makes anyway: no
+/// request is added.
+pub const LAG_INTERVAL: Duration = Duration::from_secs(10);
+
 /// The consumer configuration Saldo relies on: offsets are stored by hand
 /// after the database commit and committed by librdkafka in the background
-/// (and synchronously on shutdown and on partition revocation).
-pub fn config(bootstrap_servers: &str, group: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
+/// (and synchronously on shutdown and on partition revocation). The
+/// connection's passed-through properties come first; Saldo's tuning
+/// defaults fill what they leave unset; its correctness settings
+/// (refused in a passthrough) are set last.
+pub fn config(connection: &Connection, group: &str) -> ClientConfig {
+    let mut config = connection.client_config();
+    set_default(&mut config, "auto.commit.interval.ms", "200");
+    set_default(&mut config, "session.timeout.ms", "6000");
+    // A fetch with no new data waits at most this long. librdkafka's
+    // default (500 ms) held every message for half a second against the
+    // mock broker (measured: 2 ms to acknowledge, 500 ms to arrive);
+    // 10 ms keeps end-to-end latency within the saga's budget at the
+    // price of more fetch requests while idle.
+    set_default(&mut config, "fetch.wait.max.ms", "10");
+    set_default(&mut config, "allow.auto.create.topics", "true");
+    set_default(
+        &mut config,
+        "statistics.interval.ms",
+        &LAG_INTERVAL.as_millis().to_string(),
+    );
     config
-        .set("bootstrap.servers", bootstrap_servers)
         .set("group.id", group)
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
-        .set("auto.commit.interval.ms", "200")
         .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        // A fetch with no new data waits at most this long. librdkafka's
-        // default (500 ms) held every message for half a second against the
-        // mock broker (measured: 2 ms to acknowledge, 500 ms to arrive);
-        // 10 ms keeps end-to-end latency within the saga's budget at the
-        // price of more fetch requests while idle.
-        .set("fetch.wait.max.ms", "10")
-        .set("allow.auto.create.topics", "true");
+        .set("isolation.level", "read_committed");
     config
 }
+
+/// The lag of each partition of `topic` in `statistics`, by partition: the
+/// messages after the group's committed offset. A partition this consumer
+/// does not fetch is 0 here (its owner reports it); one fetched before the
+/// group committed anything counts from the log's start (the group starts
+/// from the earliest message); one whose end is not known yet is left out.
+pub fn partition_lags(statistics: &Statistics, topic: &str) -> Vec<(i32, i64)> {
+    let Some(topic) = statistics.topics.get(topic) else {
+        return Vec::new();
+    };
+    let mut lags: Vec<(i32, i64)> = topic
+        .partitions
+        .values()
+        // librdkafka's internal "unassigned" partition is -1.
+        .filter(|partition| partition.partition >= 0)
+        .filter_map(|partition| {
+            if partition.fetch_state != "active" {
+                return Some((partition.partition, 0));
+            }
+            if partition.consumer_lag >= 0 {
+                return Some((partition.partition, partition.consumer_lag));
+            }
+            // read_committed: the end is the last stable offset.
+            let end = if partition.ls_offset >= 0 {
+                partition.ls_offset
+            } else {
+                partition.hi_offset
+            };
+            (end >= 0).then(|| (partition.partition, end - partition.lo_offset.max(0)))
+        })
+        .collect();
+    lags.sort_unstable();
+    debug_assert!(lags.iter().all(|(_, lag)| *lag >= 0), "lags are counts");
+    lags
+}
+
+/// A consumer's context: librdkafka's statistics (every
+/// `statistics.interval.ms`) set the gauge `saldo_consumer_lag_messages`
+/// for each partition of the consumed topic.
+pub struct LagContext {
+    group: String,
+    topic: &'static str,
+}
+
+impl LagContext {
+    /// Reports the lag of `group` on `topic`.
+    pub fn new(group: &str, topic: &'static str) -> LagContext {
+        LagContext {
+            group: group.to_owned(),
+            topic,
+        }
+    }
+}
+
+impl ClientContext for LagContext {
+    fn stats(&self, statistics: Statistics) {
+        for (partition, lag) in partition_lags(&statistics, self.topic) {
+            metrics::gauge!("saldo_consumer_lag_messages", "group" => self.group.clone(), "topic" => self.topic, "partition" => partition.to_string())
+            .set(lag as f64);
+        }
+    }
+}
+
+impl ConsumerContext for LagContext {}
 
 /// Why the runner stopped.
 #[derive(Debug, thiserror::Error)]
@@ -99,7 +179,7 @@ impl DeadLetterSink for DeadLetterTopic {
 
 /// Consumes one service's topic in batches through the engine.
 pub struct ConsumerRunner {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<LagContext>,
     deliverer: Deliverer,
 }
 
@@ -107,18 +187,18 @@ impl ConsumerRunner {
     /// A runner for `service` in consumer group `group`; it stops waiting
     /// for the store once `stop` turns true.
     pub fn new(
-        bootstrap_servers: &str,
+        connection: &Connection,
         group: &str,
         service: Service,
         store: Arc<dyn Store>,
         rules: Arc<Rules>,
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> Result<ConsumerRunner, RunnerError> {
-        let consumer: StreamConsumer = config(bootstrap_servers, group).create()?;
-        consumer.subscribe(&[topics::consumed_by(service)])?;
-        let sink = Arc::new(DeadLetterTopic::new(crate::producer::create(
-            bootstrap_servers,
-        )?));
+        let topic = topics::consumed_by(service);
+        let consumer: StreamConsumer<LagContext> =
+            config(connection, group).create_with_context(LagContext::new(group, topic))?;
+        consumer.subscribe(&[topic])?;
+        let sink = Arc::new(DeadLetterTopic::new(crate::producer::create(connection)?));
         Ok(ConsumerRunner {
             consumer,
             deliverer: Deliverer::new(service, store, rules, sink, stop),
@@ -215,4 +295,83 @@ fn incoming(message: &BorrowedMessage<'_>) -> Incoming {
         .map(|key| String::from_utf8_lossy(key).into_owned())
         .unwrap_or_default();
     Incoming::decode(origin, key, message.payload().unwrap_or_default().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::statistics::{Partition, Topic};
+
+    use super::*;
+
+    fn partition(id: i32, fetch_state: &str, consumer_lag: i64, lo: i64, hi: i64) -> Partition {
+        Partition {
+            partition: id,
+            fetch_state: fetch_state.to_owned(),
+            consumer_lag,
+            lo_offset: lo,
+            hi_offset: hi,
+            ls_offset: hi,
+            ..Partition::default()
+        }
+    }
+
+    #[test]
+    fn a_consumer_takes_the_passthrough_and_keeps_saldos_offset_handling() {
+        // Proves the consumer and producer configurations carry the passed
+        // properties over Saldo's tuning defaults and set Saldo's
+        // correctness settings whatever the passthrough holds.
+        let mut properties = crate::connection::Properties::new();
+        properties.insert("fetch.wait.max.ms", "100").expect("ok");
+        properties.insert("client.id", "inventory-1").expect("ok");
+        let connection = Connection::with_properties("127.0.0.1:9092", properties);
+        let consumer = config(&connection, "saldo-inventory");
+        for (name, value) in [
+            ("fetch.wait.max.ms", "100"),
+            ("client.id", "inventory-1"),
+            ("statistics.interval.ms", "10000"),
+            ("group.id", "saldo-inventory"),
+            ("enable.auto.offset.store", "false"),
+            ("enable.auto.commit", "true"),
+            ("auto.offset.reset", "earliest"),
+            ("isolation.level", "read_committed"),
+        ] {
+            assert_eq!(consumer.get(name), Some(value), "{name}");
+        }
+        let producer = crate::producer::config(&connection);
+        for (name, value) in [
+            ("client.id", "inventory-1"),
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("linger.ms", "2"),
+        ] {
+            assert_eq!(producer.get(name), Some(value), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_lag_counts_what_the_group_has_not_committed_on_the_partitions_it_fetches() {
+        // Proves the lag is librdkafka's committed lag where known, the whole
+        // log before a first commit, 0 on partitions another member owns, and
+        // that librdkafka's internal partition -1 and other topics are left out.
+        let mut topic = Topic::default();
+        for partition in [
+            partition(0, "active", 7, 0, 20),
+            partition(1, "active", -1, 5, 12),
+            partition(2, "none", -1, 0, 30),
+            partition(3, "active", -1, -1, -1),
+            partition(-1, "none", -1, -1, -1),
+        ] {
+            topic.partitions.insert(partition.partition, partition);
+        }
+        let mut statistics = Statistics::default();
+        statistics
+            .topics
+            .insert("saldo.order.replies".to_owned(), topic.clone());
+        statistics.topics.insert("saldo.other".to_owned(), topic);
+        assert_eq!(
+            partition_lags(&statistics, "saldo.order.replies"),
+            vec![(0, 7), (1, 7), (2, 0)]
+        );
+        assert!(partition_lags(&statistics, "saldo.payment.commands").is_empty());
+    }
 }

@@ -1,5 +1,8 @@
 //! Kafka for Saldo: at-least-once delivery, exactly-once effects.
 //!
+//! - [`connection`]: the bootstrap servers and the librdkafka properties
+//!   passed through to every client (SASL, TLS, tuning), minus the ones
+//!   Saldo's correctness rests on, which are refused.
 //! - [`topics`]: the topic of each message, partitioned by order id.
 //! - [`producer`]: an idempotent (`acks=all`) producer that keys every
 //!   message by its order id and carries the envelope's id, type, version,
@@ -23,6 +26,7 @@
 //! independent implementations of the real protocol (ADR 0009 records how
 //! they differ).
 
+pub mod connection;
 pub mod consumer;
 pub mod producer;
 pub mod publisher;

@@ -9,29 +9,30 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use saldo_domain::messages::{Envelope, SCHEMA_VERSION};
 use saldo_engine::OutboxRecord;
 
+use crate::connection::{Connection, set_default};
 use crate::topics;
 
 /// How long librdkafka keeps retrying one message before reporting failure.
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Builds the producer configuration Saldo relies on.
-pub fn config(bootstrap_servers: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", bootstrap_servers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "2")
-        .set(
-            "message.timeout.ms",
-            DELIVERY_TIMEOUT.as_millis().to_string(),
-        );
+/// Builds the producer configuration Saldo relies on: the connection's
+/// passed-through properties, Saldo's tuning defaults where they leave a
+/// property unset, and its correctness settings over everything.
+pub fn config(connection: &Connection) -> ClientConfig {
+    let mut config = connection.client_config();
+    set_default(&mut config, "linger.ms", "2");
+    set_default(
+        &mut config,
+        "message.timeout.ms",
+        &DELIVERY_TIMEOUT.as_millis().to_string(),
+    );
+    config.set("enable.idempotence", "true").set("acks", "all");
     config
 }
 
 /// Creates the producer.
-pub fn create(bootstrap_servers: &str) -> Result<FutureProducer, KafkaError> {
-    config(bootstrap_servers).create()
+pub fn create(connection: &Connection) -> Result<FutureProducer, KafkaError> {
+    config(connection).create()
 }
 
 /// The Kafka headers of an envelope.

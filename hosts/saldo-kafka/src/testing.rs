@@ -192,9 +192,13 @@ impl TestBroker {
                 let broker = tokio::task::spawn_blocking(TansuBroker::start)
                     .await
                     .expect("tansu starts");
-                topics::ensure(&broker.bootstrap_servers(), partitions, 1)
-                    .await
-                    .expect("tansu creates Saldo's topics");
+                topics::ensure(
+                    &crate::connection::Connection::new(&broker.bootstrap_servers()),
+                    partitions,
+                    1,
+                )
+                .await
+                .expect("tansu creates Saldo's topics");
                 TestBroker::Tansu(broker)
             }
         }

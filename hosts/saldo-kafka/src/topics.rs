@@ -13,13 +13,14 @@
 
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use saldo_domain::messages::{Payload, Service, UnknownMessageType, consumer_of_type};
 use saldo_domain::retention::TopicRetention;
+
+use crate::connection::Connection;
 
 /// The longest a start-up waits for the broker to describe its topics. A
 /// broker answers in milliseconds; one that does not answer in time (the
@@ -75,13 +76,11 @@ pub const ALL: [&str; 5] = [
 /// not implement: `saldo broker` creates its topics through the mock's own
 /// API instead, and services started against it pass `--create-topics false`.
 pub async fn ensure(
-    bootstrap_servers: &str,
+    connection: &Connection,
     partitions: i32,
     replication: i32,
 ) -> Result<Vec<&'static str>, KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap_servers)
-        .create()?;
+    let admin: AdminClient<DefaultClientContext> = connection.client_config().create()?;
     let new_topics: Vec<NewTopic<'_>> = ALL
         .iter()
         .map(|topic| NewTopic::new(topic, partitions, TopicReplication::Fixed(replication)))
@@ -108,12 +107,10 @@ pub async fn ensure(
 /// the caller decides what stands in for it. A value that does not parse is
 /// an error, never a guess.
 pub async fn retention_of(
-    bootstrap_servers: &str,
+    connection: &Connection,
     topics: &[&str],
 ) -> Result<Vec<(String, TopicRetention)>, KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap_servers)
-        .create()?;
+    let admin: AdminClient<DefaultClientContext> = connection.client_config().create()?;
     let resources: Vec<ResourceSpecifier<'_>> = topics
         .iter()
         .map(|topic| ResourceSpecifier::Topic(topic))

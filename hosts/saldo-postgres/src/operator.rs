@@ -308,6 +308,23 @@ impl PgStore {
 /// The operator's reads, each on the asking service's schema only.
 #[async_trait::async_trait]
 impl OperatorStore for PgStore {
+    async fn oldest_pending_order(&self) -> Result<Option<Timestamp>, Unavailable> {
+        // Answered from the partial index orders_pending_created.
+        let sql = format!(
+            "SELECT {} FROM orders.orders WHERE status = 'PENDING'",
+            unix_ms("min(created_at)")
+        );
+        let oldest: Option<i64> = dynamic(sql)
+            .fetch_one(self.pool())
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(|error| unavailable(StoreError::from(error)))?;
+        oldest
+            .map(|ms| to_u64(ms, "created_at").map(Timestamp::from_unix_ms))
+            .transpose()
+            .map_err(unavailable)
+    }
+
     async fn orders(
         &self,
         query: &OrderQuery,

@@ -79,6 +79,19 @@ enum Command {
     Admin(admin_command::AdminArgs),
 }
 
+impl Command {
+    /// The broker and passed-through properties of a command with Kafka clients.
+    fn kafka_connection(&self) -> Option<saldo_kafka::connection::Connection> {
+        match self {
+            Command::Order(args) | Command::Inventory(args) | Command::Payment(args) => {
+                Some(args.connection())
+            }
+            Command::Outbox(args) => Some(args.connection.connection()),
+            _ => None,
+        }
+    }
+}
+
 /// Help and version go to stdout as clap renders them; a bad argument is one
 /// line on stderr and exit 2, like every other configuration error.
 fn refuse_arguments(error: &clap::Error) -> ExitCode {
@@ -145,6 +158,15 @@ fn main() -> ExitCode {
     };
     if cli.check_config {
         println!("saldo: the configuration is valid");
+        if let Some(connection) = cli.command.kafka_connection()
+            && !connection.properties().is_empty()
+        {
+            // Secrets redacted: this line may end up in a CI log.
+            println!(
+                "saldo: kafka properties for every client: {}",
+                connection.properties()
+            );
+        }
         return ExitCode::SUCCESS;
     }
     init_logging(&cli.log_format);

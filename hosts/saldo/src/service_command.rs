@@ -6,12 +6,13 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use clap::Args;
 use saldo_domain::Rules;
 use saldo_domain::messages::Service;
 use saldo_domain::retention::Horizons;
-use saldo_engine::{Store, retention, timers, wall_clock};
+use saldo_engine::{OperatorStore, Store, retention, timers, wall_clock, watch_saga_age};
+use saldo_kafka::connection::{Connection, Properties};
 use saldo_kafka::consumer::ConsumerRunner;
 use saldo_kafka::publisher::OutboxPublisher;
 use saldo_kafka::topics;
@@ -23,7 +24,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use saldo_http::admin::AdminAccess;
 use saldo_http::api::{Api, Check};
 
-use crate::config::parse_duration;
+use crate::config::{KafkaProperty, KafkaPropertyParser, parse_duration};
 use crate::tls_flags::ListenerTls;
 
 /// The longest a publisher waits between empty rounds: commits wake it at
@@ -43,6 +44,14 @@ pub struct ServiceArgs {
     /// Kafka bootstrap servers.
     #[arg(long, env = "SALDO_KAFKA_BOOTSTRAP")]
     kafka_bootstrap: String,
+    /// A librdkafka property for every Kafka client of the process
+    /// (repeatable), such as security.protocol=SASL_SSL; also read from
+    /// SALDO_KAFKA__<NAME> variables (SALDO_KAFKA__SASL_MECHANISM) and the
+    /// file's [kafka] table. The settings Saldo's correctness rests on
+    /// (enable.idempotence, acks, the offset handling, isolation.level,
+    /// partitioner, group.id) are refused.
+    #[arg(long = "kafka-property", value_name = "NAME=VALUE", value_parser = KafkaPropertyParser)]
+    kafka_property: Vec<KafkaProperty>,
     /// Consumer group prefix; the group is PREFIX-SERVICE.
     #[arg(long, default_value = "saldo", env = "SALDO_KAFKA_GROUP_PREFIX")]
     group_prefix: String,
@@ -86,6 +95,17 @@ pub struct ServiceArgs {
 }
 
 impl ServiceArgs {
+    /// The broker and the properties passed to every client.
+    pub fn connection(&self) -> Connection {
+        let mut properties = Properties::new();
+        for property in &self.kafka_property {
+            properties
+                .insert(&property.name, &property.value)
+                .expect("the flag's parser checked the property");
+        }
+        Connection::with_properties(&self.kafka_bootstrap, properties)
+    }
+
     fn horizons(&self) -> Horizons {
         Horizons {
             inbox_ms: millis(self.inbox_horizon),
@@ -101,9 +121,16 @@ fn millis(duration: Duration) -> u64 {
 /// retention of the topic it consumes (the rule is the sdk's).
 async fn check_inbox_horizon(service: Service, args: &ServiceArgs) -> anyhow::Result<()> {
     let topic = topics::consumed_by(service);
-    let retentions = topics::retention_of(&args.kafka_bootstrap, &[topic])
+    let connection = args.connection();
+    let retentions = topics::retention_of(&connection, &[topic])
         .await
-        .context("cannot read the retention of the consumed topic")?;
+        .map_err(|error| {
+            kafka_failure(
+                &connection,
+                "read the retention of the consumed topic",
+                &error,
+            )
+        })?;
     let stated = millis(args.topic_retention);
     let assumed =
         saldo_domain::retention::check_inbox_horizon(&args.horizons(), stated, &retentions)?;
@@ -146,12 +173,33 @@ pub(crate) async fn serve_probes(address: std::net::SocketAddr, probes: Api) -> 
     Ok(())
 }
 
+/// A Kafka failure as one line, without the value of any secret property.
+fn kafka_failure(
+    connection: &Connection,
+    what: &str,
+    error: &dyn std::fmt::Display,
+) -> anyhow::Error {
+    let text = connection.properties().hide_secrets(&error.to_string());
+    anyhow!(
+        "cannot {what}: {}",
+        text.lines().collect::<Vec<_>>().join(" ")
+    )
+}
+
+/// Logs the passed-through properties (secrets redacted) once at start.
+fn log_properties(connection: &Connection) {
+    if !connection.properties().is_empty() {
+        tracing::info!(properties = %connection.properties(), "passing Kafka properties to every client");
+    }
+}
+
 /// The readiness check that the broker answers a metadata request.
 fn broker_check(args: &ServiceArgs) -> anyhow::Result<Arc<dyn Check>> {
-    let probe: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &args.kafka_bootstrap)
+    let connection = args.connection();
+    let probe: BaseConsumer = connection
+        .client_config()
         .create()
-        .context("cannot create the broker probe")?;
+        .map_err(|error| kafka_failure(&connection, "create the broker probe", &error))?;
     Ok(Arc::new(BrokerCheck(Arc::new(probe))))
 }
 
@@ -220,11 +268,12 @@ async fn prepare_topics(args: &ServiceArgs) {
     if !args.create_topics {
         return;
     }
-    match topics::ensure(&args.kafka_bootstrap, args.partitions, args.replication).await {
+    let connection = args.connection();
+    match topics::ensure(&connection, args.partitions, args.replication).await {
         Ok(created) if created.is_empty() => {}
         Ok(created) => tracing::info!(?created, "created topics"),
         Err(error) => tracing::warn!(
-            %error,
+            error = connection.properties().hide_secrets(&error.to_string()),
             "could not create topics; continuing with what the broker has"
         ),
     }
@@ -237,7 +286,7 @@ pub struct OutboxArgs {
     #[arg(long, value_parser = parse_service)]
     service: Service,
     #[command(flatten)]
-    connection: ServiceArgs,
+    pub connection: ServiceArgs,
 }
 
 /// Arguments of `saldo broker`.
@@ -303,25 +352,28 @@ pub fn run_consumer(service: Service, args: &ServiceArgs) -> anyhow::Result<Exit
         // Signal handlers before anything can be told to stop: a SIGTERM
         // right after start must stop the service cleanly, not kill it.
         let stop_requested = shutdown();
+        let connection = args.connection();
+        log_properties(&connection);
         let store = PgStore::connect(&args.database_url, CONNECTIONS_MAX)
             .await
             .context("cannot connect to the database")?;
         prepare_topics(args).await;
         check_inbox_horizon(service, args).await?;
         let metrics = serve_metrics(args).await?;
+        let metered = metrics.is_some();
         let group = format!("{}-{}", args.group_prefix, service.name());
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let shared: Arc<dyn Store> = Arc::new(store.clone());
         let rules = Arc::new(Rules::default());
         let runner = ConsumerRunner::new(
-            &args.kafka_bootstrap,
+            &connection,
             &group,
             service,
             shared.clone(),
             rules.clone(),
             stopped.clone(),
         )
-        .context("cannot create the Kafka consumer")?;
+        .map_err(|error| kafka_failure(&connection, "create the Kafka consumer", &error))?;
         tracing::info!(%service, group, topic = topics::consumed_by(service), "consuming");
         let until_stopped = |stopped: &tokio::sync::watch::Receiver<bool>| {
             let mut receiver = stopped.clone();
@@ -334,7 +386,7 @@ pub fn run_consumer(service: Service, args: &ServiceArgs) -> anyhow::Result<Exit
                 serve_api(
                     service,
                     address,
-                    store,
+                    store.clone(),
                     args,
                     metrics,
                     until_stopped(&stopped),
@@ -343,6 +395,12 @@ pub fn run_consumer(service: Service, args: &ServiceArgs) -> anyhow::Result<Exit
             ),
             None => None,
         };
+        // The order service's saga age, read every SAGA_AGE_INTERVAL while
+        // something serves the gauge.
+        let saga_age = (service == Service::Order && metered).then(|| {
+            let operator: Arc<dyn OperatorStore> = Arc::new(store.clone());
+            tokio::spawn(watch_saga_age(operator, wall_clock, stopped.clone()))
+        });
         let mut consumer = tokio::spawn(runner.run(stopped.clone()));
         let mut purge = tokio::spawn(retention::run(
             shared.clone(),
@@ -397,6 +455,9 @@ pub fn run_consumer(service: Service, args: &ServiceArgs) -> anyhow::Result<Exit
             .context("consumer")?;
         deadlines.await.context("timer task")?;
         purge.await.context("purge task")?;
+        if let Some(saga_age) = saga_age {
+            saga_age.await.context("saga age task")?;
+        }
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -416,10 +477,12 @@ pub fn run_outbox(args: &OutboxArgs) -> anyhow::Result<ExitCode> {
     }
     runtime()?.block_on(async {
         let stop_requested = shutdown();
+        let connection = args.connection.connection();
+        log_properties(&connection);
         prepare_topics(&args.connection).await;
         serve_metrics(&args.connection).await?;
-        let producer = saldo_kafka::producer::create(&args.connection.kafka_bootstrap)
-            .context("cannot create the Kafka producer")?;
+        let producer = saldo_kafka::producer::create(&connection)
+            .map_err(|error| kafka_failure(&connection, "create the Kafka producer", &error))?;
         let outbox = PgOutbox::connect(&args.connection.database_url, args.service)
             .await
             .context("cannot connect to the database")?;

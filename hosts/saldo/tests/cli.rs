@@ -4,6 +4,8 @@ use std::process::{Command, Output};
 
 #[path = "cli/deploy.rs"]
 mod deploy;
+#[path = "cli/kafka.rs"]
+mod kafka;
 #[path = "cli/prometheus.rs"]
 mod prometheus;
 
@@ -996,8 +998,12 @@ fn services_killed_with_sigkill_mid_flow_lose_nothing_and_charge_nothing_twice()
     let mut processes = Processes(Vec::new());
     let broker = spawn_broker(&mut processes);
     let metrics_port = free_port();
+    let order_metrics_port = free_port();
     let mut env = vec![("SALDO_DATABASE_URL", url.clone())];
     env.extend(broker.env());
+    // Through the Kafka passthrough: statistics (and so the lag gauge)
+    // every 200 ms instead of every 10 s.
+    env.push(("SALDO_KAFKA__STATISTICS_INTERVAL_MS", "200".to_owned()));
     let start = |processes: &mut Processes, name: &'static str| {
         let args: &[&str] = match name {
             "outbox-order" => &["outbox", "--service", "order"],
@@ -1008,14 +1014,18 @@ fn services_killed_with_sigkill_mid_flow_lose_nothing_and_charge_nothing_twice()
             "payment" => &["payment"],
             other => panic!("unknown process {other}"),
         };
-        // The inventory publisher also serves its metrics.
+        // The inventory publisher and the order service also serve their metrics.
         let metrics = format!("127.0.0.1:{metrics_port}");
+        let order_metrics = format!("127.0.0.1:{order_metrics_port}");
         let mut process_env: Vec<(&str, &str)> = env
             .iter()
             .map(|(name, value)| (*name, value.as_str()))
             .collect();
         if name == "outbox-inventory" {
             process_env.push(("SALDO_METRICS_ADDRESS", metrics.as_str()));
+        }
+        if name == "order" {
+            process_env.push(("SALDO_METRICS_ADDRESS", order_metrics.as_str()));
         }
         processes.spawn(name, args, &process_env);
     };
@@ -1031,10 +1041,10 @@ fn services_killed_with_sigkill_mid_flow_lose_nothing_and_charge_nothing_twice()
     }
     let finished = "SELECT count(*) FROM orders.orders WHERE status <> 'PENDING'";
     wait_until(&url, finished, 20, 90);
-    let metrics = {
+    let scrape = |port: u16| {
         use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", metrics_port))
-            .expect("the publisher serves metrics");
+        let mut stream =
+            std::net::TcpStream::connect(("127.0.0.1", port)).expect("the process serves metrics");
         stream
             .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             .expect("writes");
@@ -1042,6 +1052,32 @@ fn services_killed_with_sigkill_mid_flow_lose_nothing_and_charge_nothing_twice()
         stream.read_to_string(&mut body).expect("reads");
         body
     };
+    let metrics = scrape(metrics_port);
+    // The order service, a real process, reports its oldest running saga
+    // (read at start, with every order pending and placed before it
+    // started) and its group's lag per partition. (That the passthrough
+    // sets the interval is proven in the Kafka crate's lag test.)
+    let lag = "saldo_consumer_lag_messages{group=\"saldo-order\",topic=\"saldo.order.replies\",partition=\"";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let order_metrics = loop {
+        let order_metrics = scrape(order_metrics_port);
+        if order_metrics.contains(lag) {
+            break order_metrics;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no lag gauge within 10 s:\n{order_metrics}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let saga_age: f64 = order_metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("saldo_saga_oldest_pending_seconds "))
+        .unwrap_or_else(|| panic!("no saga age:\n{order_metrics}"))
+        .trim()
+        .parse()
+        .expect("a number");
+    assert!(saga_age > 0.0, "orders were pending at start: {saga_age}");
     assert!(
         metrics.contains("saldo_outbox_backlog{service=\"inventory\"}"),
         "{metrics}"
@@ -2304,7 +2340,10 @@ fn stuck_sagas_of_every_kind_are_found_and_repaired_through_the_operator_api() {
         .expect("runtime");
     runtime.block_on(async {
         use rdkafka::producer::FutureRecord;
-        let producer = saldo_kafka::producer::create(&broker.bootstrap).expect("a producer");
+        let producer = saldo_kafka::producer::create(&saldo_kafka::connection::Connection::new(
+            &broker.bootstrap,
+        ))
+        .expect("a producer");
         producer
             .send(
                 FutureRecord::to(saldo_kafka::topics::consumed_by(

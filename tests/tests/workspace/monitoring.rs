@@ -93,14 +93,19 @@ fn exported_metrics() -> BTreeSet<String> {
     for file in rust_files(&workspace_root().join("hosts")) {
         let source = fs::read_to_string(&file).expect("a source file");
         for (macro_name, suffixes) in [
-            ("metrics::counter!(\"", &[""][..]),
-            ("metrics::gauge!(\"", &[""][..]),
-            ("metrics::histogram!(\"", &["", "_sum", "_count"][..]),
+            ("metrics::counter!(", &[""][..]),
+            ("metrics::gauge!(", &[""][..]),
+            ("metrics::histogram!(", &["", "_sum", "_count"][..]),
         ] {
             for (_, rest) in source
                 .match_indices(macro_name)
                 .map(|(at, _)| source.split_at(at + macro_name.len()))
             {
+                // The name may follow on the next line, as rustfmt breaks
+                // a long call.
+                let Some(rest) = rest.trim_start().strip_prefix('"') else {
+                    continue;
+                };
                 let name = rest.split('"').next().expect("a name");
                 for suffix in suffixes {
                     names.insert(format!("{name}{suffix}"));

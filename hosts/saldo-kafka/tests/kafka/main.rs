@@ -14,6 +14,7 @@ use saldo_domain::order::{PlaceOrder, decide_place_order, place_order_read_set};
 use saldo_domain::payment::{TopUp, decide_top_up, top_up_read_set};
 use saldo_domain::{Decision, Rules};
 use saldo_idempotency::IdempotencyKey;
+use saldo_kafka::connection::{Connection, Properties};
 use saldo_kafka::consumer::ConsumerRunner;
 use saldo_kafka::publisher::OutboxPublisher;
 use saldo_kafka::testing::TestBroker;
@@ -36,6 +37,8 @@ struct Setup {
     database: TestDatabase,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Passed through to every client the setup creates.
+    properties: Properties,
 }
 
 impl Setup {
@@ -47,11 +50,13 @@ impl Setup {
             database: TestDatabase::create().await,
             stop,
             tasks: Vec::new(),
+            properties: Properties::new(),
         }
     }
 
-    fn servers(&self) -> String {
-        self.broker.bootstrap_servers()
+    /// The broker with this setup's passed-through properties.
+    fn connection(&self) -> Connection {
+        Connection::with_properties(&self.broker.bootstrap_servers(), self.properties.clone())
     }
 
     fn store(&self) -> PgStore {
@@ -66,7 +71,7 @@ impl Setup {
     }
 
     async fn start_publisher(&mut self, service: Service) {
-        let producer = saldo_kafka::producer::create(&self.servers()).expect("producer");
+        let producer = saldo_kafka::producer::create(&self.connection()).expect("producer");
         let publisher = OutboxPublisher::new(
             Box::new(
                 saldo_postgres::PgOutbox::connect(self.database.url(), service)
@@ -86,7 +91,7 @@ impl Setup {
 
     fn start_consumer(&mut self, service: Service) {
         let runner = ConsumerRunner::new(
-            &self.servers(),
+            &self.connection(),
             &format!("saldo-{}", service.name()),
             service,
             std::sync::Arc::new(self.store()),
@@ -313,7 +318,7 @@ async fn a_duplicate_delivery_has_no_second_effect() {
     let store = setup.store();
     seed(&store).await;
     setup.start_consumer(Service::Inventory);
-    let producer = saldo_kafka::producer::create(&setup.servers()).expect("producer");
+    let producer = saldo_kafka::producer::create(&setup.connection()).expect("producer");
     let reserve = envelope(
         "o1",
         0,
@@ -388,7 +393,7 @@ async fn a_poison_message_is_dead_lettered_and_later_messages_flow() {
     let store = setup.store();
     seed(&store).await;
     setup.start_consumer(Service::Inventory);
-    let producer = saldo_kafka::producer::create(&setup.servers()).expect("producer");
+    let producer = saldo_kafka::producer::create(&setup.connection()).expect("producer");
     send_raw(
         &producer,
         topics::consumed_by(Service::Inventory),
@@ -452,7 +457,7 @@ async fn a_poison_message_is_dead_lettered_and_later_messages_flow() {
     );
     assert_eq!(scalar(&store, "SELECT count(*) FROM inventory.dead_letters WHERE error LIKE '%does not consume ChargePayment%'").await, 1);
     let reader: StreamConsumer =
-        saldo_kafka::consumer::config(&setup.servers(), "dead-letter-reader")
+        saldo_kafka::consumer::config(&setup.connection(), "dead-letter-reader")
             .create()
             .expect("reader");
     reader
@@ -500,7 +505,7 @@ async fn two_publishers_keep_each_orders_messages_in_order() {
         .commit(decision, wall_clock())
         .await
         .expect("outbox rows");
-    let reader: StreamConsumer = saldo_kafka::consumer::config(&setup.servers(), "order-reader")
+    let reader: StreamConsumer = saldo_kafka::consumer::config(&setup.connection(), "order-reader")
         .create()
         .expect("reader");
     reader
@@ -603,7 +608,7 @@ async fn published_rows_are_removed_after_the_retention_period() {
         .await
         .expect("ages");
     sqlx::query("UPDATE inventory.outbox SET published_at = now() WHERE sequence = (SELECT max(sequence) FROM inventory.outbox)").execute(store.pool()).await.expect("marks");
-    let producer = saldo_kafka::producer::create(&setup.servers()).expect("producer");
+    let producer = saldo_kafka::producer::create(&setup.connection()).expect("producer");
     let mut publisher = OutboxPublisher::new(
         Box::new(
             saldo_postgres::PgOutbox::connect(setup.database.url(), Service::Inventory)
@@ -664,5 +669,105 @@ async fn terminated_database_connections_are_replaced_and_nothing_is_dead_letter
     .await;
     check_invariants(&store).await;
     assert_eq!(scalar(&store, "SELECT (SELECT count(*) FROM orders.dead_letters) + (SELECT count(*) FROM inventory.dead_letters) + (SELECT count(*) FROM payment.dead_letters)").await, 0);
+    setup.stop().await;
+}
+
+/// The sum over partitions of `saldo_consumer_lag_messages` for `group`
+/// in `rendered` (Prometheus text), and how many partitions reported.
+fn lag_of(rendered: &str, group: &str) -> (i64, usize) {
+    let label = format!("group=\"{group}\"");
+    rendered
+        .lines()
+        .filter(|line| line.starts_with("saldo_consumer_lag_messages{") && line.contains(&label))
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .fold((0, 0), |(sum, count), lag| (sum + lag as i64, count + 1))
+}
+
+/// Waits (with a deadline) until `group`'s lag, summed over `PARTITIONS`
+/// reporting partitions, is `expected`.
+async fn wait_for_lag(
+    metrics: &metrics_exporter_prometheus::PrometheusHandle,
+    group: &str,
+    expected: i64,
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let (lag, partitions) = lag_of(&metrics.render(), group);
+        if lag == expected && partitions == PARTITIONS as usize {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{group}: lag {lag} over {partitions} partitions, expected {expected}:\n{}",
+            metrics.render()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_consumer_lag_gauge_counts_what_a_group_has_not_committed_through_the_passthrough() {
+    // Proves the passthrough reaches the consumers (statistics.interval.ms of
+    // 100 ms: Saldo's default of 10 s would miss the deadline), that a group
+    // that consumes without committing reports every published message as
+    // lag, and that the runner's group drops to 0 once it committed them.
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .expect("the only recorder of this test process");
+    let mut setup = Setup::new().await;
+    setup
+        .properties
+        .insert("statistics.interval.ms", "100")
+        .expect("a librdkafka property");
+    let store = setup.store();
+    seed(&store).await;
+    let producer = saldo_kafka::producer::create(&setup.connection()).expect("producer");
+    const ORDERS: u32 = 12;
+    for index in 0..ORDERS {
+        let reserve = envelope(
+            &format!("lag-{index}"),
+            0,
+            Payload::ReserveStock {
+                lines: vec![OrderLine {
+                    sku: Sku::new("apple").expect("valid"),
+                    quantity: 1,
+                }],
+                currency: Currency::EUR,
+            },
+        );
+        saldo_kafka::producer::publish(&producer, &reserve)
+            .await
+            .expect("sent");
+    }
+    let topic = topics::consumed_by(Service::Inventory);
+    // A group that reads and never stores an offset: all of it is lag.
+    let watcher: StreamConsumer<saldo_kafka::consumer::LagContext> =
+        saldo_kafka::consumer::config(&setup.connection(), "lag-watcher")
+            .create_with_context(saldo_kafka::consumer::LagContext::new("lag-watcher", topic))
+            .expect("watcher");
+    watcher.subscribe(&[topic]).expect("subscribes");
+    let reading = tokio::spawn(async move {
+        loop {
+            let _ = watcher.recv().await;
+        }
+    });
+    wait_for_lag(
+        &metrics,
+        "lag-watcher",
+        i64::from(ORDERS),
+        Duration::from_secs(8),
+    )
+    .await;
+    setup.start_consumer(Service::Inventory);
+    wait_for(
+        &store,
+        "SELECT count(*) FROM inventory.inbox",
+        i64::from(ORDERS),
+        Duration::from_secs(30),
+    )
+    .await;
+    wait_for_lag(&metrics, "saldo-inventory", 0, Duration::from_secs(10)).await;
+    reading.abort();
     setup.stop().await;
 }

@@ -256,3 +256,73 @@ async fn a_redriven_dead_letter_is_queued_and_deleted_in_one_commit_and_settles_
             .expect("counts");
     assert_eq!(unpublished, 1);
 }
+
+#[rstest::rstest]
+#[case::memory(Kind::Memory)]
+#[case::postgres(Kind::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oldest_pending_order_is_the_earliest_placed_whose_saga_still_runs(#[case] kind: Kind) {
+    // Proves the saga-age read: nothing pending is None; an order that ended
+    // no longer counts, however old; the earliest placed of the running ones
+    // is the answer, on the in-memory store and on PostgreSQL alike.
+    let mut driver = Driver::new(kind).await;
+    assert_eq!(
+        operator_of(&driver)
+            .oldest_pending_order()
+            .await
+            .expect("reads"),
+        None
+    );
+    driver
+        .top_up("alice", eur(5_000), "t1")
+        .await
+        .expect("top-up");
+    driver.set_stock("apple", 5, eur(300)).await;
+    let first = driver.now;
+    driver
+        .place("o1", "alice", vec![line("apple", 1)], "k1")
+        .await
+        .expect("placed");
+    assert_eq!(
+        operator_of(&driver)
+            .oldest_pending_order()
+            .await
+            .expect("reads"),
+        Some(first)
+    );
+    driver.pump(|_| false).await;
+    driver.now = first.plus_ms(1_000);
+    driver
+        .place("o2", "alice", vec![line("apple", 1)], "k2")
+        .await
+        .expect("placed");
+    driver.now = first.plus_ms(2_000);
+    driver
+        .place("o3", "alice", vec![line("apple", 1)], "k3")
+        .await
+        .expect("placed");
+    let confirmed = operator_of(&driver)
+        .orders(&OrderQuery {
+            status: Some("CONFIRMED"),
+            limit: 10,
+            ..OrderQuery::default()
+        })
+        .await
+        .expect("lists");
+    assert_eq!(confirmed.len(), 1, "o1 ended");
+    assert_eq!(
+        operator_of(&driver)
+            .oldest_pending_order()
+            .await
+            .expect("reads"),
+        Some(first.plus_ms(1_000))
+    );
+}
+
+/// The operator's read port of either backend.
+fn operator_of(driver: &Driver) -> &dyn OperatorStore {
+    match &driver.backend {
+        Backend::Memory(store) => store,
+        Backend::Postgres(database) => &database.store,
+    }
+}

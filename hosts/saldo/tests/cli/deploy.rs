@@ -157,6 +157,10 @@ fn containers_and_config_maps(
 /// Variables `saldo` reads that are not a flag's (so not in `--help`).
 const VARIABLES_NOT_FLAGS: [&str; 1] = ["SALDO_LOG"];
 
+/// Variables read as librdkafka properties by the subcommands with Kafka
+/// clients (those that take `--kafka-property`).
+const KAFKA_PROPERTY_PREFIX: &str = "SALDO_KAFKA__";
+
 #[test]
 fn every_container_in_the_kubernetes_manifests_passes_the_binarys_configuration_check() {
     // Proves each Deployment's and Job's arguments and environment (with
@@ -207,7 +211,9 @@ fn every_container_in_the_kubernetes_manifests_passes_the_binarys_configuration_
         for name in env.keys() {
             assert!(
                 help.contains(&format!("[env: {name}"))
-                    || VARIABLES_NOT_FLAGS.contains(&name.as_str()),
+                    || VARIABLES_NOT_FLAGS.contains(&name.as_str())
+                    || (name.starts_with(KAFKA_PROPERTY_PREFIX)
+                        && help.contains("--kafka-property")),
                 "{}: `saldo {}` reads no {name}",
                 container.source,
                 container.args[0]
