@@ -143,7 +143,7 @@ pub struct Report {
     pub config: SimConfig,
     /// Counters.
     pub stats: Stats,
-    /// The trace hash (64 hex digits).
+    /// The trace hash (32 hex digits).
     pub trace_hash: String,
     /// The broken invariant, if any.
     pub violation: Option<Box<ViolationReport>>,

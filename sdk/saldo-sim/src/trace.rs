@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use saldo_domain::messages::Service;
 use saldo_types::{Id128, OrderId};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use xxhash_rust::xxh3::Xxh3;
 
 use crate::fault::Fault;
 
@@ -262,20 +262,31 @@ impl TraceRecord {
 
 /// Collects the trace: always its hash and recent events; every record
 /// only when asked for.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Trace {
-    hasher: Sha256,
+    hasher: Xxh3,
     scratch: Vec<u8>,
     recent: VecDeque<TraceRecord>,
     records: Option<Vec<TraceRecord>>,
     events: u64,
 }
 
+impl std::fmt::Debug for Trace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trace")
+            .field("hash", &self.hash_hex())
+            .field("events", &self.events)
+            .field("recent", &self.recent)
+            .field("records", &self.records.as_ref().map(Vec::len))
+            .finish()
+    }
+}
+
 impl Trace {
     /// A trace that keeps every record when `keep_records` is true.
     pub fn new(keep_records: bool) -> Trace {
         Trace {
-            hasher: Sha256::new(),
+            hasher: Xxh3::new(),
             scratch: Vec::with_capacity(128),
             recent: VecDeque::with_capacity(RECENT_EVENTS_MAX),
             records: keep_records.then(Vec::new),
@@ -298,14 +309,11 @@ impl Trace {
         self.events += 1;
     }
 
-    /// The hash of everything recorded so far, as 64 hex digits.
+    /// The hash of everything recorded so far (XXH3, 128 bits), as 32 hex
+    /// digits. It tells runs apart, native or WebAssembly, seed for seed; it
+    /// guards no secret, so it need not be cryptographic (ADR 0018).
     pub fn hash_hex(&self) -> String {
-        self.hasher
-            .clone()
-            .finalize()
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect()
+        format!("{:032x}", self.hasher.digest128())
     }
 
     /// The most recent events, oldest first.
