@@ -332,7 +332,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<IdempotencyKey, Problem> {
 /// principal reaches only the operations its key's scopes name, whichever
 /// customers it acts for, so no deployment relies on the gateway alone. A
 /// request without a forwarded principal (no gateway) and the open paths
-/// pass; malformed principal headers are the handlers' 400.
+/// pass; malformed principal headers are 400 here, for every route (a
+/// handler that never reads them must not let them through unchecked).
 async fn forwarded_scopes(
     request: axum::extract::Request,
     next: axum::middleware::Next,
@@ -341,11 +342,13 @@ async fn forwarded_scopes(
     if crate::gateway::OPEN_PATHS.contains(&path) {
         return next.run(request).await;
     }
-    if let Ok(Some(forwarded)) = Forwarded::from_headers(request.headers())
-        && !forwarded.allows(request.method(), path)
-    {
-        return crate::gateway::scope_missing(&forwarded.principal, request.method(), path)
-            .into_response();
+    match Forwarded::from_headers(request.headers()) {
+        Err(problem) => return problem.into_response(),
+        Ok(Some(forwarded)) if !forwarded.allows(request.method(), path) => {
+            return crate::gateway::scope_missing(&forwarded.principal, request.method(), path)
+                .into_response();
+        }
+        Ok(_) => {}
     }
     next.run(request).await
 }

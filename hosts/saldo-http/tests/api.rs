@@ -1450,6 +1450,19 @@ async fn a_service_refuses_customers_outside_the_forwarded_principal() {
         code(&half),
         (StatusCode::BAD_REQUEST, Some("principal_header_invalid"))
     );
+    // Also on a route whose handler never reads the principal (stock).
+    let stock = send(
+        &direct,
+        "GET",
+        "/stock/apple",
+        &[("saldo-principal", "alice-app")],
+        None,
+    )
+    .await;
+    assert_eq!(
+        code(&stock),
+        (StatusCode::BAD_REQUEST, Some("principal_header_invalid"))
+    );
 }
 
 #[tokio::test]

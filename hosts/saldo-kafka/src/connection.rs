@@ -20,7 +20,7 @@ use rdkafka::error::KafkaError;
 
 /// The properties Saldo's correctness rests on, with why; a passthrough
 /// naming one is refused.
-pub const PROTECTED: [(&str, &str); 9] = [
+pub const PROTECTED: [(&str, &str); 12] = [
     (
         "enable.idempotence",
         "the producer is idempotent, so a retried send is never a second copy or out of order",
@@ -53,6 +53,18 @@ pub const PROTECTED: [(&str, &str); 9] = [
     (
         "group.id",
         "each service's group is PREFIX-SERVICE; set the prefix with --group-prefix",
+    ),
+    (
+        "auto.commit.enable",
+        "an alias of enable.auto.commit: stored offsets are committed in the background, on revocation and at shutdown",
+    ),
+    (
+        "queuing.strategy",
+        "messages of one partition are sent in the order they were produced",
+    ),
+    (
+        "transactional.id",
+        "the producer is idempotent, not transactional: the outbox is the transaction",
     ),
 ];
 
@@ -114,7 +126,10 @@ pub fn check(name: &str, value: &str) -> Result<(), PropertyRefused> {
     if name.trim().is_empty() {
         return Err(PropertyRefused::NameMissing);
     }
+    // librdkafka reads a topic property also under a `topic.` prefix
+    // (rd_kafka_topic_conf_set strips it), so `topic.acks` is `acks`.
     let lowered = name.to_ascii_lowercase();
+    let lowered = lowered.strip_prefix("topic.").unwrap_or(&lowered);
     if let Some((_, reason)) = PROTECTED.iter().find(|(known, _)| *known == lowered) {
         return Err(PropertyRefused::Protected {
             name: name.to_owned(),
@@ -290,6 +305,12 @@ mod tests {
     #[case("partitioner", "random")]
     #[case("group.id", "other")]
     #[case("ACKS", "0")]
+    #[case("topic.partitioner", "random")]
+    #[case("topic.acks", "1")]
+    #[case("topic.auto.offset.reset", "latest")]
+    #[case("auto.commit.enable", "true")]
+    #[case("queuing.strategy", "lifo")]
+    #[case("transactional.id", "t")]
     fn a_property_saldo_relies_on_is_refused(#[case] name: &str, #[case] value: &str) {
         // Proves no passthrough can override a correctness setting, whatever its case.
         let refused = Properties::new().insert(name, value).expect_err("refused");

@@ -50,7 +50,9 @@ pub(crate) async fn settle_dead_letters(
 
 /// Before a redrive queues a message again: deletes the published copy of
 /// it that an earlier redrive left in the consumer's outbox (its message id
-/// is unique there), as retention would. A copy still unpublished stays, and
+/// is unique there), as retention would; only a copy of the same bytes, so
+/// a letter forged with the id of one of the service's own messages deletes
+/// nothing. A copy still unpublished stays, and
 /// the insert then fails as a conflict: the message is already on its way.
 pub(crate) async fn drop_published_copies(
     transaction: &mut Transaction<'_, Postgres>,
@@ -58,11 +60,12 @@ pub(crate) async fn drop_published_copies(
 ) -> Result<(), PgCommitError> {
     for (service, envelope) in outbox {
         let sql = format!(
-            "DELETE FROM {}.outbox WHERE message_id = $1 AND published_at IS NOT NULL",
+            "DELETE FROM {}.outbox WHERE message_id = $1 AND envelope = $2 AND published_at IS NOT NULL",
             schema(*service)
         );
         dynamic(sql)
             .bind(envelope.message_id.to_hex())
+            .bind(envelope.encode())
             .execute(&mut **transaction)
             .await
             .map_err(aborted_or_failed)?;

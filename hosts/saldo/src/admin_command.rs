@@ -4,8 +4,8 @@
 //! that has the `admin` scope. Interventions are decided by the services from
 //! their live rows: `--dry-run` prints the decision (and the order's
 //! version) without writing, and a real run sends the version the operator
-//! saw, so nothing that changed since is overwritten (409 `version_changed`:
-//! look again). `resolve` states a participant's answer, so it acts on one
+//! saw (`--expected-version`, required to act on one order), so nothing
+//! that changed since is overwritten (409 `version_changed`: look again). `resolve` states a participant's answer, so it acts on one
 //! order, names the awaited step and phase, and needs `--expected-version`
 //! from its dry run. Bulk forms act on a listed selection of at most
 //! `BULK_SELECTION_MAX` items, only with `--yes`, each with the version the
@@ -111,9 +111,9 @@ struct Targets {
     order_id: Option<String>,
     #[command(flatten)]
     selection: Selection,
-    /// The order's version as you saw it (its dry run prints it); without
-    /// it, one order is acted on at the version its own dry run sees.
-    #[arg(long, requires = "order_id")]
+    /// The order's version as you saw it (its dry run prints it): required
+    /// to act on one order, so nothing you have not seen is overwritten.
+    #[arg(long, requires = "order_id", required_unless_present_any = ["dry_run", "stuck", "status", "awaiting"])]
     expected_version: Option<u64>,
     /// Show the decision (rows, messages, postings) and write nothing.
     #[arg(long)]
@@ -397,8 +397,7 @@ fn bulk(ids: Vec<String>, yes: bool, what: &str) -> anyhow::Result<Vec<String>> 
 
 async fn intervene(client: &Client, targets: &Targets, action: Value) -> anyhow::Result<()> {
     // Each order with the version the operator saw: the one named, or the
-    // listing's (`None`: one order without --expected-version, acted on at
-    // the version of its own dry run).
+    // listing's (`None`: a dry run of one order, at whatever is live).
     let orders: Vec<(String, Option<Value>)> = match &targets.order_id {
         Some(order_id) => vec![(order_id.clone(), targets.expected_version.map(Value::from))],
         None => {
@@ -428,31 +427,12 @@ async fn intervene(client: &Client, targets: &Targets, action: Value) -> anyhow:
     let mut failures = 0;
     for (order_id, seen) in orders {
         let path = format!("/admin/order/orders/{order_id}");
-        let outcome = match seen {
-            Some(version) => {
-                let body = with(&action, "expected_version", version);
-                let body = with(&body, "dry_run", json!(targets.dry_run));
-                client.call(Method::POST, &path, Some(&body)).await
-            }
-            None => {
-                let dry = client
-                    .call(
-                        Method::POST,
-                        &path,
-                        Some(&with(&action, "dry_run", json!(true))),
-                    )
-                    .await;
-                match dry {
-                    Ok(dry) if targets.dry_run => Ok(dry),
-                    Ok(dry) => {
-                        let body =
-                            with(&action, "expected_version", dry["expected_version"].clone());
-                        client.call(Method::POST, &path, Some(&body)).await
-                    }
-                    Err(error) => Err(error),
-                }
-            }
+        let body = match seen {
+            Some(version) => with(&action, "expected_version", version),
+            None => action.clone(),
         };
+        let body = with(&body, "dry_run", json!(targets.dry_run));
+        let outcome = client.call(Method::POST, &path, Some(&body)).await;
         match outcome {
             Ok(done) => show(client, &done, print_intervened),
             Err(error) => {

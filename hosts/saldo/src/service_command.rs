@@ -239,6 +239,8 @@ async fn serve_api(
     if args.admin_without_gateway {
         tracing::warn!(%service, "serving /admin without a gateway (--admin-without-gateway): anyone who reaches the HTTP port is an operator");
         api.admin_access = AdminAccess::WithoutGateway;
+    } else if !args.tls.admits_only_named_clients() {
+        tracing::warn!(%service, "the HTTP port trusts the gateway's principal headers from anyone who reaches it: give --tls-client-ca and --tls-client-name so that only the gateway can (docs/operations.md)");
     }
     let backend: Arc<dyn Store> = Arc::new(store);
     match service {

@@ -67,6 +67,13 @@ impl ListenerTls {
         .map(Some)
     }
 
+    /// Whether only clients with a certificate naming one of
+    /// --tls-client-name are admitted: the one way a service knows the
+    /// forwarded principal headers come from the gateway.
+    pub fn admits_only_named_clients(&self) -> bool {
+        self.tls_client_ca.is_some() && !self.tls_client_name.is_empty()
+    }
+
     /// `http` or `https`, for the banner.
     pub fn scheme(&self) -> &'static str {
         if self.tls_cert.is_some() {
