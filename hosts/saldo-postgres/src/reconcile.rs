@@ -32,7 +32,7 @@ use saldo_reconcile::{
     check_dead_letters, check_entry_balance, check_order, check_outbox_row, check_stock,
     check_verified_rows,
 };
-use saldo_types::{OrderId, Timestamp};
+use saldo_types::{Currency, Money, OrderId, Timestamp};
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{Connection, Executor, PgConnection, Row as _};
 
@@ -497,6 +497,10 @@ async fn next_keyed(
     }
 }
 
+fn currency(code: String) -> Result<Currency, StoreError> {
+    Currency::from_code(code.trim()).map_err(|error| corrupt(format!("currency: {error}")))
+}
+
 fn order_fact(row: &PgRow) -> Result<OrderFact, StoreError> {
     let status: &str = row.try_get(1)?;
     let status = match status {
@@ -514,6 +518,7 @@ fn order_fact(row: &PgRow) -> Result<OrderFact, StoreError> {
     Ok(OrderFact {
         status,
         amount_minor: row.try_get(3)?,
+        currency: currency(row.try_get(6)?)?,
         created_at: timestamp(Some(row.try_get(4)?)).expect("present"),
         deadline: timestamp(row.try_get(5)?),
     })
@@ -530,7 +535,7 @@ async fn judge_orders(
 ) -> Result<(Vec<Finding>, u64), StoreError> {
     let cte = scope.changed_cte();
     let orders_sql = format!(
-        "{cte}SELECT order_id, status, cancel_reason, amount_minor, {}, {} FROM orders.orders WHERE {} ORDER BY order_id COLLATE \"C\"",
+        "{cte}SELECT order_id, status, cancel_reason, amount_minor, {}, {}, currency FROM orders.orders WHERE {} ORDER BY order_id COLLATE \"C\"",
         ms("created_at"),
         ms("deadline_at"),
         scope.filter("updated_at")
@@ -540,7 +545,7 @@ async fn judge_orders(
         scope.filter("updated_at")
     );
     let reservations_sql = format!(
-        "{cte}SELECT order_id, state, (body->'amount'->>'amount_minor')::bigint FROM inventory.reservations WHERE {} ORDER BY order_id COLLATE \"C\"",
+        "{cte}SELECT order_id, state, (body->'amount'->>'amount_minor')::bigint, body->'amount'->>'currency' FROM inventory.reservations WHERE {} ORDER BY order_id COLLATE \"C\"",
         scope.filter("updated_at")
     );
     let ledger_sql = format!(
@@ -603,7 +608,13 @@ async fn judge_orders(
             facts.reservation = Some(ReservationFact {
                 state: ReservationKind::from_name(state)
                     .ok_or_else(|| corrupt(format!("reservation state {state:?}")))?,
-                amount_minor: head.row.try_get(2)?,
+                priced: match (
+                    head.row.try_get::<Option<i64>, _>(2)?,
+                    head.row.try_get::<Option<String>, _>(3)?,
+                ) {
+                    (Some(minor), Some(code)) => Some(Money::from_minor(minor, currency(code)?)),
+                    _ => None,
+                },
             });
             heads[2] = next_keyed(&mut reservations).await?;
         }

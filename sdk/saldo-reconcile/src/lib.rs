@@ -43,7 +43,7 @@ use saldo_domain::messages::Service;
 use saldo_domain::order::OrderStatus;
 use saldo_domain::payment::PaymentState;
 use saldo_ledger::{ChainError, ChainHash, Checkpoint, Entry, StoredEntry};
-use saldo_types::{OrderId, Timestamp};
+use saldo_types::{Currency, Money, OrderId, Timestamp};
 use serde::Serialize;
 
 /// How tolerant reconciliation is of work in flight.
@@ -229,6 +229,8 @@ pub struct OrderFact {
     pub status: OrderStatus,
     /// The priced total, once known.
     pub amount_minor: Option<i64>,
+    /// The order's currency.
+    pub currency: Currency,
     /// When it was placed.
     pub created_at: Timestamp,
     /// The saga's next deadline, while it runs.
@@ -241,6 +243,7 @@ impl OrderFact {
         OrderFact {
             status: order.status(),
             amount_minor: order.amount.map(|amount| amount.amount_minor()),
+            currency: order.currency,
             created_at: order.created_at,
             deadline: order.deadline(),
         }
@@ -329,7 +332,7 @@ pub struct ReservationFact {
     /// Where it stands.
     pub state: ReservationKind,
     /// The total it was priced at, once reserved.
-    pub amount_minor: Option<i64>,
+    pub priced: Option<Money>,
 }
 
 impl ReservationFact {
@@ -337,7 +340,7 @@ impl ReservationFact {
     pub fn of(reservation: &saldo_domain::inventory::ReservationRow) -> ReservationFact {
         ReservationFact {
             state: ReservationKind::of(&reservation.state),
-            amount_minor: reservation.amount.map(|amount| amount.amount_minor()),
+            priced: reservation.amount,
         }
     }
 }
@@ -478,13 +481,18 @@ pub fn check_order(facts: &OrderFacts, now: Timestamp, settings: &Settings) -> V
             reservation.state,
             ReservationKind::Held | ReservationKind::Committed
         )
-        && reservation.amount_minor != order.amount_minor
+        && reservation.priced
+            != order
+                .amount_minor
+                .map(|minor| Money::from_minor(minor, order.currency))
     {
         findings.push(finding(
             FindingKind::OrderAmountDisagreesWithReservation,
             format!(
-                "the order's total is {:?}, its reservation was priced at {:?}",
-                order.amount_minor, reservation.amount_minor
+                "the order's total is {:?} {}, its reservation was priced at {:?}",
+                order.amount_minor,
+                order.currency.code(),
+                reservation.priced.map(|priced| priced.to_string())
             ),
         ));
     }

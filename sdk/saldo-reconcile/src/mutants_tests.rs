@@ -113,6 +113,7 @@ fn a_saga_is_stuck_only_once_more_than_the_grace_period_past_its_deadline(
         order: Some(OrderFact {
             status: OrderStatus::Pending,
             amount_minor: Some(500),
+            currency: saldo_types::Currency::EUR,
             created_at: Timestamp::from_unix_ms(deadline.unix_ms() - 10_000),
             deadline: Some(deadline),
         }),
@@ -137,6 +138,7 @@ fn order_facts(
         order: Some(OrderFact {
             status,
             amount_minor: Some(500),
+            currency: saldo_types::Currency::EUR,
             created_at: Timestamp::from_unix_ms(1_000_000),
             deadline: None,
         }),
@@ -150,7 +152,10 @@ fn order_facts(
             } else {
                 ReservationKind::Released
             },
-            amount_minor: Some(500),
+            priced: Some(saldo_types::Money::from_minor(
+                500,
+                saldo_types::Currency::EUR,
+            )),
         }),
         ledger: LedgerFact {
             charges: ledger.0,

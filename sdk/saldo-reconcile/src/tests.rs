@@ -28,6 +28,7 @@ fn facts(
         order: order.map(|(status, created_at)| OrderFact {
             status,
             amount_minor: Some(500),
+            currency: Currency::EUR,
             created_at,
             deadline: (status == OrderStatus::Pending).then_some(created_at.plus_ms(10_000)),
         }),
@@ -37,7 +38,7 @@ fn facts(
         }),
         reservation: reservation.as_ref().map(|state| ReservationFact {
             state: ReservationKind::of(state),
-            amount_minor: Some(500),
+            priced: Some(Money::from_minor(500, Currency::EUR)),
         }),
         ledger: LedgerFact {
             charges: ledger.0,
@@ -59,10 +60,10 @@ fn refunded() -> Option<PaymentState> {
     })
 }
 
-/// `facts` with its reservation priced at `amount_minor` (the order's is 500).
-fn priced(mut facts: OrderFacts, amount_minor: Option<i64>) -> OrderFacts {
+/// `facts` with its reservation priced at `priced` (the order's total is 500 EUR).
+fn priced(mut facts: OrderFacts, priced: Option<Money>) -> OrderFacts {
     if let Some(reservation) = facts.reservation.as_mut() {
-        reservation.amount_minor = amount_minor;
+        reservation.priced = priced;
     }
     facts
 }
@@ -90,9 +91,10 @@ const CANCELLED: OrderStatus = OrderStatus::Cancelled(CancelReason::Insufficient
 #[case::captured_for_no_order(facts(None, captured(), None, (1, 0, 500)), vec![FindingKind::PaymentWithoutOrder])]
 #[case::refunded_for_no_order(facts(None, refunded(), None, (1, 1, 0)), vec![])]
 #[case::committed_for_no_order(facts(None, None, Some(ReservationState::Committed), (0, 0, 0)), vec![FindingKind::StockCommittedWithoutOrder])]
-#[case::order_priced_above_its_reservation(priced(facts(Some((CONFIRMED, OLD)), captured(), Some(ReservationState::Committed), (1, 0, 500)), Some(400)), vec![FindingKind::OrderAmountDisagreesWithReservation])]
+#[case::order_priced_above_its_reservation(priced(facts(Some((CONFIRMED, OLD)), captured(), Some(ReservationState::Committed), (1, 0, 500)), Some(Money::from_minor(400, Currency::EUR))), vec![FindingKind::OrderAmountDisagreesWithReservation])]
+#[case::reservation_priced_in_another_currency(priced(facts(Some((CONFIRMED, OLD)), captured(), Some(ReservationState::Committed), (1, 0, 500)), Some(Money::from_minor(500, Currency::from_code("USD").expect("a currency")))), vec![FindingKind::OrderAmountDisagreesWithReservation])]
 #[case::held_reservation_never_priced(priced(facts(Some((OrderStatus::Pending, OLD)), None, Some(ReservationState::Held), (0, 0, 0)), None), vec![FindingKind::SagaStuck, FindingKind::OrderAmountDisagreesWithReservation])]
-#[case::released_reservation_is_not_compared(priced(facts(Some((CANCELLED, OLD)), refunded(), Some(ReservationState::Released), (1, 1, 0)), Some(1)), vec![])]
+#[case::released_reservation_is_not_compared(priced(facts(Some((CANCELLED, OLD)), refunded(), Some(ReservationState::Released), (1, 1, 0)), Some(Money::from_minor(1, Currency::EUR))), vec![])]
 fn orders_are_judged_by_their_facts(#[case] facts: OrderFacts, #[case] expected: Vec<FindingKind>) {
     // Proves each per-order rule fires on exactly its failure, with the order's id.
     let settings = Settings {
