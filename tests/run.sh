@@ -195,12 +195,13 @@ step "tests that restart PostgreSQL"
 drop_test_databases
 cargo nextest run --workspace --locked --profile ci -E "$alone"
 step "Kafka and end-to-end tests again, against tansu"
-# The same tests on a second, independent implementation of the protocol:
-# the Kafka crate's tests and the multi-process test with kill -9 of
-# publishers and consumers, topics made by the services' --create-topics.
-# The thousand-orders test is kept out: its backlog stops tansu's consumer
-# groups, a defect of tansu recorded with its reproduction in ADR 0009.
-tansu_tests='binary(kafka) | (package(saldo) & test(services_killed))'
+# The Kafka crate's tests on a second, independent implementation of the
+# protocol, topics made by --create-topics. The multi-process tests
+# (thousand orders; kill -9 of publishers and consumers) are kept out: a
+# backlog with consumer groups rebalancing stops tansu's groups, a defect
+# of tansu recorded with its reproduction and this project's CI failures
+# in ADR 0009. Both run against the mock cluster above.
+tansu_tests='binary(kafka)'
 SALDO_TEST_BROKER=tansu cargo nextest run --workspace --locked --profile ci -E "$tansu_tests"
 
 step "browser: Chromium, the harness page, Playwright"
