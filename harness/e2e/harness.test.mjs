@@ -10,7 +10,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { chromium } from 'playwright-core';
@@ -19,6 +19,9 @@ const root = resolve(import.meta.dirname, '..', '..');
 const saldo = resolve(root, process.env.SALDO_BIN ?? 'target/debug/saldo');
 const screenshots = resolve(root, process.env.SALDO_SCREENSHOTS ?? 'target/harness-screenshots');
 const chromiumPath = process.env.SALDO_CHROMIUM ?? '/usr/bin/chromium';
+// Production orders exported from PostgreSQL by the Rust stuck-sagas test
+// (hosts/saldo/tests/cli.rs), each beside the trace hash its native replay gave.
+const recordings = resolve(root, process.env.SALDO_RECORDINGS ?? 'target/recordings');
 
 // What each walkthrough must end in, written down independently of the
 // simulator's own list: order endings (sorted) and a wallet balance.
@@ -252,4 +255,55 @@ test('a recording the replay does not reproduce shows where it differs', async (
   await page.setInputFiles('#trace-file', recorded);
   await page.waitForFunction(() => document.querySelector('#verification').dataset.exact === 'false');
   assert.match(await page.locator('#verification').textContent(), /after 2 identical events[\s\S]*recorded: [\s\S]*replayed: /);
+});
+
+function recordingFiles() {
+  let files = [];
+  try {
+    files = readdirSync(recordings).filter((name) => name.endsWith('.jsonl')).sort();
+  } catch {
+    // Reported below.
+  }
+  assert.ok(files.length >= 3, `no recordings in ${recordings}: the Rust test stuck_sagas_of_every_kind_are_found_and_repaired_through_the_operator_api exports them (tests/run.sh runs it before this)`);
+  return files;
+}
+
+test('production orders exported from PostgreSQL replay in the browser with the native hash', async () => {
+  for (const file of recordingFiles()) {
+    const native = readFileSync(join(recordings, file.replace(/\.jsonl$/, '.hash')), 'utf8').trim();
+    await page.setInputFiles('#trace-file', join(recordings, file));
+    await page.waitForFunction((name) => document.querySelector('#title').textContent === `Production order from ${name}`, file);
+    const banner = page.locator('#verification');
+    assert.equal(await banner.getAttribute('data-exact'), 'true', await banner.textContent());
+    assert.equal(await position(), 0);
+    await page.click('#next');
+    const what = await page.locator('#moment li .what').allTextContents();
+    assert.ok(what.some((text) => text.includes('placed order')), what.join(' '));
+    assert.equal(await page.locator('#inject').isDisabled(), true, 'faults are not injected into a recording');
+    await runToEnd();
+    assert.equal(await state(), 'ended');
+    assert.equal(await page.locator('#hash').textContent(), native, file);
+    assert.equal(await page.locator('tr[data-ending]').count(), 1, file);
+    // Backwards is forwards from the start: the same hash at the end again.
+    await page.click('#start');
+    assert.equal(await position(), 0);
+    await runToEnd();
+    assert.equal(await page.locator('#hash').textContent(), native, file);
+  }
+});
+
+test('a production recording edited by hand shows each difference', async () => {
+  const [file] = recordingFiles();
+  const header = JSON.parse(readFileSync(join(recordings, file), 'utf8'));
+  // The order row as if someone had changed its total in the table.
+  for (const [service, stored] of header.recorded.rows) {
+    if (service === 'order') stored.row.row.amount = { amount_minor: 1, currency: stored.row.row.currency };
+  }
+  const edited = join(scratch, `edited-${file}`);
+  writeFileSync(edited, `${JSON.stringify(header)}\n`);
+  await page.setInputFiles('#trace-file', edited);
+  await page.waitForFunction(() => document.querySelector('#verification').dataset.exact === 'false');
+  const differences = await page.locator('#verification pre[data-difference]').allTextContents();
+  assert.equal(differences.length, 1, differences.join('\n'));
+  assert.match(differences[0], /final row|order row/);
 });

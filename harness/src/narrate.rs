@@ -244,6 +244,46 @@ pub fn narrate(record: &TraceRecord) -> Narration {
                 }
             },
         ),
+        TraceEvent::Intervened {
+            order_id,
+            action,
+            outcome,
+        } => match outcome {
+            DeliveryOutcome::Applied => said(
+                format!(
+                    "An operator's {action} on {order_id} was decided again, at the instant production recorded it, from the order row as the replay had it."
+                ),
+                "An intervention is a decision like any other: the same row and the same action give the same commands, and production wrote it to the audit table with its effect.",
+            ),
+            _ => said(
+                format!(
+                    "The saga refused the operator's recorded {action} on {order_id} this time."
+                ),
+                "Production accepted it, so the replay's row or rules differ from production's: the first difference below says where.",
+            ),
+        },
+        TraceEvent::Emitted {
+            message_type,
+            order_id,
+            as_recorded,
+            ..
+        } => {
+            if *as_recorded {
+                said(
+                    format!(
+                        "The decision put {message_type} for {order_id} in the order service's outbox, byte for byte the message production's outbox holds at this place."
+                    ),
+                    "The same inputs given to the same deciders give the same messages: a decision depends on nothing but what the service read.",
+                )
+            } else {
+                said(
+                    format!(
+                        "The decision put {message_type} for {order_id} in the order service's outbox, but production's outbox holds another message here."
+                    ),
+                    "The replay shows where the code or the data changed since production decided: compare the two messages in the banner.",
+                )
+            }
+        }
         TraceEvent::Quiescent => said(
             "Nothing is left to do. Every invariant was checked from scratch and reconciliation found nothing.".to_owned(),
             "Every order is confirmed or cancelled, money is conserved, and no stock is left held.",

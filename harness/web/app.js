@@ -79,10 +79,21 @@ function load(next, title, summary) {
   banner.hidden = verification === null;
   if (verification !== null) {
     banner.dataset.exact = String(verification.exact);
-    banner.textContent = verification.exact
-      ? `Replay verified: all ${verification.recorded} recorded events were reproduced exactly (trace ${verification.trace_hash.slice(0, 16)}…).`
-      : `Replay differs from the recording after ${verification.identical} identical events (recorded ${verification.recorded}, replayed ${verification.replayed}).`;
-    if (verification.first_difference) {
+    if (verification.order_id !== undefined) {
+      // A production order's recording: its messages and final row.
+      banner.textContent = verification.exact
+        ? `Production order ${verification.order_id} replayed exactly: the deciders gave every one of its ${verification.recorded - 1} outbox messages byte for byte, and its final row (trace ${verification.trace_hash.slice(0, 16)}…).`
+        : `Production order ${verification.order_id} replays differently after ${verification.identical} identical messages: ${verification.differences.length} difference(s).`;
+      for (const difference of verification.differences) {
+        banner.append(element('pre', { 'data-difference': String(difference.step),
+          text: `step ${difference.step}: ${difference.what}\nrecorded: ${JSON.stringify(difference.recorded)}\nreplayed: ${JSON.stringify(difference.replayed)}` }));
+      }
+    } else {
+      banner.textContent = verification.exact
+        ? `Replay verified: all ${verification.recorded} recorded events were reproduced exactly (trace ${verification.trace_hash.slice(0, 16)}…).`
+        : `Replay differs from the recording after ${verification.identical} identical events (recorded ${verification.recorded}, replayed ${verification.replayed}).`;
+    }
+    if (verification.first_difference && verification.order_id === undefined) {
       const [recorded, replayed] = verification.first_difference;
       banner.append(element('pre', { text: `recorded: ${JSON.stringify(recorded)}\nreplayed: ${JSON.stringify(replayed)}` }));
     }
@@ -148,6 +159,10 @@ function arrow(event) {
       return { note: `clock +${event.ms} ms`, kind: 'fault' };
     case 'faults_stopped':
       return { note: 'faults stop', kind: 'quiet' };
+    case 'emitted':
+      return { from: 'order', to: 'broker', label: `${event.message_type} ${event.order_id}${event.as_recorded ? '' : ' ≠ production'}`, kind: event.as_recorded ? 'published' : 'crashed' };
+    case 'intervened':
+      return { from: 'client', to: 'order', label: `operator: ${event.action.replaceAll('_', ' ')} · ${event.outcome}`, kind: 'fault' };
     default:
       return { note: event.event.replaceAll('_', ' '), kind: 'quiet' };
   }
@@ -368,7 +383,7 @@ function render() {
   $('#next').disabled = finished;
   $('#end').disabled = finished;
   $('#play').disabled = finished;
-  $('#inject').disabled = finished;
+  $('#inject').disabled = finished || harness.recorded();
   $('#back').disabled = snapshot.step === 0;
   $('#start').disabled = snapshot.step === 0;
   if (finished) stopPlaying();
@@ -440,6 +455,11 @@ async function main() {
     guarded(() => {
       const imported = Harness.import_trace(text);
       const recorded = imported.verification() !== 'null';
+      if (imported.recorded()) {
+        load(imported, `Production order from ${file.name}`,
+          'Recorded by saldo admin export: each step feeds the order service one input production fed it (the placement, a participant\'s reply, a deadline, an operator\'s action) at its instant, through the same deciders, and compares each message with production\'s. The participants are shown as they recorded themselves.');
+        return;
+      }
       load(imported, recorded ? `Replay of ${file.name}` : `Scenario from ${file.name}`, recorded
         ? 'Re-run from the trace header and compared with the recording event by event. Step forwards and backwards through it.'
         : 'The run the file\'s header describes (no recorded events to compare). Step through it, inject faults, export it.');

@@ -5,14 +5,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use saldo_domain::MemoryStore;
 use saldo_domain::batch::{BatchReadSet, Commit, Loaded};
-use saldo_domain::decision::{Row, RowKey, Versioned};
+use saldo_domain::decision::{Row, Versioned};
 use saldo_domain::messages::MessageId;
 use saldo_domain::messages::Service;
 use saldo_domain::operator::DeadLetterRow;
 use saldo_domain::order::{OrderRow, OrderStatus};
 use saldo_domain::retention::Horizons;
 use saldo_domain::store::{CommitError, Purged};
-use saldo_domain::story::{OutboxMessage, ReceiptSeen, StoryPart, StoryRow};
+use saldo_domain::story::StoryPart;
 use saldo_ledger::{AccountId, Entry};
 use saldo_types::{OrderId, Timestamp};
 
@@ -212,62 +212,8 @@ impl OperatorStore for MemoryBackend {
         order_id: &OrderId,
         received: &[MessageId],
     ) -> Result<StoryPart, Unavailable> {
-        let mut part = StoryPart::empty(service, order_id.clone());
         let store = self.lock();
-        let keys = match service {
-            Service::Order => vec![RowKey::Order(order_id.clone())],
-            Service::Inventory => vec![RowKey::Reservation(order_id.clone())],
-            Service::Payment => vec![RowKey::Payment(order_id.clone())],
-        };
-        part.rows = keys
-            .iter()
-            .filter_map(|key| store.row(key))
-            .map(|stored| StoryRow {
-                version: stored.version,
-                row: stored.value.clone(),
-            })
-            .collect();
-        part.outbox = store
-            .outbox_pending(service, usize::MAX)
-            .into_iter()
-            .filter(|pending| &pending.envelope.order_id == order_id)
-            .map(|pending| OutboxMessage {
-                sequence: pending.sequence,
-                bytes: pending.envelope.encode(),
-                created_at: pending.envelope.occurred_at,
-                published_at: None,
-            })
-            .collect();
-        part.inbox = store
-            .inbox_receipts()
-            .filter(|receipt| receipt.consumer == service && received.contains(&receipt.message_id))
-            .map(|receipt| ReceiptSeen {
-                consumer: service,
-                message_id: receipt.message_id.to_hex(),
-                received_at: receipt.received_at,
-            })
-            .collect();
-        part.inbox
-            .sort_by(|a, b| (a.received_at, &a.message_id).cmp(&(b.received_at, &b.message_id)));
-        if service == Service::Payment {
-            part.entries = store
-                .entries()
-                .iter()
-                .filter(|entry| entry.posting.memo.order_id.as_ref() == Some(order_id))
-                .cloned()
-                .collect();
-        }
-        let target = format!("order:{order_id}");
-        part.audit = store
-            .audit_records()
-            .iter()
-            .filter(|record| {
-                record.service == service
-                    && (record.target == target
-                        || record.order_id.as_deref() == Some(order_id.as_str()))
-            })
-            .cloned()
-            .collect();
+        let mut part = store.story_part(service, order_id, received);
         drop(store);
         part.dead_letters = locked(&self.dead_letters)
             .rows

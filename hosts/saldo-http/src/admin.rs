@@ -14,7 +14,9 @@
 //!
 //! A process that has every service (`saldo dev`), like the gateway, also
 //! serves `GET /admin/orders/{order_id}/story`: the parts gathered, merged
-//! in causal order by the sdk, with reconciliation's findings for the order.
+//! in causal order by the sdk, with reconciliation's findings for the order;
+//! and `GET /admin/orders/{order_id}/export`: the same story as a recording
+//! the browser harness replays (docs/adr/0019).
 //!
 //! Who may call it is [`AdminAccess`]: by default only requests the gateway
 //! forwarded for a principal with the `admin` scope (or `*`) that acts for
@@ -30,10 +32,11 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Extension, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use saldo_domain::Rules;
+use saldo_domain::decision::Version;
 use saldo_domain::messages::{MessageId, Service};
 use saldo_domain::operator::{
     Actor, DeadLetterAction, DeadLetterRefused, Intervened, OrderAction, OrderIntervention,
@@ -147,7 +150,9 @@ impl Admin {
             .iter()
             .all(|service| services.contains(service))
         {
-            router = router.route("/admin/orders/{order_id}/story", get(story_gathered));
+            router = router
+                .route("/admin/orders/{order_id}/story", get(story_gathered))
+                .route("/admin/orders/{order_id}/export", get(export_gathered));
         }
         let access = self.access;
         router
@@ -612,34 +617,65 @@ async fn story_part(
     Ok(axum::Json(part).into_response())
 }
 
+/// How many times [`gather`] reads an order that moves while it is read
+/// before it answers with the last reading.
+pub const GATHER_ROUNDS_MAX: usize = 3;
+
 /// Gathers an order's story from `fetch` (one service's part, with the
 /// receipts of the given messages): a first round finds every message,
-/// a second asks each service which of them it handled. A part that fails
-/// is left out and named in `missing`.
+/// a second asks each service which of them it handled. When the order
+/// moved between the two (a row's version or the messages differ), both
+/// are read again, at most [`GATHER_ROUNDS_MAX`] times, so that a story,
+/// and a recording made of it, is one moment's. A part that fails is left
+/// out and named in `missing`.
 pub async fn gather<F, Fut>(order_id: OrderId, fetch: F) -> Story
 where
     F: Fn(Service, Vec<MessageId>) -> Fut,
     Fut: Future<Output = Result<StoryPart, String>>,
 {
-    let mut sent = Vec::new();
-    for service in Service::ALL {
-        if let Ok(part) = fetch(service, Vec::new()).await {
-            sent.extend(part.message_ids());
+    let moment = |parts: &[StoryPart]| {
+        let mut seen: Vec<(Service, Vec<Version>, Vec<String>)> = parts
+            .iter()
+            .map(|part| {
+                let versions = part.rows.iter().map(|row| row.version).collect();
+                (part.service, versions, part.message_ids())
+            })
+            .collect();
+        seen.sort();
+        seen
+    };
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        let mut first = Vec::new();
+        for service in Service::ALL {
+            if let Ok(part) = fetch(service, Vec::new()).await {
+                first.push(part);
+            }
         }
-    }
-    let ids: Vec<MessageId> = sent
-        .iter()
-        .take(STORY_ITEMS_MAX)
-        .filter_map(|id| Id128::from_hex(id).ok())
-        .collect();
-    let mut parts = Vec::new();
-    for service in Service::ALL {
-        match fetch(service, ids.clone()).await {
-            Ok(part) => parts.push(part),
-            Err(error) => tracing::warn!(%service, %error, "a story part is missing"),
+        let sent: Vec<String> = first.iter().flat_map(StoryPart::message_ids).collect();
+        // The receipts are asked for at most a part's bound of messages; a
+        // story with more is cut, and says so.
+        let cut = sent.len() > STORY_ITEMS_MAX;
+        let ids: Vec<MessageId> = sent
+            .iter()
+            .take(STORY_ITEMS_MAX)
+            .filter_map(|id| Id128::from_hex(id).ok())
+            .collect();
+        let mut parts = Vec::new();
+        for service in Service::ALL {
+            match fetch(service, ids.clone()).await {
+                Ok(part) => parts.push(part),
+                Err(error) => tracing::warn!(%service, %error, "a story part is missing"),
+            }
         }
+        if moment(&first) != moment(&parts) && rounds < GATHER_ROUNDS_MAX {
+            continue;
+        }
+        let mut story = Story::merge(order_id, parts);
+        story.truncated |= cut;
+        return story;
     }
-    Story::merge(order_id, parts)
 }
 
 /// The story as the API shows it: the merged parts and reconciliation's
@@ -652,10 +688,7 @@ pub fn story_view(story: &Story, now: Timestamp) -> Value {
     value
 }
 
-async fn story_gathered(
-    State(admin): Shared,
-    PathParam(order_id): PathParam,
-) -> Result<Response, Problem> {
+async fn gathered(admin: &Admin, order_id: String) -> Result<Story, Problem> {
     let order_id = OrderId::new(order_id)
         .map_err(|error| Problem::invalid_field("order_id", error.to_string()))?;
     let reader = admin.reader.clone();
@@ -676,5 +709,61 @@ async fn story_gathered(
             format!("no service knows order {order_id}"),
         ));
     }
+    Ok(story)
+}
+
+async fn story_gathered(
+    State(admin): Shared,
+    PathParam(order_id): PathParam,
+) -> Result<Response, Problem> {
+    let story = gathered(&admin, order_id).await?;
     Ok(axum::Json(story_view(&story, (admin.clock)())).into_response())
+}
+
+async fn export_gathered(
+    State(admin): Shared,
+    PathParam(order_id): PathParam,
+) -> Result<Response, Problem> {
+    export_response(&gathered(&admin, order_id).await?)
+}
+
+/// `GET /admin/orders/{order_id}/export`: the story as a recording the
+/// browser harness replays (docs/adr/0019), one JSON line. A story that a
+/// replay could not use is refused: one with a service's part missing
+/// (503 `story_incomplete`: export again) or cut at its bound (422
+/// `story_too_long`).
+pub fn export_response(story: &Story) -> Result<Response, Problem> {
+    if !story.missing.is_empty() {
+        let missing: Vec<&str> = story.missing.iter().map(|service| service.name()).collect();
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "story_incomplete",
+            "A service did not answer; the recording would be incomplete",
+            format!("no part from {}; export again", missing.join(", ")),
+        )
+        .retry_after_ms(1_000));
+    }
+    if story.truncated {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "story_too_long",
+            "The order's story is longer than a recording holds",
+            format!(
+                "a part reached {STORY_ITEMS_MAX} items; read it with GET /admin/orders/{}/story",
+                story.order_id
+            ),
+        ));
+    }
+    let disposition = format!(
+        "attachment; filename=\"saldo-order-{}.jsonl\"",
+        story.order_id
+    );
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/json".to_owned()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        saldo_sim::recorded::export(story),
+    )
+        .into_response())
 }

@@ -138,6 +138,7 @@ pub fn router_with_tls(
         .route("/wallets/{customer}/top-ups", any(forward))
         .route("/stock/{sku}", any(forward))
         .route("/admin/orders/{order_id}/story", get(story))
+        .route("/admin/orders/{order_id}/export", get(export))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(forward)
         .layer(axum::middleware::from_fn(observe))
@@ -266,8 +267,38 @@ async fn story(
     crate::context::PathParam(order_id): crate::context::PathParam,
     request: Request,
 ) -> Response {
+    match gathered(proxy, context, order_id, request).await {
+        Ok(story) => {
+            axum::Json(crate::admin::story_view(&story, saldo_engine::wall_clock())).into_response()
+        }
+        Err(response) => response,
+    }
+}
+
+/// `GET /admin/orders/{order_id}/export`: the gathered story as a
+/// recording (see [`crate::admin::export_response`]).
+async fn export(
+    State(proxy): State<Arc<Proxy>>,
+    Extension(context): Extension<RequestContext>,
+    crate::context::PathParam(order_id): crate::context::PathParam,
+    request: Request,
+) -> Response {
+    match gathered(proxy, context, order_id, request).await {
+        Ok(story) => crate::admin::export_response(&story).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn gathered(
+    proxy: Arc<Proxy>,
+    context: RequestContext,
+    order_id: String,
+    request: Request,
+) -> Result<saldo_domain::story::Story, Response> {
     let Ok(order_id) = OrderId::new(order_id) else {
-        return Problem::invalid_field("order_id", "order_id is not a valid id").into_response();
+        return Err(
+            Problem::invalid_field("order_id", "order_id is not a valid id").into_response(),
+        );
     };
     let headers = request.headers().clone();
     let fetch = |service: Service, received: Vec<MessageId>| {
@@ -312,11 +343,11 @@ async fn story(
     };
     let story = crate::admin::gather(order_id.clone(), fetch).await;
     if story.rows.is_empty() && story.messages.is_empty() && story.missing.is_empty() {
-        return Problem::not_found(
+        return Err(Problem::not_found(
             "order_not_found",
             format!("no service knows order {order_id}"),
         )
-        .into_response();
+        .into_response());
     }
-    axum::Json(crate::admin::story_view(&story, saldo_engine::wall_clock())).into_response()
+    Ok(story)
 }

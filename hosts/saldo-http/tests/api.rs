@@ -466,7 +466,7 @@ async fn every_operation_in_the_openapi_document_is_served() {
         }
     }
     assert_eq!(
-        operations, 25,
+        operations, 26,
         "the document lists every operation the router serves"
     );
 }
@@ -1859,6 +1859,7 @@ mod admin {
             ("GET", "/admin/order/orders".to_owned(), None),
             ("POST", format!("/admin/order/orders/{order_id}"), retry),
             ("GET", format!("/admin/orders/{order_id}/story"), None),
+            ("GET", format!("/admin/orders/{order_id}/export"), None),
             (
                 "GET",
                 format!("/admin/payment/orders/{order_id}/story"),
@@ -2233,6 +2234,45 @@ mod admin {
             code(&missing),
             (StatusCode::NOT_FOUND, Some("order_not_found"))
         );
+        // The same story as a recording: the forced compensation replays
+        // exactly through the deciders.
+        let exported = send(
+            &router,
+            "GET",
+            &format!("/admin/orders/{order_id}/export"),
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(exported.status, StatusCode::OK, "{}", exported.body);
+        let header: saldo_sim::recorded::RecordingHeader =
+            serde_json::from_value(exported.body.clone()).expect("a recording");
+        let player = saldo_sim::recorded::RecordedPlayer::new(header).expect("replayable");
+        assert!(player.verification().exact(), "{:?}", player.verification());
+        let mut replayed = player.clone();
+        replayed.run_to_end();
+        let events: Vec<&str> = replayed
+            .trace()
+            .records()
+            .expect("kept")
+            .iter()
+            .map(|record| match &record.event {
+                saldo_sim::trace::TraceEvent::OrderRequested { .. } => "placed",
+                saldo_sim::trace::TraceEvent::Intervened { action, .. } => action.as_str(),
+                saldo_sim::trace::TraceEvent::Emitted { .. } => "emitted",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(
+            events,
+            ["placed", "emitted", "force_compensation", "emitted"],
+            "the placement, the intervention and the command of each"
+        );
+        let missing = send(&router, "GET", "/admin/orders/nobody/export", &[], None).await;
+        assert_eq!(
+            code(&missing),
+            (StatusCode::NOT_FOUND, Some("order_not_found"))
+        );
     }
 
     #[tokio::test]
@@ -2256,6 +2296,7 @@ mod admin {
         for (method, path) in [
             ("GET", "/admin/order/orders".to_owned()),
             ("GET", format!("/admin/orders/{order_id}/story")),
+            ("GET", format!("/admin/orders/{order_id}/export")),
             ("GET", "/admin/payment/dead-letters".to_owned()),
             ("POST", format!("/admin/order/orders/{order_id}")),
         ] {

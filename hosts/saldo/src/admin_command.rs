@@ -134,6 +134,18 @@ enum AdminCommand {
         /// The order.
         order_id: String,
     },
+    /// Export one order's story as a recording: the trace file the browser
+    /// harness (`saldo dev`, then Import a trace) replays through the same
+    /// deciders, showing where production and the replay differ. The
+    /// replay is run here first and its verdict printed on stderr; the exit
+    /// code is 1 when it differs from production.
+    Export {
+        /// The order.
+        order_id: String,
+        /// Write the recording here instead of to stdout.
+        #[arg(long, short)]
+        output: Option<std::path::PathBuf>,
+    },
     /// Dead letters of every service (or one), with the error and the bytes.
     DeadLetters {
         /// Only this service's.
@@ -284,6 +296,42 @@ async fn run_async(args: &AdminArgs) -> anyhow::Result<ExitCode> {
                 )
                 .await?;
             show(&client, &story, print_story);
+        }
+        AdminCommand::Export { order_id, output } => {
+            let header = client
+                .call(
+                    Method::GET,
+                    &format!("/admin/orders/{order_id}/export"),
+                    None,
+                )
+                .await?;
+            let header: saldo_sim::recorded::RecordingHeader = serde_json::from_value(header)
+                .context("the export is not a recording this build reads")?;
+            let player = saldo_sim::recorded::RecordedPlayer::new(header.clone())
+                .map_err(|error| anyhow::anyhow!("the recording cannot be replayed: {error}"))?;
+            let text = saldo_sim::recorded::export(&header.recorded);
+            match output {
+                Some(path) => std::fs::write(path, &text)
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+                None => print!("{text}"),
+            }
+            let verification = player.verification();
+            if verification.exact() {
+                eprintln!(
+                    "replay: exact ({} inputs, {} messages and the final row as recorded); trace hash {}",
+                    player.len(),
+                    verification.recorded - 1,
+                    verification.trace_hash
+                );
+            } else {
+                eprintln!(
+                    "replay: differs at step {}: {}; trace hash {} (the recording is written; the harness page lists every difference)",
+                    verification.differences[0].step,
+                    verification.differences[0].what,
+                    verification.trace_hash
+                );
+                return Ok(ExitCode::FAILURE);
+            }
         }
         AdminCommand::DeadLetters { service, after } => {
             let services = service.map_or(ServiceName::ALL.to_vec(), |service| vec![service]);

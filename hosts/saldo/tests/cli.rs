@@ -48,6 +48,7 @@ fn admin_help_documents_every_action_and_a_refused_call_is_one_line() {
     for action in [
         "orders",
         "story",
+        "export",
         "dead-letters",
         "audit",
         "retry-now",
@@ -68,6 +69,11 @@ fn admin_help_documents_every_action_and_a_refused_call_is_one_line() {
         let help = stdout(&saldo(&["admin", action, "--help"]));
         assert!(help.contains("--dry-run"), "{action}: {help}");
     }
+    let help = stdout(&saldo(&["admin", "export", "--help"]));
+    assert!(
+        help.contains("--output") && help.contains("harness"),
+        "export: {help}"
+    );
     let refused = saldo(&[
         "admin",
         "--url",
@@ -2216,6 +2222,19 @@ fn admin(edge: &Edge, arguments: &[&str]) -> Output {
     saldo(&all)
 }
 
+/// Where the stuck-sagas test leaves its exported recordings for the
+/// harness's browser test (`SALDO_RECORDINGS`, by default
+/// `target/recordings`), emptied first.
+fn recordings_dir() -> std::path::PathBuf {
+    let dir = std::env::var_os("SALDO_RECORDINGS").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/recordings"),
+        std::path::PathBuf::from,
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("the recordings directory");
+    dir
+}
+
 /// `saldo admin ARGUMENTS` that must succeed: its JSON answer (the first
 /// document when it prints several).
 fn admin_json(edge: &Edge, arguments: &[&str]) -> serde_json::Value {
@@ -2650,6 +2669,27 @@ fn stuck_sagas_of_every_kind_are_found_and_repaired_through_the_operator_api() {
         "{}",
         stdout(&reconciled)
     );
+    // Each order exports as a recording that replays exactly through the
+    // deciders (an operator's resolve, a retry after deadlines, a refusal);
+    // the harness's browser test replays the same files in Chromium and
+    // must show the hash printed here.
+    let recordings = recordings_dir();
+    for order_id in [&poor, &lost, &waiting] {
+        let path = recordings.join(format!("{order_id}.jsonl"));
+        let exported = admin(
+            edge,
+            &["export", order_id, "--output", &path.to_string_lossy()],
+        );
+        let said = String::from_utf8_lossy(&exported.stderr).into_owned();
+        assert!(exported.status.success(), "export {order_id}: {said}");
+        assert!(said.starts_with("replay: exact"), "{order_id}: {said}");
+        let hash = said.trim().rsplit(' ').next().expect("a hash");
+        let text = std::fs::read_to_string(&path).expect("written");
+        let player = saldo_sim::recorded::RecordedPlayer::import(&text).expect("replayable");
+        assert_eq!(player.verification().trace_hash, hash);
+        assert!(player.verification().exact(), "{order_id}");
+        std::fs::write(recordings.join(format!("{order_id}.hash")), hash).expect("written");
+    }
     production.stop();
     eprintln!("stuck sagas repaired in {:?}", started.elapsed());
 }

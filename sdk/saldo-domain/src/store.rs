@@ -15,6 +15,7 @@ use crate::decision::{Decided, InboxReceipt, ReadSet, Row, RowKey, Snapshot, Ver
 use crate::messages::{Envelope, MessageId, Service};
 use crate::operator::AuditRecord;
 use crate::retention::Horizons;
+use crate::story::{OutboxMessage, ReceiptSeen, StoryPart, StoryRow};
 
 /// The most times an input is decided again after version conflicts before
 /// the conflict is reported to the caller.
@@ -458,6 +459,75 @@ impl MemoryStore {
             inbox: receipts.len(),
             idempotency: records.len(),
         }
+    }
+
+    /// What `service` knows about `order_id`, as [`StoryPart`]: its row,
+    /// the messages its outbox still holds, the receipts of `received`, its
+    /// ledger entries and audit records (dead letters live with the host).
+    /// Published messages have left a memory outbox, so a story of a run
+    /// whose messages were published lacks them.
+    pub fn story_part(
+        &self,
+        service: Service,
+        order_id: &OrderId,
+        received: &[MessageId],
+    ) -> StoryPart {
+        let mut part = StoryPart::empty(service, order_id.clone());
+        let keys = match service {
+            Service::Order => vec![RowKey::Order(order_id.clone())],
+            Service::Inventory => vec![RowKey::Reservation(order_id.clone())],
+            Service::Payment => vec![RowKey::Payment(order_id.clone())],
+        };
+        part.rows = keys
+            .iter()
+            .filter_map(|key| self.row(key))
+            .map(|stored| StoryRow {
+                version: stored.version,
+                row: stored.value.clone(),
+            })
+            .collect();
+        part.outbox = self
+            .outbox_pending(service, usize::MAX)
+            .into_iter()
+            .filter(|pending| &pending.envelope.order_id == order_id)
+            .map(|pending| OutboxMessage {
+                sequence: pending.sequence,
+                bytes: pending.envelope.encode(),
+                created_at: pending.envelope.occurred_at,
+                published_at: None,
+            })
+            .collect();
+        part.inbox = self
+            .inbox_receipts()
+            .filter(|receipt| receipt.consumer == service && received.contains(&receipt.message_id))
+            .map(|receipt| ReceiptSeen {
+                consumer: service,
+                message_id: receipt.message_id.to_hex(),
+                received_at: receipt.received_at,
+            })
+            .collect();
+        part.inbox
+            .sort_by(|a, b| (a.received_at, &a.message_id).cmp(&(b.received_at, &b.message_id)));
+        if service == Service::Payment {
+            part.entries = self
+                .entries()
+                .iter()
+                .filter(|entry| entry.posting.memo.order_id.as_ref() == Some(order_id))
+                .cloned()
+                .collect();
+        }
+        let target = format!("order:{order_id}");
+        part.audit = self
+            .audit_records()
+            .iter()
+            .filter(|record| {
+                record.service == service
+                    && (record.target == target
+                        || record.order_id.as_deref() == Some(order_id.as_str()))
+            })
+            .cloned()
+            .collect();
+        part
     }
 
     /// How many inbox receipts a consumer holds.

@@ -47,6 +47,7 @@ pub mod broker;
 pub mod config;
 pub mod fault;
 pub mod invariants;
+pub mod recorded;
 pub mod replay;
 pub mod rng;
 pub mod scenario;

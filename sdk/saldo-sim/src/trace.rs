@@ -140,6 +140,32 @@ pub enum TraceEvent {
     },
     /// Nothing is left to do.
     Quiescent,
+    /// A recorded operator intervention was decided again (the replay of a
+    /// production order, [`crate::recorded`]).
+    Intervened {
+        /// The order.
+        order_id: OrderId,
+        /// The action's stable name (`retry_now`, `force_compensation`, `resolve`).
+        action: String,
+        /// Applied, or dead-lettered when the saga refused it this time.
+        outcome: DeliveryOutcome,
+    },
+    /// A replayed decision put a message in a service's outbox
+    /// ([`crate::recorded`]).
+    Emitted {
+        /// The service whose outbox holds it.
+        service: Service,
+        /// The message.
+        message_id: Id128,
+        /// Its type.
+        message_type: Cow<'static, str>,
+        /// Its key.
+        order_id: OrderId,
+        /// XXH3-64 of its bytes, as 16 hex digits.
+        digest: String,
+        /// True when production's outbox held these very bytes at this place.
+        as_recorded: bool,
+    },
 }
 
 /// One line of the trace.
@@ -255,6 +281,32 @@ impl TraceRecord {
             TraceEvent::FaultInjected { fault } => {
                 bytes.push(11);
                 fault.encode_into(bytes);
+            }
+            TraceEvent::Intervened {
+                order_id,
+                action,
+                outcome,
+            } => {
+                bytes.push(12);
+                put_str(bytes, order_id.as_str());
+                put_str(bytes, action);
+                bytes.push(*outcome as u8);
+            }
+            TraceEvent::Emitted {
+                service,
+                message_id,
+                message_type,
+                order_id,
+                digest,
+                as_recorded,
+            } => {
+                bytes.push(13);
+                bytes.push(service_byte(*service));
+                bytes.extend_from_slice(message_id.as_bytes());
+                put_str(bytes, message_type);
+                put_str(bytes, order_id.as_str());
+                put_str(bytes, digest);
+                bytes.push(u8::from(*as_recorded));
             }
         }
     }
