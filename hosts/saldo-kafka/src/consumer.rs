@@ -315,6 +315,60 @@ mod tests {
         }
     }
 
+    /// Collects what a test's subscriber writes.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .expect("not poisoned")
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn librdkafkas_own_log_reaches_the_processs_log() {
+        // Proves librdkafka's messages (here: a broker that refuses the
+        // connection) are logged through tracing under the target
+        // `librdkafka` instead of being dropped. (nextest runs each test in
+        // a process of its own, so the global subscriber is this test's.)
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("the first subscriber");
+        let connection =
+            Connection::with_properties("127.0.0.1:9", crate::connection::Properties::new());
+        let consumer: rdkafka::consumer::BaseConsumer<LagContext> =
+            config(&connection, "saldo-log")
+                .create_with_context(LagContext::new("saldo-log", "saldo.log"))
+                .expect("a consumer");
+        consumer.subscribe(&["saldo.log"]).expect("subscribed");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let logged = loop {
+            let _ = consumer.poll(Duration::from_millis(100));
+            let text =
+                String::from_utf8_lossy(&captured.0.lock().expect("not poisoned")).into_owned();
+            if text.contains("librdkafka") && text.contains("127.0.0.1:9") {
+                break text;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no librdkafka line within 20 s:\n{text}"
+            );
+        };
+        assert!(logged.contains("librdkafka"), "{logged}");
+    }
+
     #[test]
     fn a_consumer_takes_the_passthrough_and_keeps_saldos_offset_handling() {
         // Proves the consumer and producer configurations carry the passed

@@ -11,6 +11,8 @@
 # Settings (environment): SALDO_TANSU (the tansu binary, as tests/run.sh
 # installs it), TANSU_LOG (tansu's RUST_LOG, e.g.
 # warn,tansu_storage::service::fetch=debug), SALDO_LOG, PARTITIONS (8),
+# SALDO_KAFKA__DEBUG (librdkafka's debug contexts, e.g. cgrp, logged with
+# SALDO_LOG=info,librdkafka=debug),
 # WAIT (seconds saldo load waits for the orders to end, 240).
 # Needs psql, curl, sqlite3 and python3; logs stay in the printed directory.
 set -euo pipefail
