@@ -354,6 +354,7 @@ pub fn recorded_snapshot(player: &RecordedPlayer) -> Value {
         "step": player.position(),
         "now": now.to_string(),
         "elapsed_ms": if started { now.ms_since(first) } else { 0 },
+        "origin_ms": first.unix_ms(),
         "state": if player.finished() { "ended" } else { "running" },
         "trace_hash": player.trace().hash_hex(),
         "events": player.trace().events(),
