@@ -230,6 +230,7 @@ fn decoded(bytes: &[u8], message_id: &str) -> Result<Envelope, RecordingError> {
 fn inputs_of(
     story: &Story,
     row: &saldo_domain::order::OrderRow,
+    saga: &saldo_saga::Definition<saldo_domain::order::OrderCommand>,
 ) -> Result<Vec<Timed>, RecordingError> {
     let mut inputs = vec![Timed {
         at: row.created_at,
@@ -270,7 +271,7 @@ fn inputs_of(
                 Intervention::RetriedNow => OrderAction::RetryNow,
                 Intervention::CompensationForced => OrderAction::ForceCompensation,
                 Intervention::Resolved => {
-                    resolution(history.get(index + 1).map(|next| &next.event))
+                    resolution(saga, history.get(index + 1).map(|next| &next.event))
                 }
             };
             let actor = story
@@ -321,17 +322,20 @@ fn inputs_of(
     Ok(inputs)
 }
 
-/// The resolution an operator stated, read from the record it caused.
-fn resolution(next: Option<&HistoryEvent<saldo_domain::order::CancelReason>>) -> OrderAction {
+/// The resolution an operator stated, read from the record it caused, with
+/// the step named as the replay's saga names it.
+fn resolution(
+    saga: &saldo_saga::Definition<saldo_domain::order::OrderCommand>,
+    next: Option<&HistoryEvent<saldo_domain::order::CancelReason>>,
+) -> OrderAction {
     let (step, phase, outcome) = match next {
         Some(HistoryEvent::Succeeded { step, phase }) => (*step, *phase, Resolution::Succeeded),
         Some(HistoryEvent::Failed { step, phase, .. }) => (*step, *phase, Resolution::Failed),
         // Nothing follows: the replay decides what the saga says to that.
         _ => (0, Phase::Action, Resolution::Failed),
     };
-    let definition = Rules::default().order_saga;
     OrderAction::Resolve {
-        step: definition
+        step: saga
             .steps()
             .get(step)
             .map_or_else(String::new, |named| named.name.to_string()),
@@ -412,7 +416,8 @@ impl RecordedPlayer {
         if row.saga.history_omitted() > 0 {
             return Err(RecordingError::HistoryCut(row.saga.history_omitted()));
         }
-        let inputs = inputs_of(&story, &row)?;
+        let rules = Rules::default();
+        let inputs = inputs_of(&story, &row, &rules.order_saga)?;
         let mut recorded: Vec<_> = story
             .messages
             .iter()
@@ -440,7 +445,7 @@ impl RecordedPlayer {
         let mut player = RecordedPlayer {
             order_id: row.order_id.clone(),
             story,
-            rules: Rules::default(),
+            rules,
             inputs,
             recorded: recorded.into_iter().map(|(_, message)| message).collect(),
             recorded_row: Some((version, Row::Order(row))),
