@@ -10,6 +10,7 @@ use saldo_domain::{MessageOutcome, Rules, decide_message, message_read_set};
 
 use crate::run::{InputFailure, execute_batch};
 use crate::store::Store;
+use crate::telemetry::{Parent, consume_span};
 use crate::wall_clock;
 
 /// Attempts for one message that keeps conflicting before it is
@@ -174,6 +175,17 @@ impl Deliverer {
                 .as_ref()
                 .expect("only decoded messages are decided")
         };
+        // Each message's span, from now until the batch is handled; the
+        // spans of what its decision emits hang from it.
+        let spans: Vec<tracing::Span> = batch
+            .iter()
+            .map(|incoming| {
+                incoming
+                    .envelope
+                    .as_ref()
+                    .map_or_else(|_| tracing::Span::none(), consume_span)
+            })
+            .collect();
         let mut backoff = BACKOFF_INITIAL;
         while !todo.is_empty() {
             let now = wall_clock();
@@ -185,6 +197,7 @@ impl Deliverer {
                 |index, snapshot| {
                     decide_message(&self.rules, self.service, snapshot, envelope(index), now)
                 },
+                |index| Parent::Span(spans[*index].clone()),
             )
             .await;
             let mut again = Vec::new();

@@ -17,6 +17,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::run::{ExecuteFailure, execute_batch};
 use crate::store::{Store, Unavailable};
+use crate::telemetry::Parent;
 
 /// The most requests one transaction carries.
 pub const GROUP_COMMIT_MAX: usize = 64;
@@ -30,6 +31,8 @@ type Answer<R, E> = Result<R, ExecuteFailure<E>>;
 
 struct Pending<I, R, E> {
     input: I,
+    /// The request's span, which its decision's spans hang from.
+    parent: Parent,
     answer: oneshot::Sender<Answer<R, E>>,
 }
 
@@ -81,7 +84,11 @@ where
         let (answer, answered) = oneshot::channel();
         let stopped = || Unavailable("the committer stopped".to_owned());
         self.queue
-            .send(Pending { input, answer })
+            .send(Pending {
+                input,
+                parent: Parent::current(),
+                answer,
+            })
             .await
             .map_err(|_| stopped())?;
         answered.await.map_err(|_| stopped())?
@@ -116,14 +123,21 @@ async fn work<I, R, E>(
             }
             group
         };
-        let (inputs, answers): (Vec<I>, Vec<oneshot::Sender<Answer<R, E>>>) = group
-            .into_iter()
-            .map(|pending| (pending.input, pending.answer))
-            .unzip();
+        let mut inputs = Vec::with_capacity(group.len());
+        let mut answers = Vec::with_capacity(group.len());
+        for pending in group {
+            inputs.push((pending.input, pending.parent));
+            answers.push(pending.answer);
+        }
         let now = clock();
-        let results = execute_batch(store.as_ref(), &inputs, now, read_set, |input, snapshot| {
-            decide(input, snapshot, now)
-        })
+        let results = execute_batch(
+            store.as_ref(),
+            &inputs,
+            now,
+            |(input, _)| read_set(input),
+            |(input, _), snapshot| decide(input, snapshot, now),
+            |(_, parent)| parent.clone(),
+        )
         .await;
         metrics::histogram!("saldo_group_commit_size").record(inputs.len() as f64);
         for (answer, result) in answers.into_iter().zip(results) {

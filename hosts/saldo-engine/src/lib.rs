@@ -28,6 +28,9 @@
 //! - [`OperatorStore`] is the operator API's read port: orders by state
 //!   and age, one service's part of an order's story, dead letters and
 //!   audit records, each bounded by [`PAGE_MAX`] (ADR 0017).
+//! - [`telemetry`]: OpenTelemetry spans that continue each message's W3C
+//!   traceparent; a committed decision exports the spans of the messages
+//!   it emits (ADR 0020). Off, and free, until the binary enables it.
 //! - [`wall_clock`]: hosts own the clock; the sdk takes time as a parameter.
 //!
 //! The engine owns no business rule: every decision is the sdk's. It knows
@@ -41,6 +44,7 @@ mod outbox;
 pub mod retention;
 mod run;
 mod store;
+pub mod telemetry;
 pub mod timers;
 
 pub use delivery::{

@@ -9,6 +9,7 @@ use saldo_domain::store::{CommitError, DECIDE_ATTEMPTS_MAX};
 use saldo_types::Timestamp;
 
 use crate::store::{CommitFailure, Store, Unavailable};
+use crate::telemetry::{Parent, Traced};
 
 /// How many times a batch of more than one input is decided again from
 /// fresh state after conflicts before it is split in halves. A single input
@@ -43,13 +44,15 @@ pub type ExecuteFailure<E> = InputFailure<E>;
 /// which gets [`DECIDE_ATTEMPTS_MAX`] attempts. Every
 /// attempt decides from freshly loaded state. Returns one result per input,
 /// in input order; a refused input changes nothing and does not stop the
-/// others.
+/// others. Once an input's decision is committed, the messages it emits and
+/// the postings it seals are traced under `parent` of the input (ADR 0020).
 pub async fn execute_batch<I, R, E>(
     store: &dyn Store,
     inputs: &[I],
     now: Timestamp,
     read_set: impl Fn(&I) -> ReadSet,
     mut decide: impl FnMut(&I, &Snapshot) -> Result<Decided<R>, E> + Send,
+    parent: impl Fn(&I) -> Parent,
 ) -> Vec<Result<R, InputFailure<E>>>
 where
     I: Sync,
@@ -72,7 +75,11 @@ where
         let mut unsettled = None;
         for _ in 0..attempts {
             match attempt(store, inputs, &read_sets, range.clone(), now, &mut decide).await {
-                Ok(replies) => {
+                Ok((replies, traced)) => {
+                    let committed = std::time::SystemTime::now();
+                    for (index, traced) in traced {
+                        traced.export(&parent(&inputs[index]), committed);
+                    }
                     for (index, reply) in range.clone().zip(replies) {
                         results[index] = Some(reply.map_err(InputFailure::Rejected));
                     }
@@ -115,6 +122,10 @@ where
         .collect()
 }
 
+/// What one committed attempt answers: a reply per input, and what each
+/// decided input shows in its trace (empty unless exporting).
+type Attempted<R, E> = (Vec<Result<R, E>>, Vec<(usize, Traced)>);
+
 /// One attempt at a range of inputs: load, decide in order, commit once.
 async fn attempt<I, R, E>(
     store: &dyn Store,
@@ -123,28 +134,34 @@ async fn attempt<I, R, E>(
     range: Range<usize>,
     now: Timestamp,
     decide: &mut (impl FnMut(&I, &Snapshot) -> Result<Decided<R>, E> + Send),
-) -> Result<Vec<Result<R, E>>, CommitFailure>
+) -> Result<Attempted<R, E>, CommitFailure>
 where
     I: Sync,
     R: Send,
     E: Send,
 {
+    let started = std::time::SystemTime::now();
     let loaded = store
         .load(&BatchReadSet::of(&read_sets[range.clone()]))
         .await?;
     let mut batch = Batch::new(loaded);
+    let mut traced = Vec::new();
     let replies: Vec<Result<R, E>> = range
         .map(|index| {
             batch.decide(&read_sets[index], |snapshot| {
-                decide(&inputs[index], snapshot)
+                let decided = decide(&inputs[index], snapshot)?;
+                if let Some(shown) = Traced::of(&decided.decision, started) {
+                    traced.push((index, shown));
+                }
+                Ok(decided)
             })
         })
         .collect();
     store.commit(batch.finish(), now).await?;
-    Ok(replies)
+    Ok((replies, traced))
 }
 
-/// The rhythm for one input: a batch of one.
+/// The rhythm for one input: a batch of one, traced under the current span.
 pub async fn execute<R, E>(
     store: &dyn Store,
     read_set: &ReadSet,
@@ -155,12 +172,14 @@ where
     R: Send,
     E: Send,
 {
+    let parent = Parent::current();
     execute_batch(
         store,
         &[()],
         now,
         |()| read_set.clone(),
         |(), snapshot| decide(snapshot),
+        |()| parent.clone(),
     )
     .await
     .pop()

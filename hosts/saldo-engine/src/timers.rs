@@ -8,6 +8,7 @@ use saldo_types::OrderId;
 
 use crate::run::{InputFailure, execute_batch};
 use crate::store::{Store, Unavailable};
+use crate::telemetry::{self, Parent};
 use crate::wall_clock;
 
 /// The most due deadlines fired as one batch.
@@ -29,14 +30,39 @@ pub struct Fired {
 pub async fn fire_due(store: &dyn Store, rules: &Rules) -> Result<Fired, Unavailable> {
     let now = wall_clock();
     let due: Vec<OrderId> = store.due_timers(now, TIMER_BATCH_MAX).await?;
-    let results = execute_batch(store, &due, now, deadline_read_set, |order_id, snapshot| {
-        Ok::<_, std::convert::Infallible>(decide_deadline(
-            &rules.order_saga,
-            snapshot,
-            order_id,
-            now,
-        ))
-    })
+    // A deadline's spans hang from the order's own trace (its placement),
+    // read from the row its decision saw.
+    let traces = std::sync::Mutex::new(std::collections::HashMap::new());
+    let results = execute_batch(
+        store,
+        &due,
+        now,
+        deadline_read_set,
+        |order_id, snapshot| {
+            if telemetry::exporting()
+                && let Some(row) = snapshot.order(order_id).1
+            {
+                traces
+                    .lock()
+                    .expect("no panic holds it")
+                    .insert(order_id.clone(), row.traceparent.clone());
+            }
+            Ok::<_, std::convert::Infallible>(decide_deadline(
+                &rules.order_saga,
+                snapshot,
+                order_id,
+                now,
+            ))
+        },
+        |order_id| {
+            traces
+                .lock()
+                .expect("no panic holds it")
+                .get(order_id)
+                .cloned()
+                .map_or(Parent::None, Parent::Traceparent)
+        },
+    )
     .await;
     let mut fired = Fired::default();
     for (order_id, result) in due.iter().zip(results) {

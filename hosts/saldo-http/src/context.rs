@@ -58,15 +58,28 @@ impl RequestContext {
             None => CorrelationId::new(format!("req-{}", random_id().to_hex()))
                 .expect("a generated id is valid"),
         };
-        let traceparent = headers
-            .get(&TRACEPARENT)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|text| Traceparent::parse(text).ok())
-            .unwrap_or_else(|| Traceparent::root(random_id()));
+        let traceparent =
+            incoming_traceparent(headers).unwrap_or_else(|| Traceparent::root(random_id()));
         Ok(RequestContext {
             correlation_id,
             traceparent,
         })
+    }
+
+    /// Continues the request's trace in `span` (ADR 0020): when spans are
+    /// exported, `span` becomes a child of the incoming traceparent (or a
+    /// new trace's root) and the context carries `span`'s own traceparent,
+    /// so proxied requests and the rows this request writes hang from it.
+    pub fn trace_in(&mut self, span: &tracing::Span, headers: &HeaderMap) {
+        if !saldo_engine::telemetry::exporting() {
+            return;
+        }
+        if let Some(incoming) = incoming_traceparent(headers) {
+            saldo_engine::telemetry::continue_trace(span, incoming.as_str());
+        }
+        if let Some(own) = saldo_engine::telemetry::traceparent_of(span) {
+            self.traceparent = own;
+        }
     }
 
     /// Writes the context into outgoing headers (responses, proxied requests).
@@ -80,6 +93,14 @@ impl RequestContext {
     }
 }
 
+/// The request's own `traceparent`, when it has a valid one.
+fn incoming_traceparent(headers: &HeaderMap) -> Option<Traceparent> {
+    headers
+        .get(&TRACEPARENT)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| Traceparent::parse(text).ok())
+}
+
 /// Middleware: attaches the [`RequestContext`], runs the request in a span
 /// carrying it, echoes it on the response, and records metrics and a log line.
 pub async fn observe(mut request: Request, next: Next) -> Response {
@@ -89,17 +110,25 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
         || ROUTE_UNMATCHED.to_owned(),
         |path| path.as_str().to_owned(),
     );
-    let context = match RequestContext::from_headers(request.headers()) {
+    let mut context = match RequestContext::from_headers(request.headers()) {
         Ok(context) => context,
         Err(problem) => return problem.into_response(),
     };
     let span = tracing::info_span!(
         "http",
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
         method = %method,
         route = %route,
         correlation_id = %context.correlation_id,
-        trace_id = %context.traceparent.trace_id(),
+        trace_id = tracing::field::Empty,
     );
+    if saldo_engine::telemetry::exporting() {
+        span.record("otel.name", format!("{method} {route}"));
+        span.record("otel.kind", "server");
+    }
+    context.trace_in(&span, request.headers());
+    span.record("trace_id", context.traceparent.trace_id());
     request.extensions_mut().insert(context.clone());
     let mut response = next.run(request).instrument(span.clone()).await;
     context.write_to(response.headers_mut());

@@ -58,6 +58,51 @@ struct Batch {
     /// Sequence and age (ms) of each row, in outbox order.
     rows: Vec<(i64, i64)>,
     deliveries: Vec<rdkafka::producer::DeliveryFuture>,
+    /// Each row's hop as a span (ADR 0020), only while spans are exported:
+    /// its traceparent, type and topic, and when it was committed.
+    hops: Vec<Hop>,
+}
+
+/// One outbox row's hop from its commit to the broker's acknowledgement.
+struct Hop {
+    traceparent: String,
+    message_type: String,
+    topic: &'static str,
+    committed: std::time::SystemTime,
+}
+
+impl Hop {
+    fn of(record: &saldo_engine::OutboxRecord, topic: &'static str) -> Option<Hop> {
+        if !saldo_engine::telemetry::exporting() {
+            return None;
+        }
+        let age = std::time::Duration::from_millis(u64::try_from(record.age_ms).unwrap_or(0));
+        Some(Hop {
+            traceparent: record.traceparent.clone(),
+            message_type: record.message_type.clone(),
+            topic,
+            committed: std::time::SystemTime::now()
+                .checked_sub(age)
+                .unwrap_or(std::time::UNIX_EPOCH),
+        })
+    }
+
+    /// Exports the hop, acknowledged now, under the message's own span.
+    fn export(self, sequence: i64) {
+        use saldo_engine::telemetry::{KeyValue, SpanKind, export_span};
+        export_span(
+            &self.traceparent,
+            format!("publish {}", self.message_type),
+            SpanKind::Producer,
+            self.committed,
+            std::time::SystemTime::now(),
+            vec![
+                KeyValue::new("messaging.system", "kafka"),
+                KeyValue::new("messaging.destination.name", self.topic),
+                KeyValue::new("saldo.outbox.sequence", sequence),
+            ],
+        );
+    }
 }
 
 /// Publishes one service's outbox. Keep one per process and call
@@ -139,6 +184,7 @@ impl OutboxPublisher {
                 Ok(delivery) => {
                     batch.rows.push((record.sequence, record.age_ms));
                     batch.deliveries.push(delivery);
+                    batch.hops.extend(Hop::of(record, topic));
                 }
                 // The producer's queue is full or closed: the rest of the
                 // rows wait for a later round, in order.
@@ -208,6 +254,9 @@ impl OutboxPublisher {
         }
         if !published.is_empty() {
             self.source.mark_published(&published).await?;
+        }
+        for (hop, sequence) in batch.hops.into_iter().zip(&published) {
+            hop.export(*sequence);
         }
         Ok((published.len(), batch.rows.len() - published.len()))
     }

@@ -104,6 +104,7 @@ async fn decisions(store: &PgStore, rules: &Rules, workload: Workload, ids: Vec<
                     NOW,
                     place_order_read_set,
                     |request, s| decide_place_order(&rules.order_saga, s, request, NOW),
+                    |_| saldo_engine::telemetry::Parent::None,
                 )
                 .await
                 .into_iter()
@@ -120,6 +121,7 @@ async fn decisions(store: &PgStore, rules: &Rules, workload: Workload, ids: Vec<
                     NOW,
                     |message| message_read_set(consumer, message),
                     |message, s| decide_message(rules, consumer, s, message, NOW),
+                    |_| saldo_engine::telemetry::Parent::None,
                 )
                 .await
                 .into_iter()

@@ -32,6 +32,10 @@
 #   SALDO_BENCH_PROFILE          a directory: record every Saldo process with
 #                                `perf record` during the as-fast-as-it-goes
 #                                run, one PROCESS.perf.data each (off)
+#   SALDO_BENCH_TRACES           1: every process exports its spans over OTLP
+#                                (ADR 0020) to a sink on loopback that answers
+#                                every export with 200 and counts the bytes,
+#                                for the cost of tracing (off: nothing exported)
 set -euo pipefail
 
 readonly ORDERS=${SALDO_BENCH_ORDERS:-5000}
@@ -165,6 +169,35 @@ if [[ -n ${SALDO_BENCH_AFTER_MIGRATE_SQL:-} ]]; then
         fail "the experiment's SQL failed"
 fi
 
+if [[ ${SALDO_BENCH_TRACES:-0} == 1 ]]; then
+    otlp_port=$(free_port)
+    # A collector's cost is the collector's: this one only reads and counts.
+    python3 - "$otlp_port" "$work/otlp-bytes" <<'PYTHON' >"$work/otlp.log" 2>&1 &
+import http.server, sys, threading
+port, counted = int(sys.argv[1]), sys.argv[2]
+total, lock = [0, 0], threading.Lock()
+class Sink(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        with lock:
+            total[0] += 1
+            total[1] += len(body)
+            with open(counted, "w") as out:
+                out.write(f"{total[0]} {total[1]}\n")
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", port), Sink).serve_forever()
+PYTHON
+    names+=(otlp-sink)
+    pids+=($!)
+    export OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port"
+    echo "== traces exported to a sink on 127.0.0.1:$otlp_port"
+fi
+
 echo "== topology (logs in $work)"
 "$saldo" broker >"$work/broker.log" 2>"$work/broker.err" &
 names+=(broker)
@@ -293,6 +326,11 @@ half_placed_per_second=$(json_number placement_per_second <"$work/half.json")
 
 echo
 echo "== summary"
+if [[ ${SALDO_BENCH_TRACES:-0} == 1 ]]; then
+    printf '%-44s %s\n' "traces: OTLP exports, bytes" "$(cat "$work/otlp-bytes" 2>/dev/null || echo "0 0")"
+else
+    printf '%-44s %s\n' "traces" "off"
+fi
 printf '%-44s %s\n' "PostgreSQL sessions encrypted (TLS)" "$(psql "$database_url" -qAt -c "SELECT CASE WHEN ssl THEN 'yes' ELSE 'no' END FROM pg_stat_ssl WHERE pid = pg_backend_pid()")"
 printf '%-44s %s\n' "pgbench order+outbox transactions/s" "$pgbench_tps"
 printf '%-44s %s\n' "saga orders terminal/s (as fast as it goes)" "$fastest_per_second"

@@ -10,6 +10,7 @@ mod migrate_command;
 mod reconcile_command;
 mod service_command;
 mod sim_command;
+mod telemetry;
 mod tls_flags;
 
 use std::process::ExitCode;
@@ -80,6 +81,21 @@ enum Command {
 }
 
 impl Command {
+    /// The service name a long-running command's traces carry (ADR 0020);
+    /// short commands export none.
+    fn trace_service(&self) -> Option<String> {
+        Some(match self {
+            Command::Dev(_) => "saldo-dev".to_owned(),
+            Command::Order(_) => "saldo-order".to_owned(),
+            Command::Inventory(_) => "saldo-inventory".to_owned(),
+            Command::Payment(_) => "saldo-payment".to_owned(),
+            Command::Outbox(args) => format!("saldo-outbox-{}", args.service_name()),
+            Command::Gateway(_) => "saldo-gateway".to_owned(),
+            Command::Reconcile(_) => "saldo-reconcile".to_owned(),
+            _ => return None,
+        })
+    }
+
     /// The broker and passed-through properties of a command with Kafka clients.
     fn kafka_connection(&self) -> Option<saldo_kafka::connection::Connection> {
         match self {
@@ -123,26 +139,6 @@ fn refuse_arguments(error: &clap::Error) -> ExitCode {
     }
 }
 
-/// Logs go to stderr, filtered by SALDO_LOG (default `info`).
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SALDO_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .init();
-    } else {
-        builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init();
-    }
-}
-
 fn main() -> ExitCode {
     use clap::CommandFactory;
     let argv = match config::apply(&Cli::command(), std::env::args_os().collect()) {
@@ -157,6 +153,12 @@ fn main() -> ExitCode {
         Err(error) => return refuse_arguments(&error),
     };
     if cli.check_config {
+        if cli.command.trace_service().is_some()
+            && let Err(error) = telemetry::check()
+        {
+            eprintln!("saldo: {error:#}");
+            return ExitCode::from(2);
+        }
         println!("saldo: the configuration is valid");
         if let Some(connection) = cli.command.kafka_connection()
             && !connection.properties().is_empty()
@@ -169,7 +171,14 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    init_logging(&cli.log_format);
+    let service = cli.command.trace_service();
+    let telemetry = match telemetry::init(&cli.log_format, service.as_deref()) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("saldo: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         Command::Dev(args) => dev_command::run(&args),
         Command::Gateway(args) => gateway_command::run(&args),
@@ -192,6 +201,7 @@ fn main() -> ExitCode {
         Command::Load(args) => load_command::run(&args),
         Command::Admin(args) => admin_command::run(&args),
     };
+    telemetry.shutdown();
     match result {
         Ok(code) => code,
         Err(error) => {

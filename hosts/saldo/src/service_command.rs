@@ -291,6 +291,13 @@ pub struct OutboxArgs {
     pub connection: ServiceArgs,
 }
 
+impl OutboxArgs {
+    /// The name of the service whose outbox it publishes.
+    pub fn service_name(&self) -> &'static str {
+        self.service.name()
+    }
+}
+
 /// Arguments of `saldo broker`.
 #[derive(Debug, Args)]
 pub struct BrokerArgs {

@@ -8,6 +8,8 @@ mod deploy;
 mod kafka;
 #[path = "cli/prometheus.rs"]
 mod prometheus;
+#[path = "cli/traces.rs"]
+mod traces;
 
 fn saldo(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_saldo"))
@@ -1829,6 +1831,11 @@ const PRODUCTION_PROCESSES: [&str; 7] = [
 
 impl Production {
     fn start(suffix: &str) -> Production {
+        Production::start_with(suffix, Vec::new())
+    }
+
+    /// The topology with `extra` in every process's environment.
+    fn start_with(suffix: &str, extra: Vec<(&'static str, String)>) -> Production {
         let (admin_url, database, url) = migrated_database(suffix);
         let issued = saldo(&[
             "api-key",
@@ -1866,6 +1873,7 @@ impl Production {
             ("SALDO_LOG", "info,saldo_engine=debug".to_owned()),
         ];
         env.extend(broker.env());
+        env.extend(extra);
         let mut production = Production {
             processes,
             broker,

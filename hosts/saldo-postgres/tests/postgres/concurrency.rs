@@ -348,6 +348,7 @@ async fn every_batched_statement_runs_with_only_its_services_privileges() {
                 NOW,
                 |message| message_read_set(consumer, message),
                 |message, snapshot| decide_message(&rules, consumer, snapshot, message, NOW),
+                |_| saldo_engine::telemetry::Parent::None,
             )
             .await
         }
@@ -412,6 +413,7 @@ async fn every_batched_statement_runs_with_only_its_services_privileges() {
         |request, snapshot| {
             saldo_domain::order::decide_place_order(&rules.order_saga, snapshot, request, NOW)
         },
+        |_| saldo_engine::telemetry::Parent::None,
     )
     .await;
     for result in placed {

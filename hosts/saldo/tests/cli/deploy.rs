@@ -161,6 +161,10 @@ const VARIABLES_NOT_FLAGS: [&str; 1] = ["SALDO_LOG"];
 /// clients (those that take `--kafka-property`).
 const KAFKA_PROPERTY_PREFIX: &str = "SALDO_KAFKA__";
 
+/// The OpenTelemetry SDK's standard variables, which every long-running
+/// subcommand reads (ADR 0020) and `--check-config` checks.
+const OPENTELEMETRY_PREFIX: &str = "OTEL_";
+
 #[test]
 fn every_container_in_the_kubernetes_manifests_passes_the_binarys_configuration_check() {
     // Proves each Deployment's and Job's arguments and environment (with
@@ -191,6 +195,12 @@ fn every_container_in_the_kubernetes_manifests_passes_the_binarys_configuration_
         3,
         "one publisher per service"
     );
+    assert!(
+        config_maps
+            .get("saldo-telemetry")
+            .is_some_and(|data| data.contains_key("OTEL_EXPORTER_OTLP_ENDPOINT")),
+        "the example overlay names a collector"
+    );
     let overlay_kafka = config_maps
         .get("saldo-kafka")
         .expect("the base's ConfigMap saldo-kafka");
@@ -212,6 +222,7 @@ fn every_container_in_the_kubernetes_manifests_passes_the_binarys_configuration_
             assert!(
                 help.contains(&format!("[env: {name}"))
                     || VARIABLES_NOT_FLAGS.contains(&name.as_str())
+                    || name.starts_with(OPENTELEMETRY_PREFIX)
                     || (name.starts_with(KAFKA_PROPERTY_PREFIX)
                         && help.contains("--kafka-property")),
                 "{}: `saldo {}` reads no {name}",

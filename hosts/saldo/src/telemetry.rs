@@ -1,0 +1,157 @@
+//! Where a process's logs and traces go: logs to stderr, filtered by
+//! `SALDO_LOG`; spans over OTLP/HTTP (protobuf) when the standard
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
+//! names a collector (ADR 0020). Without one, no exporter, no layer and no
+//! span bookkeeping exist.
+
+use anyhow::{Context as _, bail};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+/// The variables that name a collector, the traces-only one first.
+const ENDPOINT_VARIABLES: [&str; 2] = [
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+];
+/// The variables that choose the protocol, the traces-only one first.
+const PROTOCOL_VARIABLES: [&str; 2] = [
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+];
+/// The one protocol this build speaks.
+const PROTOCOL: &str = "http/protobuf";
+/// How long a stopping process waits for its last spans to be exported: a
+/// collector that does not answer must not hold up a restart.
+pub const FLUSH_AT_EXIT_MAX: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The exporter, kept so that its last spans are flushed at exit.
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Flushes and stops the exporter (a stopped process's last spans),
+    /// waiting at most [`FLUSH_AT_EXIT_MAX`].
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider
+            && let Err(error) = provider.shutdown_with_timeout(FLUSH_AT_EXIT_MAX)
+        {
+            tracing::warn!(%error, "the trace exporter did not flush its last spans");
+        }
+    }
+}
+
+/// The first non-empty value of `names`.
+fn first_set(names: &[&str]) -> Option<(String, String)> {
+    names.iter().find_map(|name| {
+        std::env::var(name)
+            .ok()
+            .filter(|value| !value.trim().is_empty())
+            .map(|value| ((*name).to_owned(), value))
+    })
+}
+
+/// Whether spans are to be exported: an endpoint is named and neither
+/// `OTEL_SDK_DISABLED=true` nor `OTEL_TRACES_EXPORTER=none` says otherwise.
+/// Refuses a protocol other than http/protobuf, in one line.
+fn wanted() -> anyhow::Result<bool> {
+    let disabled = std::env::var("OTEL_SDK_DISABLED")
+        .is_ok_and(|value| value.trim().eq_ignore_ascii_case("true"))
+        || std::env::var("OTEL_TRACES_EXPORTER")
+            .is_ok_and(|value| value.trim().eq_ignore_ascii_case("none"));
+    if disabled || first_set(&ENDPOINT_VARIABLES).is_none() {
+        return Ok(false);
+    }
+    if let Some((name, value)) = first_set(&PROTOCOL_VARIABLES)
+        && value.trim() != PROTOCOL
+    {
+        bail!(
+            "{name}={value:?} is not supported: saldo exports OTLP over {PROTOCOL} \
+             (a collector's HTTP receiver, port 4318 by default)"
+        );
+    }
+    if let Some((name, value)) = first_set(&["OTEL_TRACES_EXPORTER"])
+        && value.trim() != "otlp"
+    {
+        bail!("{name}={value:?} is not supported: saldo exports traces over otlp, or none");
+    }
+    Ok(true)
+}
+
+/// Checks the `OTEL_*` settings as [`init`] would, connecting to nothing
+/// (`--check-config`).
+pub fn check() -> anyhow::Result<()> {
+    wanted().map(|_| ())
+}
+
+/// The exporter and provider, named `service` unless `OTEL_SERVICE_NAME`
+/// names it. The endpoint, headers, timeout and batch settings come from
+/// the standard `OTEL_*` variables, which the SDK reads.
+fn provider(service: &str) -> anyhow::Result<SdkTracerProvider> {
+    use opentelemetry_otlp::{Protocol, WithExportConfig as _};
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .build()
+        .context("the OTLP trace exporter")?;
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if first_set(&["OTEL_SERVICE_NAME"]).is_none() {
+        resource = resource.with_service_name(service.to_owned());
+    }
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource.build())
+        .build())
+}
+
+/// Installs the log and (when wanted) trace layers for a process that
+/// `service` names in traces (`None` for short commands, which export
+/// nothing). A refused setting is an error before anything starts.
+pub fn init(format: &str, service: Option<&str>) -> anyhow::Result<Telemetry> {
+    let provider = match service {
+        Some(service) if wanted()? => Some(provider(service)?),
+        _ => None,
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SALDO_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = if format == "json" {
+        logs.json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_filter(filter)
+            .boxed()
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_filter(filter)
+            .boxed()
+    };
+    // Saldo's own spans only, whatever SALDO_LOG keeps: the exporter's own
+    // log (and any library's spans) never feed back into it.
+    let traces = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer(saldo_engine::telemetry::SCOPE))
+            .with_filter(tracing_subscriber::filter::filter_fn(|metadata| {
+                metadata.is_span()
+                    && metadata.target().starts_with("saldo")
+                    && *metadata.level() <= tracing::Level::INFO
+            }))
+    });
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(traces)
+        .init();
+    if let Some(provider) = &provider {
+        opentelemetry::global::set_tracer_provider(provider.clone());
+        saldo_engine::telemetry::enable();
+        tracing::info!(
+            service,
+            endpoint = first_set(&ENDPOINT_VARIABLES).map(|(_, value)| value),
+            "exporting traces over OTLP"
+        );
+    }
+    Ok(Telemetry { provider })
+}
