@@ -23,12 +23,16 @@ use opentelemetry::trace::{
     TraceState, Tracer as _,
 };
 use opentelemetry::{Context, global};
-use saldo_domain::decision::Decision;
+use saldo_domain::decision::{Decision, Row};
 use saldo_domain::messages::{Envelope, Traceparent};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The instrumentation scope of every span Saldo exports.
 pub const SCOPE: &str = "saldo";
+
+/// The name of spans that are logged but never exported: health checks
+/// and metrics scrapes while exporting.
+pub const UNTRACED_SPAN: &str = "probe";
 
 static EXPORTING: AtomicBool = AtomicBool::new(false);
 
@@ -133,33 +137,57 @@ impl Parent {
     }
 }
 
+/// One message a decision publishes, as its trace shows it.
+#[derive(Debug)]
+struct Shown {
+    traceparent: Traceparent,
+    message_type: &'static str,
+    message_id: String,
+    order_id: String,
+}
+
 /// What a decision will show in its trace once committed: the messages it
-/// emits and the ledger postings it seals.
+/// emits (or publishes again, for a redrive) and the ledger postings it
+/// seals.
 #[derive(Debug)]
 pub(crate) struct Traced {
     started: SystemTime,
-    messages: Vec<(Traceparent, &'static str, String, String)>,
+    messages: Vec<Shown>,
+    /// True when the messages are published again, as they first were (a
+    /// redrive settling its dead letter): their spans exist already.
+    again: bool,
+    /// The traceparents of the order rows it writes: an operator's decision
+    /// hangs the order's messages from the order's own trace.
+    orders: Vec<Traceparent>,
     postings: Vec<(String, String, usize)>,
 }
 
 impl Traced {
     /// What `decision` would show; `None` when not exporting.
     pub(crate) fn of(decision: &Decision, started: SystemTime) -> Option<Traced> {
-        if !exporting() {
-            return None;
-        }
-        Some(Traced {
+        exporting().then(|| Traced::collect(decision, started))
+    }
+
+    fn collect(decision: &Decision, started: SystemTime) -> Traced {
+        Traced {
             started,
             messages: decision
                 .outbox
                 .iter()
-                .map(|envelope: &Envelope| {
-                    (
-                        envelope.traceparent.clone(),
-                        envelope.message_type(),
-                        envelope.message_id.to_hex(),
-                        envelope.order_id.as_str().to_owned(),
-                    )
+                .map(|envelope: &Envelope| Shown {
+                    traceparent: envelope.traceparent.clone(),
+                    message_type: envelope.message_type(),
+                    message_id: envelope.message_id.to_hex(),
+                    order_id: envelope.order_id.as_str().to_owned(),
+                })
+                .collect(),
+            again: decision.settle_dead_letter.is_some(),
+            orders: decision
+                .writes
+                .iter()
+                .filter_map(|write| match &write.row {
+                    Row::Order(row) => Some(row.traceparent.clone()),
+                    _ => None,
                 })
                 .collect(),
             postings: decision
@@ -173,63 +201,94 @@ impl Traced {
                     )
                 })
                 .collect(),
-        })
+        }
+    }
+
+    /// The spans the decision exports, committed at `committed`, under
+    /// `parent`: what [`Traced::export`] hands the tracer.
+    fn spans(self, parent: &Parent, committed: SystemTime) -> Vec<(SpanBuilder, Context)> {
+        let parent_context = parent.context();
+        let mut spans = Vec::new();
+        for shown in self.messages {
+            let Some(own) = remote(shown.traceparent.as_str()) else {
+                continue;
+            };
+            let attributes = [
+                KeyValue::new("messaging.message.id", shown.message_id),
+                KeyValue::new("saldo.message.type", shown.message_type),
+                KeyValue::new("saldo.order.id", shown.order_id),
+            ];
+            let same_trace = parent_context
+                .as_ref()
+                .filter(|context| context.span().span_context().trace_id() == own.trace_id());
+            // A decision of another trace (an operator's request acting on
+            // an order) is linked to, not adopted as the parent.
+            let links: Vec<Link> = match (&parent_context, same_trace) {
+                (Some(context), None) => {
+                    vec![Link::with_context(context.span().span_context().clone())]
+                }
+                _ => Vec::new(),
+            };
+            if self.again {
+                // A redrive publishes the message as it first was: its span
+                // is exported already; the redrive hangs from it.
+                let builder = SpanBuilder::from_name(format!("redrive {}", shown.message_type))
+                    .with_kind(SpanKind::Producer)
+                    .with_start_time(self.started)
+                    .with_end_time(committed)
+                    .with_attributes(attributes)
+                    .with_links(links);
+                spans.push((builder, Context::new().with_remote_span_context(own)));
+                continue;
+            }
+            let builder = SpanBuilder::from_name(format!("emit {}", shown.message_type))
+                .with_kind(SpanKind::Producer)
+                .with_trace_id(own.trace_id())
+                .with_span_id(own.span_id())
+                .with_start_time(self.started)
+                .with_end_time(committed)
+                .with_attributes(attributes)
+                .with_links(links);
+            let context = match same_trace {
+                Some(context) => context.clone(),
+                // Outside the decision's trace: under the order's own span
+                // (its placement), which the order row names.
+                None => self
+                    .orders
+                    .iter()
+                    .filter_map(|traceparent| remote_context(traceparent.as_str()))
+                    .find(|context| context.span().span_context().trace_id() == own.trace_id())
+                    .unwrap_or_default(),
+            };
+            spans.push((builder, context));
+        }
+        if let Some(context) = parent_context {
+            for (posting_id, purpose, legs) in self.postings {
+                let builder = SpanBuilder::from_name("ledger append")
+                    .with_start_time(self.started)
+                    .with_end_time(committed)
+                    .with_attributes([
+                        KeyValue::new("saldo.posting.id", posting_id),
+                        KeyValue::new("saldo.posting.purpose", purpose),
+                        KeyValue::new(
+                            "saldo.posting.legs",
+                            i64::try_from(legs).unwrap_or(i64::MAX),
+                        ),
+                    ]);
+                spans.push((builder, context.clone()));
+            }
+        }
+        spans
     }
 
     /// Exports the decision's spans, committed at `committed`, under `parent`.
     pub(crate) fn export(self, parent: &Parent, committed: SystemTime) {
         let tracer = global::tracer(SCOPE);
-        let parent_context = parent.context();
-        for (traceparent, message_type, message_id, order_id) in self.messages {
-            let Some(own) = remote(traceparent.as_str()) else {
-                continue;
-            };
-            let mut builder = SpanBuilder::from_name(format!("emit {message_type}"))
-                .with_kind(SpanKind::Producer)
-                .with_trace_id(own.trace_id())
-                .with_span_id(own.span_id())
-                .with_start_time(self.started)
-                .with_attributes([
-                    KeyValue::new("messaging.message.id", message_id),
-                    KeyValue::new("saldo.message.type", message_type),
-                    KeyValue::new("saldo.order.id", order_id),
-                ]);
-            // The message's span belongs to the message's trace. A decision
-            // of another trace (an operator's request acting on an order)
-            // is linked to, not adopted as the parent.
-            let context = match &parent_context {
-                Some(context) if context.span().span_context().trace_id() == own.trace_id() => {
-                    context.clone()
-                }
-                Some(context) => {
-                    builder = builder.with_links(vec![Link::with_context(
-                        context.span().span_context().clone(),
-                    )]);
-                    Context::new()
-                }
-                None => Context::new(),
-            };
+        for (builder, context) in self.spans(parent, committed) {
+            let end = builder.end_time.unwrap_or(committed);
             tracer
                 .build_with_context(builder, &context)
-                .end_with_timestamp(committed);
-        }
-        let Some(context) = parent_context else {
-            return;
-        };
-        for (posting_id, purpose, legs) in self.postings {
-            let builder = SpanBuilder::from_name("ledger append")
-                .with_start_time(self.started)
-                .with_attributes([
-                    KeyValue::new("saldo.posting.id", posting_id),
-                    KeyValue::new("saldo.posting.purpose", purpose),
-                    KeyValue::new(
-                        "saldo.posting.legs",
-                        i64::try_from(legs).unwrap_or(i64::MAX),
-                    ),
-                ]);
-            tracer
-                .build_with_context(builder, &context)
-                .end_with_timestamp(committed);
+                .end_with_timestamp(end);
         }
     }
 }
@@ -278,17 +337,125 @@ pub fn consume_span(envelope: &Envelope) -> tracing::Span {
 
 #[cfg(test)]
 mod tests {
+    use saldo_domain::Rules;
+    use saldo_domain::decision::Snapshot;
+    use saldo_domain::messages::{OrderLine, Service};
+    use saldo_domain::operator::DeadLetterRef;
+    use saldo_domain::order::{PlaceOrder, decide_place_order};
+    use saldo_idempotency::IdempotencyKey;
+    use saldo_types::{CorrelationId, Currency, CustomerId, OrderId, Sku, Timestamp};
+
     use super::*;
+
+    const PLACED: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    const OPERATOR: &str = "00-11111111111111111111111111111111-2222222222222222-01";
+
+    /// A placement's decision: the order row (its traceparent `PLACED`) and
+    /// its first message.
+    fn placement() -> Decision {
+        let request = PlaceOrder {
+            order_id: OrderId::new("o-1").expect("valid"),
+            customer: CustomerId::new("alice").expect("valid"),
+            lines: vec![OrderLine {
+                sku: Sku::new("book").expect("valid"),
+                quantity: 1,
+            }],
+            currency: Currency::EUR,
+            idempotency_key: IdempotencyKey::new("k-1").expect("valid"),
+            principal: None,
+            correlation_id: CorrelationId::new("c-1").expect("valid"),
+            traceparent: Traceparent::parse(PLACED).expect("valid"),
+        };
+        decide_place_order(
+            &Rules::default().order_saga,
+            &Snapshot::default(),
+            &request,
+            Timestamp::from_unix_ms(1_700_000_000_000),
+        )
+        .expect("placed")
+        .decision
+    }
+
+    fn context_of(context: &Context) -> (String, String) {
+        let span = context.span();
+        let span = span.span_context();
+        (
+            format!("{:032x}", span.trace_id()),
+            format!("{:016x}", span.span_id()),
+        )
+    }
+
+    #[test]
+    fn a_messages_span_has_the_id_its_traceparent_names_and_hangs_from_its_decision() {
+        let decision = placement();
+        let message = decision.outbox[0].traceparent.as_str().to_owned();
+        let spans = Traced::collect(&decision, SystemTime::now()).spans(
+            &Parent::Traceparent(Traceparent::parse(PLACED).expect("valid")),
+            SystemTime::now(),
+        );
+        let (builder, parent) = &spans[0];
+        assert_eq!(builder.name, "emit ReserveStock");
+        assert_eq!(
+            format!("{:016x}", builder.span_id.expect("its own id")),
+            message[36..52]
+        );
+        assert_eq!(
+            context_of(parent),
+            (PLACED[3..35].to_owned(), PLACED[36..52].to_owned())
+        );
+        assert!(builder.links.as_ref().is_none_or(Vec::is_empty));
+    }
+
+    #[test]
+    fn an_operators_decision_hangs_the_orders_messages_from_the_order_and_links_itself() {
+        // The operator's request is another trace: the message's span stays
+        // in the order's trace, under the order row's span, linked.
+        let decision = placement();
+        let spans = Traced::collect(&decision, SystemTime::now()).spans(
+            &Parent::Traceparent(Traceparent::parse(OPERATOR).expect("valid")),
+            SystemTime::now(),
+        );
+        let (builder, parent) = &spans[0];
+        assert_eq!(
+            context_of(parent),
+            (PLACED[3..35].to_owned(), PLACED[36..52].to_owned())
+        );
+        let links = builder.links.as_ref().expect("linked");
+        assert_eq!(
+            format!("{:016x}", links[0].span_context.span_id()),
+            OPERATOR[36..52]
+        );
+    }
+
+    #[test]
+    fn a_redrive_exports_no_span_id_again_and_hangs_from_the_message() {
+        let mut decision = placement();
+        decision.settle_dead_letter = Some(DeadLetterRef {
+            service: Service::Inventory,
+            id: 7,
+        });
+        let message = decision.outbox[0].traceparent.as_str().to_owned();
+        let spans = Traced::collect(&decision, SystemTime::now()).spans(
+            &Parent::Traceparent(Traceparent::parse(OPERATOR).expect("valid")),
+            SystemTime::now(),
+        );
+        let (builder, parent) = &spans[0];
+        assert_eq!(builder.name, "redrive ReserveStock");
+        assert!(builder.span_id.is_none(), "a new id, not the message's");
+        assert_eq!(
+            context_of(parent),
+            (message[3..35].to_owned(), message[36..52].to_owned())
+        );
+    }
 
     #[test]
     fn a_traceparent_round_trips_through_a_span_context() {
-        let text = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-        let context = remote(text).expect("a valid traceparent");
+        let context = remote(PLACED).expect("a valid traceparent");
         assert!(context.is_remote());
         assert!(context.is_sampled());
         assert_eq!(
             traceparent_of_context(&context).expect("valid").as_str(),
-            text
+            PLACED
         );
         assert!(remote("00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01").is_none());
         assert!(remote("not a traceparent").is_none());
@@ -297,7 +464,7 @@ mod tests {
     #[test]
     fn nothing_is_traced_while_exporting_is_off() {
         assert!(!exporting());
-        assert!(Traced::of(&Decision::default(), SystemTime::now()).is_none());
+        assert!(Traced::of(&placement(), SystemTime::now()).is_none());
         assert!(matches!(Parent::current(), Parent::None));
         assert!(traceparent_of(&tracing::Span::current()).is_none());
     }

@@ -102,7 +102,8 @@ fn incoming_traceparent(headers: &HeaderMap) -> Option<Traceparent> {
 }
 
 /// Middleware: attaches the [`RequestContext`], runs the request in a span
-/// carrying it, echoes it on the response, and records metrics and a log line.
+/// carrying it, echoes it on the response (while exporting, the traceparent
+/// of the request's own span, ADR 0020), and records metrics and a log line.
 pub async fn observe(mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
@@ -114,25 +115,53 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
         Ok(context) => context,
         Err(problem) => return problem.into_response(),
     };
-    let span = tracing::info_span!(
-        "http",
-        otel.name = tracing::field::Empty,
-        otel.kind = tracing::field::Empty,
-        method = %method,
-        route = %route,
-        correlation_id = %context.correlation_id,
-        trace_id = tracing::field::Empty,
-    );
-    if saldo_engine::telemetry::exporting() {
-        span.record("otel.name", format!("{method} {route}"));
-        span.record("otel.kind", "server");
+    // Health checks and metrics scrapes are logged like any request but
+    // never traced: a probe every few seconds per pod would bury the
+    // orders' traces under single-span ones.
+    let traced = saldo_engine::telemetry::exporting() && !PROBE_ROUTES.contains(&route.as_str());
+    let span = if traced {
+        tracing::info_span!(
+            "http",
+            otel.name = %format!("{method} {route}"),
+            otel.kind = "server",
+            http.response.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            method = %method,
+            route = %route,
+            correlation_id = %context.correlation_id,
+            trace_id = tracing::field::Empty,
+        )
+    } else if saldo_engine::telemetry::exporting() {
+        tracing::info_span!(
+            saldo_engine::telemetry::UNTRACED_SPAN,
+            method = %method,
+            route = %route,
+            correlation_id = %context.correlation_id,
+            trace_id = tracing::field::Empty,
+        )
+    } else {
+        tracing::info_span!(
+            "http",
+            method = %method,
+            route = %route,
+            correlation_id = %context.correlation_id,
+            trace_id = tracing::field::Empty,
+        )
+    };
+    if traced {
+        context.trace_in(&span, request.headers());
     }
-    context.trace_in(&span, request.headers());
     span.record("trace_id", context.traceparent.trace_id());
     request.extensions_mut().insert(context.clone());
     let mut response = next.run(request).instrument(span.clone()).await;
     context.write_to(response.headers_mut());
     let status = response.status().as_u16();
+    if traced {
+        span.record("http.response.status_code", status);
+        if status >= 500 {
+            span.record("otel.status_code", "error");
+        }
+    }
     let elapsed = started.elapsed();
     span.in_scope(|| {
         tracing::info!(
@@ -151,6 +180,9 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
         .record(elapsed.as_secs_f64());
     response
 }
+
+/// The routes of probes and scrapes, which are never traced.
+pub const PROBE_ROUTES: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
 /// The metrics label of every request no route matched: one label for
 /// every invented path, so that clients cannot grow the metrics page.

@@ -87,15 +87,16 @@ impl Hop {
         })
     }
 
-    /// Exports the hop, acknowledged now, under the message's own span.
-    fn export(self, sequence: i64) {
+    /// Exports the hop, acknowledged at `acknowledged`, under the
+    /// message's own span.
+    fn export(self, sequence: i64, acknowledged: std::time::SystemTime) {
         use saldo_engine::telemetry::{KeyValue, SpanKind, export_span};
         export_span(
             &self.traceparent,
             format!("publish {}", self.message_type),
             SpanKind::Producer,
             self.committed,
-            std::time::SystemTime::now(),
+            acknowledged,
             vec![
                 KeyValue::new("messaging.system", "kafka"),
                 KeyValue::new("messaging.destination.name", self.topic),
@@ -236,13 +237,15 @@ impl OutboxPublisher {
     /// Waits for a batch's acknowledgements and marks the acknowledged
     /// prefix published; returns (published, failed).
     async fn settle(&mut self, batch: Batch) -> Result<(usize, usize), PublishError> {
-        let deliveries = join_all(
-            batch
-                .deliveries
-                .into_iter()
-                .map(crate::producer::acknowledged),
-        )
+        // Each acknowledgement's instant, for its hop's span (ADR 0020).
+        let deliveries = join_all(batch.deliveries.into_iter().map(|delivery| async {
+            let acknowledged = crate::producer::acknowledged(delivery).await;
+            (acknowledged, std::time::SystemTime::now())
+        }))
         .await;
+        let acknowledged_at: Vec<std::time::SystemTime> =
+            deliveries.iter().map(|(_, at)| *at).collect();
+        let deliveries: Vec<_> = deliveries.into_iter().map(|(result, _)| result).collect();
         let mut published = Vec::with_capacity(batch.rows.len());
         for ((sequence, age_ms), delivery) in batch.rows.iter().zip(&deliveries) {
             if delivery.is_err() {
@@ -255,8 +258,8 @@ impl OutboxPublisher {
         if !published.is_empty() {
             self.source.mark_published(&published).await?;
         }
-        for (hop, sequence) in batch.hops.into_iter().zip(&published) {
-            hop.export(*sequence);
+        for ((hop, sequence), at) in batch.hops.into_iter().zip(&published).zip(acknowledged_at) {
+            hop.export(*sequence, at);
         }
         Ok((published.len(), batch.rows.len() - published.len()))
     }

@@ -21,6 +21,15 @@ const PROTOCOL_VARIABLES: [&str; 2] = [
     "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
     "OTEL_EXPORTER_OTLP_PROTOCOL",
 ];
+/// TLS settings the exporter does not take (refused, not ignored).
+const UNSUPPORTED_VARIABLES: [&str; 6] = [
+    "OTEL_EXPORTER_OTLP_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+    "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+];
 /// The one protocol this build speaks.
 const PROTOCOL: &str = "http/protobuf";
 /// How long a stopping process waits for its last spans to be exported: a
@@ -78,27 +87,62 @@ fn wanted() -> anyhow::Result<bool> {
     {
         bail!("{name}={value:?} is not supported: saldo exports traces over otlp, or none");
     }
+    if let Some((name, value)) = first_set(&ENDPOINT_VARIABLES) {
+        let value = value.trim();
+        // The SDK would read an address without a scheme as no address at
+        // all and send to localhost: refuse it instead.
+        let valid = ["http://", "https://"]
+            .iter()
+            .any(|scheme| value.len() > scheme.len() && value.starts_with(scheme))
+            && value.parse::<axum::http::Uri>().is_ok();
+        if !valid {
+            bail!(
+                "{name}={value:?} is not a URL: name the collector as http://HOST:4318 or https://…"
+            );
+        }
+    }
+    if let Some((name, _)) = first_set(&UNSUPPORTED_VARIABLES) {
+        bail!(
+            "{name} is not supported: saldo's exporter trusts the built-in Mozilla roots and \
+             presents no client certificate; run a collector beside the process for that"
+        );
+    }
     Ok(true)
 }
 
-/// Checks the `OTEL_*` settings as [`init`] would, connecting to nothing
+/// Checks the `OTEL_*` settings as [`init`] would, building the exporter
+/// (which reads the SDK's own variables) and connecting to nothing
 /// (`--check-config`).
 pub fn check() -> anyhow::Result<()> {
-    wanted().map(|_| ())
+    if wanted()? {
+        exporter()?;
+    }
+    Ok(())
+}
+
+/// The OTLP/HTTP exporter the `OTEL_*` variables describe; building it
+/// sends nothing.
+fn exporter() -> anyhow::Result<opentelemetry_otlp::SpanExporter> {
+    use opentelemetry_otlp::{Protocol, WithExportConfig as _};
+    opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .build()
+        .context("the OTLP trace exporter")
 }
 
 /// The exporter and provider, named `service` unless `OTEL_SERVICE_NAME`
 /// names it. The endpoint, headers, timeout and batch settings come from
 /// the standard `OTEL_*` variables, which the SDK reads.
 fn provider(service: &str) -> anyhow::Result<SdkTracerProvider> {
-    use opentelemetry_otlp::{Protocol, WithExportConfig as _};
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .with_protocol(Protocol::HttpBinary)
-        .build()
-        .context("the OTLP trace exporter")?;
+    let exporter = exporter()?;
     let mut resource = opentelemetry_sdk::Resource::builder();
-    if first_set(&["OTEL_SERVICE_NAME"]).is_none() {
+    let named_by_attributes = std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|attributes| {
+        attributes
+            .split(',')
+            .any(|pair| pair.trim_start().starts_with("service.name="))
+    });
+    if first_set(&["OTEL_SERVICE_NAME"]).is_none() && !named_by_attributes {
         resource = resource.with_service_name(service.to_owned());
     }
     Ok(SdkTracerProvider::builder()
@@ -136,6 +180,7 @@ pub fn init(format: &str, service: Option<&str>) -> anyhow::Result<Telemetry> {
             .with_tracer(provider.tracer(saldo_engine::telemetry::SCOPE))
             .with_filter(tracing_subscriber::filter::filter_fn(|metadata| {
                 metadata.is_span()
+                    && metadata.name() != saldo_engine::telemetry::UNTRACED_SPAN
                     && metadata.target().starts_with("saldo")
                     && *metadata.level() <= tracing::Level::INFO
             }))

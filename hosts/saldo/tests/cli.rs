@@ -2698,6 +2698,23 @@ fn stuck_sagas_of_every_kind_are_found_and_repaired_through_the_operator_api() {
         assert!(player.verification().exact(), "{order_id}");
         std::fs::write(recordings.join(format!("{order_id}.hash")), hash).expect("written");
     }
+    // With a participant down, its part of the story is missing: the export
+    // is refused (503 story_incomplete, naming the service), in one line,
+    // and writes no file a replay would misread.
+    processes.stop("payment");
+    let partial = std::env::temp_dir().join(format!("saldo-partial-{}.jsonl", std::process::id()));
+    let refused = admin(
+        edge,
+        &["export", &poor, "--output", &partial.to_string_lossy()],
+    );
+    let said = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(!refused.status.success(), "{said}");
+    assert_eq!(said.trim().lines().count(), 1, "{said}");
+    assert!(
+        said.contains("503 story_incomplete") && said.contains("payment"),
+        "{said}"
+    );
+    assert!(!partial.exists(), "a refused export wrote {partial:?}");
     production.stop();
     eprintln!("stuck sagas repaired in {:?}", started.elapsed());
 }

@@ -188,17 +188,34 @@ fn one_orders_spans_form_one_connected_trace_across_every_process() {
     let traceparent = order["traceparent"].as_str().expect("a traceparent");
     let trace_id = traceparent[3..35].to_owned();
     let deadline = Instant::now() + TRACE_WITHIN;
-    let spans = loop {
+    loop {
         let spans = collector.of_trace(&trace_id);
         match missing(&spans) {
-            None => break spans,
+            None => break,
             Some(why) => assert!(
                 Instant::now() < deadline,
                 "trace {trace_id} is not one connected tree of every hop after {TRACE_WITHIN:?}: {why}\n{spans:#?}"
             ),
         }
         std::thread::sleep(Duration::from_millis(100));
-    };
+    }
+    // Whatever arrives later (the last replies, a second export) must keep
+    // the tree whole: look again once every process has exported twice more.
+    std::thread::sleep(Duration::from_millis(500));
+    let spans = collector.of_trace(&trace_id);
+    if let Some(why) = missing(&spans) {
+        panic!("trace {trace_id} broke after it was whole: {why}\n{spans:#?}");
+    }
+    // Health checks and scrapes (the test's /readyz polls) are not traced.
+    assert!(
+        !collector
+            .spans
+            .lock()
+            .expect("unpoisoned")
+            .iter()
+            .any(|span| span.name.contains("/readyz") || span.name.contains("/healthz")),
+        "a probe was traced"
+    );
     // The root is the gateway's request, and the order row names the order
     // service's request span, a child of it.
     let by_id: HashMap<&str, &Received> = spans
@@ -282,6 +299,12 @@ fn a_collector_that_never_answers_slows_no_order_and_no_stop() {
             "{order}"
         );
     }
+    // The exporter did reach the collector that never answers.
+    black_hole.set_nonblocking(true).expect("non-blocking");
+    assert!(
+        black_hole.accept().is_ok(),
+        "no export ever reached {endpoint}"
+    );
     let stopping = Instant::now();
     processes.stop_all();
     assert!(
@@ -293,30 +316,49 @@ fn a_collector_that_never_answers_slows_no_order_and_no_stop() {
 }
 
 #[test]
-fn an_otlp_protocol_saldo_does_not_speak_is_one_line_and_exit_2() {
-    // Refused before anything connects, by the command and by --check-config.
-    for check in [false, true] {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_saldo"));
-        if check {
-            command.arg("--check-config");
+fn otlp_settings_saldo_cannot_honour_are_one_line_and_exit_2() {
+    // Each refused before anything connects, by the command and by
+    // --check-config: a protocol it does not speak, an endpoint the SDK
+    // would silently replace with localhost, TLS files it would ignore.
+    let cases: [(&[(&str, &str)], &str); 3] = [
+        (
+            &[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")],
+            "OTEL_EXPORTER_OTLP_PROTOCOL=\"grpc\" is not supported",
+        ),
+        (
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "otel-collector:4318")],
+            "OTEL_EXPORTER_OTLP_ENDPOINT=\"otel-collector:4318\" is not a URL",
+        ),
+        (
+            &[("OTEL_EXPORTER_OTLP_CERTIFICATE", "/tls/ca.pem")],
+            "OTEL_EXPORTER_OTLP_CERTIFICATE is not supported",
+        ),
+    ];
+    for (environment, said) in cases {
+        for check in [false, true] {
+            let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_saldo"));
+            if check {
+                command.arg("--check-config");
+            }
+            let output = command
+                .args([
+                    "reconcile",
+                    "--once",
+                    "--database-url",
+                    "postgres://127.0.0.1:1/none",
+                ])
+                .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+                .envs(environment.iter().copied())
+                .output()
+                .expect("saldo runs");
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(
+                output.status.code(),
+                Some(2),
+                "{environment:?}, --check-config: {check}: {stderr}"
+            );
+            assert_eq!(stderr.lines().count(), 1, "{stderr}");
+            assert!(stderr.contains(said), "{stderr}");
         }
-        let output = command
-            .args([
-                "reconcile",
-                "--once",
-                "--database-url",
-                "postgres://127.0.0.1:1/none",
-            ])
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
-            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-            .output()
-            .expect("saldo runs");
-        assert_eq!(output.status.code(), Some(2), "--check-config: {check}");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(stderr.lines().count(), 1, "{stderr}");
-        assert!(
-            stderr.contains("OTEL_EXPORTER_OTLP_PROTOCOL=\"grpc\" is not supported"),
-            "{stderr}"
-        );
     }
 }
