@@ -15,20 +15,25 @@ FROM rust:1.95.0-bookworm AS build
 WORKDIR /src
 COPY . .
 # The release binary only, with the committed lockfile. librdkafka is built
-# from source and linked statically (gcc, make, zlib and OpenSSL's headers
-# are in this image).
+# from source and linked statically (gcc, make, zlib's, OpenSSL's and
+# libcurl's headers are in this image; libcurl's are named here so that
+# they stay).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libcurl4-openssl-dev pkg-config \
+    && rm -rf /var/lib/apt/lists/*
 RUN cargo build --release --locked -p saldo --bin saldo
 # The harness page that `saldo dev` serves at /harness/: the simulator built
 # for wasm32 and bound by the wasm-bindgen CLI of the version Cargo.toml pins.
 RUN bash harness/build.sh
 
 FROM debian:bookworm-slim AS runtime
-# The binary links glibc, libgcc, zlib and OpenSSL (librdkafka's TLS and
-# SASL, rdkafka's `ssl` feature) dynamically (`ldd`); zlib is in the slim
-# image already and named here so that it stays. CA certificates for TLS
-# towards managed PostgreSQL and Kafka. Nothing else.
+# The binary links glibc, libgcc, zlib, OpenSSL (librdkafka's TLS and
+# SASL, rdkafka's `ssl` feature) and libcurl (OAUTHBEARER's OIDC, rdkafka's
+# `curl` feature) dynamically (`ldd`); zlib is in the slim image already and
+# named here so that it stays. CA certificates for TLS towards managed
+# PostgreSQL and Kafka. Nothing else.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates zlib1g libssl3 \
+    && apt-get install -y --no-install-recommends ca-certificates zlib1g libssl3 libcurl4 \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/saldo /usr/local/bin/saldo
 # `saldo dev` looks for the page at BIN/../share/saldo/harness.

@@ -35,11 +35,13 @@ rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup targe
 step "build libraries"
 # librdkafka is built with TLS (rdkafka's `ssl` feature, for SASL_SSL and
 # client certificates against a managed Kafka): openssl-sys links the
-# system's OpenSSL and needs its headers.
-if ! dpkg -s libssl-dev >/dev/null 2>&1; then
+# system's OpenSSL and needs its headers. With libcurl (rdkafka's `curl`
+# feature) for OAUTHBEARER's OIDC token fetching: curl-sys links the
+# system's libcurl, and librdkafka's configure finds it by pkg-config.
+if ! dpkg -s libssl-dev libcurl4-openssl-dev >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ]; then apt_get=(apt-get); else apt_get=(sudo apt-get); fi
     "${apt_get[@]}" update -q
-    DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -q --no-install-recommends libssl-dev pkg-config
+    DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -q --no-install-recommends libssl-dev libcurl4-openssl-dev pkg-config
 fi
 
 step "cargo-nextest"
