@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{free_port, http, reconcile_database};
+use super::{first_top_up_sql, free_port, http, reconcile_database};
 
 /// The shipped rules, from this crate's manifest directory.
 fn rules_file() -> std::path::PathBuf {
@@ -51,10 +51,11 @@ fn alerts(address: &str) -> Vec<(String, String)> {
 }
 
 #[test]
-fn a_real_prometheus_scraping_the_reconciler_fires_the_dead_letter_alert() {
+fn a_real_prometheus_scraping_the_reconciler_fires_the_dead_letter_and_critical_alerts() {
     // Proves the shipped rules work on what the reconciler really exports:
     // Prometheus scrapes it, evaluates saldo-rules.yml, and an injected dead
-    // letter makes SaldoDeadLettersPresent fire while no critical alert does.
+    // letter makes SaldoDeadLettersPresent fire while no critical alert does;
+    // then an injected ledger finding makes SaldoReconciliationCritical fire.
     let prometheus = which_prometheus();
     let (read_only, run_sql) = reconcile_database("prometheus");
     run_sql(
@@ -122,6 +123,25 @@ fn a_real_prometheus_scraping_the_reconciler_fires_the_dead_letter_alert() {
             .any(|(name, _)| name == "SaldoReconciliationCritical"),
         "a dead letter is not critical: {firing:?}"
     );
+    // A reconciliation finding: a wallet whose balance its ledger entries
+    // do not explain (a cent written behind the ledger's back) is critical.
+    run_sql(&first_top_up_sql("alice", 500));
+    run_sql("UPDATE payment.accounts SET balance_minor = balance_minor + 1 WHERE kind = 'wallet'");
+    let deadline = Instant::now() + ALERT_WITHIN;
+    loop {
+        let alerts = alerts(&web_address);
+        if alerts
+            .iter()
+            .any(|(name, state)| name == "SaldoReconciliationCritical" && state == "firing")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "SaldoReconciliationCritical did not fire within {ALERT_WITHIN:?}: {alerts:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
     let _ = std::fs::remove_dir_all(&directory);
 }
 
