@@ -1590,25 +1590,9 @@ fn dev_mode_runs_the_readme_walkthrough_to_confirmation_and_cancellation() {
     // Proves the README's first command and walkthrough: in `saldo dev`, one
     // order is confirmed and charged, one is cancelled for insufficient
     // funds, one for lack of stock; a retried key replays; SIGTERM stops it.
-    use serde_json::json;
     let (mut processes, address) = start_saldo(&["dev", "--listen", "127.0.0.1:0"]);
     let place = |key: &str, customer: &str, sku: &str, quantity: u32| {
-        let body = json!({ "customer": customer, "currency": "EUR", "lines": [{ "sku": sku, "quantity": quantity }] });
-        let (status, headers, answer) = http(
-            &address,
-            "POST",
-            "/orders",
-            &[("Idempotency-Key", key)],
-            Some(&body),
-        )
-        .expect("dev answers");
-        assert_eq!(status, 201, "{answer}");
-        let location = headers
-            .iter()
-            .find(|(name, _)| name == "location")
-            .map(|(_, value)| value.clone())
-            .expect("a Location header");
-        (location, answer)
+        place_in_dev(&address, key, customer, sku, quantity)
     };
     let terminal = |body: &serde_json::Value| body["status"] != "PENDING";
 
@@ -1642,6 +1626,33 @@ fn dev_mode_runs_the_readme_walkthrough_to_confirmation_and_cancellation() {
     let wallet = http_wait(&address, "/wallets/alice", &[], 5, |_| true);
     assert_eq!(wallet["balance_minor"], 7_000, "nothing charged for it");
     processes.stop_all();
+}
+
+/// Places an order of `quantity` × `sku` for `customer` in `saldo dev` at
+/// `address` under `key`; its Location and the answer.
+fn place_in_dev(
+    address: &str,
+    key: &str,
+    customer: &str,
+    sku: &str,
+    quantity: u32,
+) -> (String, serde_json::Value) {
+    let body = serde_json::json!({ "customer": customer, "currency": "EUR", "lines": [{ "sku": sku, "quantity": quantity }] });
+    let (status, headers, answer) = http(
+        address,
+        "POST",
+        "/orders",
+        &[("Idempotency-Key", key)],
+        Some(&body),
+    )
+    .expect("dev answers");
+    assert_eq!(status, 201, "{answer}");
+    let location = headers
+        .iter()
+        .find(|(name, _)| name == "location")
+        .map(|(_, value)| value.clone())
+        .expect("a Location header");
+    (location, answer)
 }
 
 /// Issues a key with `saldo api-key`; the key and its keys-file entry.

@@ -11,7 +11,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use prost::Message as _;
 
-use super::{Processes, Production, banner_address, first_line_of, http, http_wait, place_order};
+use super::{
+    Processes, Production, banner_address, first_line_of, http_wait, place_in_dev, place_order,
+};
 
 /// How long the spans of one order may take to arrive.
 const TRACE_WITHIN: Duration = Duration::from_secs(60);
@@ -274,23 +276,9 @@ fn a_collector_that_never_answers_slows_no_order_and_no_stop() {
     let (child, first_line) = first_line_of(command);
     let mut processes = Processes(vec![("dev", child)]);
     let address = banner_address(&first_line);
-    let body = serde_json::json!({ "customer": "alice", "currency": "EUR", "lines": [{ "sku": "book", "quantity": 1 }] });
     for index in 0..20 {
-        let key = format!("black-hole-{index}");
-        let (status, headers, answer) = http(
-            &address,
-            "POST",
-            "/orders",
-            &[("Idempotency-Key", key.as_str())],
-            Some(&body),
-        )
-        .expect("dev answers");
-        assert_eq!(status, 201, "{answer}");
-        let location = headers
-            .iter()
-            .find(|(name, _)| name == "location")
-            .map(|(_, value)| value.clone())
-            .expect("a Location header");
+        let (location, _) =
+            place_in_dev(&address, &format!("black-hole-{index}"), "alice", "book", 1);
         let order = http_wait(&address, &location, &[], 10, |body| {
             body["status"] != "PENDING"
         });
