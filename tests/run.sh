@@ -38,7 +38,7 @@ step "build libraries"
 # system's OpenSSL and needs its headers. With libcurl (rdkafka's `curl`
 # feature) for OAUTHBEARER's OIDC token fetching: curl-sys links the
 # system's libcurl, and librdkafka's configure finds it by pkg-config.
-if ! dpkg -s libssl-dev libcurl4-openssl-dev >/dev/null 2>&1; then
+if ! dpkg -s libssl-dev libcurl4-openssl-dev pkg-config >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ]; then apt_get=(apt-get); else apt_get=(sudo apt-get); fi
     "${apt_get[@]}" update -q
     DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -q --no-install-recommends libssl-dev libcurl4-openssl-dev pkg-config

@@ -8,8 +8,10 @@
 //! ([`PROTECTED`]) and the ones its own flags set: those are refused when
 //! the property is given, never silently overridden. Every property is
 //! checked by librdkafka itself as it is given (an unknown name or a bad
-//! value is refused then, naming the property), so a configuration that
-//! passes `saldo --check-config` creates its clients. Values of secret
+//! value is refused then, naming the property). How properties go together
+//! (OIDC's required token endpoint, a SASL mechanism this build lacks)
+//! librdkafka checks only when it creates a client, as a process starts.
+//! Values of secret
 //! properties ([`is_secret`]) never appear in what this module renders.
 
 use std::collections::BTreeMap;

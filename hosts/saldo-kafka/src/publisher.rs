@@ -87,8 +87,8 @@ impl Hop {
         })
     }
 
-    /// Exports the hop, acknowledged at `acknowledged`, under the
-    /// message's own span.
+    /// Exports the hop, its acknowledgement settled at `acknowledged`, under
+    /// the message's own span.
     fn export(self, sequence: i64, acknowledged: std::time::SystemTime) {
         use saldo_engine::telemetry::{KeyValue, SpanKind, export_span};
         export_span(
@@ -237,15 +237,15 @@ impl OutboxPublisher {
     /// Waits for a batch's acknowledgements and marks the acknowledged
     /// prefix published; returns (published, failed).
     async fn settle(&mut self, batch: Batch) -> Result<(usize, usize), PublishError> {
-        // Each acknowledgement's instant, for its hop's span (ADR 0020).
-        let deliveries = join_all(batch.deliveries.into_iter().map(|delivery| async {
+        // When each acknowledgement was settled, for its hop's span (ADR
+        // 0020); only while spans are exported.
+        let traced = !batch.hops.is_empty();
+        let deliveries = join_all(batch.deliveries.into_iter().map(|delivery| async move {
             let acknowledged = crate::producer::acknowledged(delivery).await;
-            (acknowledged, std::time::SystemTime::now())
+            (acknowledged, traced.then(std::time::SystemTime::now))
         }))
         .await;
-        let acknowledged_at: Vec<std::time::SystemTime> =
-            deliveries.iter().map(|(_, at)| *at).collect();
-        let deliveries: Vec<_> = deliveries.into_iter().map(|(result, _)| result).collect();
+        let (deliveries, settled_at): (Vec<_>, Vec<_>) = deliveries.into_iter().unzip();
         let mut published = Vec::with_capacity(batch.rows.len());
         for ((sequence, age_ms), delivery) in batch.rows.iter().zip(&deliveries) {
             if delivery.is_err() {
@@ -258,8 +258,8 @@ impl OutboxPublisher {
         if !published.is_empty() {
             self.source.mark_published(&published).await?;
         }
-        for ((hop, sequence), at) in batch.hops.into_iter().zip(&published).zip(acknowledged_at) {
-            hop.export(*sequence, at);
+        for ((hop, sequence), at) in batch.hops.into_iter().zip(&published).zip(settled_at) {
+            hop.export(*sequence, at.unwrap_or_else(std::time::SystemTime::now));
         }
         Ok((published.len(), batch.rows.len() - published.len()))
     }

@@ -88,12 +88,13 @@ fn wanted() -> anyhow::Result<bool> {
         bail!("{name}={value:?} is not supported: saldo exports traces over otlp, or none");
     }
     if let Some((name, value)) = first_set(&ENDPOINT_VARIABLES) {
-        let value = value.trim();
-        // The SDK would read an address without a scheme as no address at
-        // all and send to localhost: refuse it instead.
-        let valid = ["http://", "https://"]
-            .iter()
-            .any(|scheme| value.len() > scheme.len() && value.starts_with(scheme))
+        // The SDK reads the raw value, and one it cannot parse (no scheme,
+        // a trailing newline from a ConfigMap) as no address at all: it
+        // sends to localhost. Refuse it instead.
+        let valid = !value.chars().any(char::is_whitespace)
+            && ["http://", "https://"]
+                .iter()
+                .any(|scheme| value.len() > scheme.len() && value.starts_with(scheme))
             && value.parse::<axum::http::Uri>().is_ok();
         if !valid {
             bail!(
@@ -151,6 +152,18 @@ fn provider(service: &str) -> anyhow::Result<SdkTracerProvider> {
         .build())
 }
 
+/// `url` without a `user:password@` part, for the log.
+fn without_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://<redacted>@{host}{path}"),
+        None => url.to_owned(),
+    }
+}
+
 /// Installs the log and (when wanted) trace layers for a process that
 /// `service` names in traces (`None` for short commands, which export
 /// nothing). A refused setting is an error before anything starts.
@@ -194,9 +207,30 @@ pub fn init(format: &str, service: Option<&str>) -> anyhow::Result<Telemetry> {
         saldo_engine::telemetry::enable();
         tracing::info!(
             service,
-            endpoint = first_set(&ENDPOINT_VARIABLES).map(|(_, value)| value),
+            endpoint = first_set(&ENDPOINT_VARIABLES).map(|(_, value)| without_userinfo(&value)),
             "exporting traces over OTLP"
         );
     }
     Ok(Telemetry { provider })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_userinfo;
+
+    #[test]
+    fn the_logged_endpoint_never_shows_credentials() {
+        assert_eq!(
+            without_userinfo("https://user:secret@collector.example.com:4318/v1/traces"),
+            "https://<redacted>@collector.example.com:4318/v1/traces"
+        );
+        assert_eq!(
+            without_userinfo("http://collector:4318/a@b"),
+            "http://collector:4318/a@b"
+        );
+        assert_eq!(
+            without_userinfo("http://collector:4318"),
+            "http://collector:4318"
+        );
+    }
 }

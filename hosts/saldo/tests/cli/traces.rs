@@ -308,7 +308,7 @@ fn otlp_settings_saldo_cannot_honour_are_one_line_and_exit_2() {
     // Each refused before anything connects, by the command and by
     // --check-config: a protocol it does not speak, an endpoint the SDK
     // would silently replace with localhost, TLS files it would ignore.
-    let cases: [(&[(&str, &str)], &str); 3] = [
+    let cases: [(&[(&str, &str)], &str); 4] = [
         (
             &[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")],
             "OTEL_EXPORTER_OTLP_PROTOCOL=\"grpc\" is not supported",
@@ -316,6 +316,13 @@ fn otlp_settings_saldo_cannot_honour_are_one_line_and_exit_2() {
         (
             &[("OTEL_EXPORTER_OTLP_ENDPOINT", "otel-collector:4318")],
             "OTEL_EXPORTER_OTLP_ENDPOINT=\"otel-collector:4318\" is not a URL",
+        ),
+        (
+            &[(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "http://otel-collector:4318\n",
+            )],
+            "is not a URL",
         ),
         (
             &[("OTEL_EXPORTER_OTLP_CERTIFICATE", "/tls/ca.pem")],
